@@ -39,7 +39,9 @@ STUDY_SCHEMA = {
     "title": Field(str),
     "short_title": Field(str, required=False),
     "authors": Field(list, required=False, items=str),
-    "notebooks": Field(list, required=False, items=str),
+    "notebooks": Field(list, items=str),
+    "manuscript": Field(str, required=False),
+    "toc": Field(str, required=False),
     "source": {
         "format": Field(str, choices=("omop", "flat")),
         "path": Field(str),

@@ -190,10 +190,11 @@ def myst_to_pandoc(markdown: str, results: dict, *, run_dir=".", where: str = "m
             return None
         return results[key]
 
-    # first pass: number figures and tables in the order they appear
+    # first pass: number the captioned figures ({glue:figure}) in the order they appear;
+    # tables are pasted with a plain {glue} under a "**Table N.**" title paragraph
     for match in _FENCE.finditer(markdown):
         kind, arg, body = match.group(2), match.group(3), match.group(4)
-        if kind in ("glue:figure", "glue", "glue:any"):
+        if kind == "glue:figure":
             options, _ = _split_directive(body)
             entry = results.get(arg.split("::")[-1], {})
             label = "Table" if entry.get("kind") == "table" else "Figure"
@@ -209,12 +210,15 @@ def myst_to_pandoc(markdown: str, results: dict, *, run_dir=".", where: str = "m
             entry = entry_for(arg)
             if entry is None:
                 return ""
+            if entry["kind"] == "table":
+                data = pd.read_csv(run_dir / entry["file"], dtype=str, keep_default_na=False)
+                if kind != "glue:figure":
+                    return f"{_pipe_table(data)}\n"
             label = "Table" if entry["kind"] == "table" else "Figure"
             counters[label] += 1
             caption = _ROLE.sub(role, content or entry.get("caption", "")).strip()
             title = f"{label} {counters[label]}." + (f" {caption}" if caption else "")
             if entry["kind"] == "table":
-                data = pd.read_csv(run_dir / entry["file"], dtype=str, keep_default_na=False)
                 return f"{_pipe_table(data)}\n\nTable: {title}\n"
             if entry["kind"] == "figure":
                 return f"![{title}]({entry['file']})\n"
