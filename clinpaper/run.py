@@ -133,6 +133,9 @@ def run_study(study="book/study.yaml", *, cohort=None, name=None, out=None, over
     study_file = Path(study)
     config = load_study(study_file, overrides)
     source = check_source_path(source_path(config, cohort), study_file=str(study_file))
+    if config["source"]["format"] == "omop":
+        from clinpaper.cohort import check_source, connect_source
+        check_source(connect_source(source), config)   # every table and column the study needs
     name = name or source.stem
     if not name or "/" in name or name.startswith("."):
         raise StudyError(f"--name {name!r}: a run name must be a plain folder name.")
@@ -160,9 +163,11 @@ def run_study(study="book/study.yaml", *, cohort=None, name=None, out=None, over
             for notebook in notebooks:
                 log(f"running {notebook.name} ...")
                 tick = time.time()
+                declared = papermill.inspect_notebook(str(notebook))
                 try:
                     papermill.execute_notebook(
-                        str(notebook), str(partial / notebook.name), parameters=parameters,
+                        str(notebook), str(partial / notebook.name),
+                        parameters={k: v for k, v in parameters.items() if k in declared},
                         cwd=str(partial), kernel_name="python3", progress_bar=False,
                         log_output=False, report_mode=False)
                 except papermill.PapermillExecutionError as error:
@@ -267,7 +272,7 @@ def build_book(name: str, *, runs=None, out=None, log=None) -> dict:
         log("building the web book ...")
         result = subprocess.run(
             [str(Path(sys.executable).parent / "jupyter-book"), "build", str(stage),
-             "--path-output", str(stage), "--builder", "html", "-W", "-n", "--keep-going",
+             "--path-output", str(stage), "--builder", "html", "-W", "--keep-going",
              "-q"], capture_output=True, text=True)
         if result.returncode != 0:
             lines = [line for line in (result.stdout + result.stderr).splitlines()
