@@ -50,8 +50,12 @@ def main(argv=None) -> int:
     try:
         if args.command == "synth":
             from clinpaper.synth import synthesize
-            truth = synthesize(args.out, patients=args.patients, sites=args.sites, seed=args.seed,
-                               shift=args.shift, overwrite=args.overwrite)
+            try:
+                truth = synthesize(args.out, patients=args.patients, sites=args.sites,
+                                   seed=args.seed, shift=args.shift, overwrite=args.overwrite)
+            except (ValueError, TypeError, FileExistsError) as error:
+                # synthesize validates its arguments with the standard exceptions
+                raise ClinpaperError(str(error)) from error
             print(f"wrote {args.out}: {truth['n_persons']:,} patients, {truth['n_stays']:,} ICU "
                   f"stays in {truth['sites']} hospitals (truth beside it)")
         elif args.command == "run":

@@ -177,8 +177,12 @@ def _format_value(entry: dict, fmt: str | None, key: str) -> str:
     return format(value, fmt)
 
 
-def myst_to_pandoc(markdown: str, results: dict, *, run_dir=".", where: str = "manuscript") -> str:
-    "Pandoc Markdown from MyST Markdown, with every glued value, table and figure resolved."
+def myst_to_pandoc(markdown: str, results: dict, *, run_dir=".", where: str = "manuscript",
+                   number_captions: bool = True) -> str:
+    """Pandoc Markdown from MyST Markdown, with every glued value, table and figure resolved.
+
+    `number_captions=False` leaves "Figure N." out of captions, for writers (Typst) that
+    number figures themselves; cross-references are numbered the same either way."""
     run_dir = Path(run_dir)
     missing: list[str] = []
     numbers: dict[str, str] = {}
@@ -217,13 +221,16 @@ def myst_to_pandoc(markdown: str, results: dict, *, run_dir=".", where: str = "m
             label = "Table" if entry["kind"] == "table" else "Figure"
             counters[label] += 1
             caption = _ROLE.sub(role, content or entry.get("caption", "")).strip()
-            title = f"{label} {counters[label]}." + (f" {caption}" if caption else "")
+            title = f"{label} {counters[label]}." if number_captions else ""
+            title = f"{title} {caption}".strip()
             if entry["kind"] == "table":
                 return f"{_pipe_table(data)}\n\nTable: {title}\n"
             if entry["kind"] == "figure":
                 return f"![{title}]({entry['file']})\n"
             return entry["text"]
-        if kind in ("bibliography", "tableofcontents"):
+        if kind == "bibliography":
+            return "::: {#refs}\n:::\n"   # where pandoc's citeproc puts the references
+        if kind == "tableofcontents":
             return ""
         # admonitions and other directives: keep their content as a quoted block
         heading = arg or kind.split(":")[-1].capitalize()
@@ -258,13 +265,14 @@ def myst_to_pandoc(markdown: str, results: dict, *, run_dir=".", where: str = "m
                        "or fix the name.")
     return out
 
-# %% ../nbs/06_report.ipynb #c018
+# %% ../nbs/06_report.ipynb #c020
 _TYPST_HEADER = r"""
 #set page(paper: "a4", margin: (x: 2.2cm, y: 2.4cm), numbering: "1")
 #set text(size: 10.5pt)
 #set par(justify: true)
 #show table: set text(size: 7.5pt)
 #show figure.caption: set text(size: 9pt)
+#set figure.caption(separator: [. ])
 """
 
 
@@ -287,8 +295,10 @@ def render_manuscript(notebook, run_dir, out_dir, *, title: str, authors=(),
     import typst
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    markdown = myst_to_pandoc(notebook_markdown(notebook), read_results(run_dir),
-                              run_dir=run_dir, where=str(Path(notebook).name))
+    source_text = notebook_markdown(notebook)
+    convert = dict(results=read_results(run_dir), run_dir=run_dir, where=str(Path(notebook).name))
+    markdown = myst_to_pandoc(source_text, **convert)
+    markdown_typst = myst_to_pandoc(source_text, **convert, number_captions=False)
     meta = {"title": title, "author": list(authors)}
     work = Path(tempfile.mkdtemp(prefix="clinpaper-manuscript-"))
     try:
@@ -297,16 +307,17 @@ def render_manuscript(notebook, run_dir, out_dir, *, title: str, authors=(),
                 shutil.copytree(run_dir / sub, work / sub)
         source = work / f"{stem}.md"
         source.write_text(_front_matter(meta) + markdown)
-        args = ["--standalone", f"--resource-path={work}"]
+        # the notebook's sections are level 2 under its web-only level-1 title
+        args = ["--standalone", f"--resource-path={work}", "--shift-heading-level-by=-1"]
         if bibliography:
-            args += ["--citeproc", f"--bibliography={Path(bibliography).resolve()}",
-                     "--metadata=reference-section-title:References"]
+            args += ["--citeproc", f"--bibliography={Path(bibliography).resolve()}"]
         docx = out_dir / f"{stem}.docx"
         pypandoc.convert_file(str(source), "docx", format="markdown", outputfile=str(docx),
                               extra_args=args, cworkdir=str(work))
         typ = work / f"{stem}.typ"
         header = work / "header.typ"
         header.write_text(_TYPST_HEADER)
+        source.write_text(_front_matter(meta) + markdown_typst)   # Typst numbers figures itself
         pypandoc.convert_file(str(source), "typst", format="markdown", outputfile=str(typ),
                               extra_args=args + [f"--include-in-header={header}"],
                               cworkdir=str(work))

@@ -10,6 +10,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -238,15 +239,29 @@ def _stage_book(run: Path, manifest: dict, stage: Path) -> Path:
     (stage / "_config.yml").write_text(yaml.safe_dump(settings, sort_keys=False))
     if (root / "book" / "references.bib").is_file():
         shutil.copy(root / "book" / "references.bib", stage / "references.bib")
+    if (root / "book" / "_static").is_dir():
+        shutil.copytree(root / "book" / "_static", stage / "_static")
     (stage / "book").mkdir()
     for notebook in manifest["notebooks"]:
         shutil.copy(run / notebook, stage / "book" / notebook)
+    _hide_injected_parameters(stage / "book" / manifest["manuscript"])
     for page in (root / "book").glob("*.md"):
         shutil.copy(page, stage / "book" / page.name)
     if (root / "nbs").is_dir():
         shutil.copytree(root / "nbs", stage / "nbs",
                         ignore=shutil.ignore_patterns(".*", "_*", "*.py"))
     return root
+
+
+def _hide_injected_parameters(notebook: Path) -> None:
+    "The manuscript page shows no code: hide the cell papermill added with the parameters."
+    import nbformat
+    nb = nbformat.read(str(notebook), as_version=4)
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+    nbformat.write(nb, str(notebook))
 
 
 def build_book(name: str, *, runs=None, out=None, log=None) -> dict:
@@ -275,9 +290,10 @@ def build_book(name: str, *, runs=None, out=None, log=None) -> dict:
              "--path-output", str(stage), "--builder", "html", "-W", "--keep-going",
              "-q"], capture_output=True, text=True)
         if result.returncode != 0:
-            lines = [line for line in (result.stdout + result.stderr).splitlines()
+            output = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)
+            lines = [line for line in output.splitlines()
                      if "WARNING" in line or "ERROR" in line or "rror" in line]
-            detail = "\n".join(lines[-15:]) or (result.stdout + result.stderr)[-2000:]
+            detail = "\n".join(lines[-15:]) or output[-2000:]
             raise RunError(f"jupyter-book could not build the web book of run {name!r}:\n{detail}")
         shutil.move(str(stage / "_build" / "html"), str(partial / "html"))
         log("rendering the manuscript (DOCX, PDF) ...")
@@ -292,8 +308,5 @@ def build_book(name: str, *, runs=None, out=None, log=None) -> dict:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     final = out / name
-    outputs = {"html": final / "html" / "index.html", "docx": final / "manuscript.docx",
-               "pdf": final / "manuscript.pdf"}
-    for kind, path in outputs.items():
-        log(f"{kind}: {path}")
-    return outputs
+    return {"html": final / "html" / "index.html", "docx": final / "manuscript.docx",
+            "pdf": final / "manuscript.pdf"}

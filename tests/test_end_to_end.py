@@ -1,0 +1,174 @@
+"""The paper end to end: synthesize a small cohort, run and build it, and check that the
+web book, the DOCX and the PDF show the counts that an independent SQL query on the DuckDB
+file gives; that a second run on another cohort leaves the first run byte-identical; that a
+failing rerun leaves the previous run untouched; and that the same data, study and seed give
+the same numbers."""
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import duckdb
+import pytest
+from bs4 import BeautifulSoup
+
+from conftest import clinpaper
+
+INDEPENDENT_SQL = """
+WITH icu AS (
+    SELECT v.*, row_number() OVER (PARTITION BY person_id
+                                   ORDER BY visit_start_datetime, visit_occurrence_id) AS k
+    FROM visit_occurrence v WHERE visit_concept_id = 32037
+), first_stay AS (
+    SELECT i.*, p.birth_datetime::DATE AS birth FROM icu i JOIN person p USING (person_id)
+    WHERE k = 1
+), aged AS (
+    SELECT *, year(visit_start_date) - year(birth)
+              - CASE WHEN month(visit_start_date) * 100 + day(visit_start_date)
+                          < month(birth) * 100 + day(birth) THEN 1 ELSE 0 END AS age
+    FROM first_stay
+), cohort AS (
+    SELECT * FROM aged
+    WHERE age >= 18
+      AND epoch(visit_end_datetime) - epoch(visit_start_datetime) >= 4 * 3600
+)
+SELECT
+    (SELECT count(*) FROM icu) AS n_index_events,
+    (SELECT count(*) FROM cohort) AS n_patients,
+    (SELECT count(DISTINCT care_site_id) FROM cohort) AS n_hospitals,
+    (SELECT count(*) FROM cohort c WHERE EXISTS (
+        SELECT 1 FROM death d WHERE d.person_id = c.person_id
+          AND d.death_date BETWEEN c.visit_start_date AND c.visit_end_date)) AS n_deaths,
+    (SELECT count(*) FROM aged WHERE age < 18) AS n_children
+"""
+
+
+def sql_counts(path):
+    with duckdb.connect(str(path), read_only=True) as con:
+        row = con.execute(INDEPENDENT_SQL).fetchone()
+        names = [d[0] for d in con.description]
+    return dict(zip(names, row))
+
+
+def tree_digest(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def squash(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+@pytest.fixture(scope="module")
+def paper(tmp_path_factory, small_cohort):
+    base = tmp_path_factory.mktemp("paper")
+    runs, builds = base / "runs", base / "builds"
+    clinpaper("run", "--cohort", small_cohort, "--name", "first", "--out", runs)
+    result = clinpaper("build", "first", "--runs", runs, "--out", builds)
+    return {"runs": runs, "builds": builds, "build_stdout": result.stdout,
+            "counts": sql_counts(small_cohort), "cohort": small_cohort, "base": base}
+
+
+def test_results_match_independent_sql(paper):
+    counts = paper["counts"]
+    assert counts["n_children"] > 0, "the synthetic cohort should hold children to exclude"
+    results = json.loads((paper["runs"] / "first" / "results.json").read_text())
+    for name in ("n_index_events", "n_patients", "n_hospitals", "n_deaths"):
+        assert results[name]["value"] == counts[name], name
+        assert results[name]["text"] == f"{counts[name]:,}" or counts[name] < 11
+    assert 0.05 < counts["n_deaths"] / counts["n_patients"] < 0.2
+
+
+def test_build_prints_the_three_outputs(paper):
+    final = paper["builds"] / "first"
+    for kind, name in (("html", "html/index.html"), ("docx", "manuscript.docx"),
+                       ("pdf", "manuscript.pdf")):
+        assert f"{kind}: {final / name}" in paper["build_stdout"]
+        assert (final / name).stat().st_size > 0
+
+
+def test_html_shows_the_sql_counts(paper):
+    html = paper["builds"] / "first" / "html"
+    page = BeautifulSoup((html / "book" / "04_manuscript.html").read_text(), "html.parser")
+    text = page.get_text(" ")
+    counts = paper["counts"]
+    assert f"We included {counts['n_patients']:,} patients in {counts['n_hospitals']:,}" in \
+        re.sub(r"\s+", " ", text)
+    assert f"{counts['n_deaths']:,}" in text
+    assert f"Of {counts['n_index_events']:,} ICU stays" in re.sub(r"\s+", " ", text)
+    # every figure the page refers to is there
+    for image in page.find_all("img"):
+        source = image.get("src", "")
+        if not source.startswith("data:"):
+            assert (html / "book" / source).resolve().exists(), source
+    assert len(page.find_all("img")) >= 3
+    assert len(page.find_all("table")) >= 2
+
+
+def test_docx_shows_the_sql_counts(paper):
+    import docx
+    document = docx.Document(paper["builds"] / "first" / "manuscript.docx")
+    text = "\n".join(p.text for p in document.paragraphs)
+    counts = paper["counts"]
+    assert f"We included {counts['n_patients']:,} patients in {counts['n_hospitals']:,}" in text
+    headings = [p.text for p in document.paragraphs if p.style.name.startswith("Heading")]
+    for heading in ("Abstract", "Methods", "Results", "Discussion", "References"):
+        assert heading in headings
+    assert len(document.tables) >= 2
+    assert len(document.inline_shapes) >= 3
+    assert "{glue" not in text and "{numref" not in text
+
+
+def test_pdf_shows_the_sql_counts(paper):
+    from pypdf import PdfReader
+    reader = PdfReader(paper["builds"] / "first" / "manuscript.pdf")
+    text = squash("".join(page.extract_text() for page in reader.pages))
+    counts = paper["counts"]
+    assert squash(f"We included {counts['n_patients']:,} patients in {counts['n_hospitals']:,}") in text
+    assert len(reader.pages) >= 3
+
+
+def test_manifest(paper):
+    manifest = json.loads((paper["runs"] / "first" / "manifest.json").read_text())
+    digest = hashlib.sha256(Path(paper["cohort"]).read_bytes()).hexdigest()
+    assert manifest["source"]["fingerprint"]["sha256"] == digest
+    assert manifest["seed"] == manifest["parameters"]["seed"]
+    assert manifest["packages"]["pymc"].startswith("5.")
+    assert set(manifest["timings"]["notebooks"]) == set(manifest["notebooks"])
+
+
+def test_no_patient_rows_in_rendered_outputs(paper):
+    "Person ids of the source never appear in the web book or the manuscript."
+    with duckdb.connect(str(paper["cohort"]), read_only=True) as con:
+        ids = {str(r[0]) for r in con.execute(
+            "SELECT person_source_value FROM person WHERE person_source_value IS NOT NULL "
+            "LIMIT 200").fetchall()}
+    html = paper["builds"] / "first" / "html" / "book" / "04_manuscript.html"
+    text = html.read_text()
+    assert ids and not any(f">{i}<" in text for i in ids)
+
+
+def test_other_cohort_and_failed_rerun_leave_first_run_untouched(paper, tmp_path):
+    runs = paper["runs"]
+    before = tree_digest(runs / "first")
+    other = tmp_path / "external.duckdb"
+    clinpaper("synth", "--out", other, "--patients", 1200, "--sites", 6, "--seed", 5,
+              "--shift", "external")
+    clinpaper("run", "--cohort", other, "--name", "external", "--out", runs)
+    assert tree_digest(runs / "first") == before
+    # a rerun of "first" that fails the convergence gate publishes nothing and keeps the old run
+    failed = clinpaper("run", "--cohort", paper["cohort"], "--name", "first", "--out", runs,
+                       "-p", "r_hat_max=0.5", check=False)
+    assert failed.returncode == 2
+    assert "03_model.ipynb failed" in failed.stderr and "r_hat" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert tree_digest(runs / "first") == before
+    assert sorted(p.name for p in runs.iterdir()) == ["external", "first"]
+
+
+def test_same_data_same_seed_same_numbers(paper):
+    runs = paper["runs"]
+    clinpaper("run", "--cohort", paper["cohort"], "--name", "again", "--out", runs)
+    first = json.loads((runs / "first" / "results.json").read_text())
+    again = json.loads((runs / "again" / "results.json").read_text())
+    assert first == again
