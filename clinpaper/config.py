@@ -112,6 +112,7 @@ STUDY_SCHEMA = {
         "r_hat_max": Field(float, required=False), "ess_min": Field(NUMBER, required=False),
         "divergences_max": Field(int, required=False),
         "bootstrap": Field(int, required=False),   # bootstrap replicates of a weighted analysis
+        "validate_against": Field(str, required=False, nullable=True),   # external validation
     },
 }
 

@@ -20,8 +20,8 @@ import pandas as pd
 from .core import RunError, mask_count
 
 # %% auto #0
-__all__ = ['to_jsonable', 'GlueRecord', 'read_results', 'Reporter', 'reglue', 'myst_to_pandoc', 'notebook_markdown',
-           'render_manuscript']
+__all__ = ['CHECKED_SECTIONS', 'to_jsonable', 'GlueRecord', 'read_results', 'Reporter', 'reglue', 'myst_to_pandoc',
+           'typed_numbers', 'check_typed_numbers', 'notebook_markdown', 'render_manuscript']
 
 # %% ../nbs/06_report.ipynb #c005
 def to_jsonable(value):
@@ -266,6 +266,51 @@ def myst_to_pandoc(markdown: str, results: dict, *, run_dir=".", where: str = "m
     return out
 
 # %% ../nbs/06_report.ipynb #c020
+_NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*%?")
+_EXEMPT = re.compile(r"\b(?:Tables?|Figures?|Fig\.)\s+S?\d+(?:\s*(?:and|to|,|-)\s*S?\d+)*"
+                     r"|\b95\s?%|`[^`]*`")
+CHECKED_SECTIONS = ("Abstract", "Results")
+
+
+def _sections(markdown: str, titles) -> str:
+    "The text under the level-2 headings named `titles` (with their subsections)."
+    keep, parts = False, []
+    for line in markdown.splitlines():
+        heading = re.match(r"^(#{1,2})\s+(.*)$", line)
+        if heading:
+            keep = heading.group(2).strip() in titles
+            continue
+        if keep:
+            parts.append(line)
+    return "\n".join(parts)
+
+
+def typed_numbers(markdown: str, *, sections=CHECKED_SECTIONS) -> list[str]:
+    "Numbers typed by hand in the given sections of a MyST manuscript, each with its context."
+    text = _sections(markdown, set(sections))
+    text = _ROLE.sub(" ", text)
+    text = re.sub(r"^(`{3,}|:{3,})\{[\w:-]+\}.*$", " ", text, flags=re.M)   # directive lines
+    text = re.sub(r"^:\w+:.*$", " ", text, flags=re.M)                       # directive options
+    text = _EXEMPT.sub(" ", text)
+    found = []
+    for match in _NUMBER.finditer(text):
+        start, end = max(0, match.start() - 30), min(len(text), match.end() + 30)
+        context = re.sub(r"\s+", " ", text[start:end]).strip()
+        found.append(f"{match.group()!r} in \"...{context}...\"")
+    return found
+
+
+def check_typed_numbers(markdown: str, *, where: str = "manuscript",
+                        sections=CHECKED_SECTIONS) -> None:
+    "Raise RunError when the abstract or results hold a number typed by hand."
+    found = typed_numbers(markdown, sections=sections)
+    if found:
+        listed = "\n".join(f"  - {item}" for item in found)
+        raise RunError(f"{where}: {len(found)} number(s) typed by hand in the "
+                       f"{' or '.join(sections)} (glue them from the notebook that computes "
+                       f"them, e.g. Reporter.text):\n{listed}")
+
+# %% ../nbs/06_report.ipynb #c023
 _TYPST_HEADER = r"""
 #set page(paper: "a4", margin: (x: 2.2cm, y: 2.4cm), numbering: "1")
 #set text(size: 10.5pt)
@@ -296,6 +341,7 @@ def render_manuscript(notebook, run_dir, out_dir, *, title: str, authors=(),
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     source_text = notebook_markdown(notebook)
+    check_typed_numbers(source_text, where=str(Path(notebook).name))
     convert = dict(results=read_results(run_dir), run_dir=run_dir, where=str(Path(notebook).name))
     markdown = myst_to_pandoc(source_text, **convert)
     markdown_typst = myst_to_pandoc(source_text, **convert, number_captions=False)

@@ -89,7 +89,7 @@ def test_build_prints_the_three_outputs(paper):
 
 def test_html_shows_the_sql_counts(paper):
     html = paper["builds"] / "first" / "html"
-    page = BeautifulSoup((html / "book" / "04_manuscript.html").read_text(), "html.parser")
+    page = BeautifulSoup((html / "book" / "05_manuscript.html").read_text(), "html.parser")
     text = page.get_text(" ")
     counts = paper["counts"]
     assert f"We included {counts['n_patients']:,} patients in {counts['n_hospitals']:,}" in \
@@ -143,7 +143,7 @@ def test_no_patient_rows_in_rendered_outputs(paper):
         ids = {str(r[0]) for r in con.execute(
             "SELECT person_source_value FROM person WHERE person_source_value IS NOT NULL "
             "LIMIT 200").fetchall()}
-    html = paper["builds"] / "first" / "html" / "book" / "04_manuscript.html"
+    html = paper["builds"] / "first" / "html" / "book" / "05_manuscript.html"
     text = html.read_text()
     assert ids and not any(f">{i}<" in text for i in ids)
 

@@ -1,0 +1,179 @@
+"""Contracts of clinpaper.models.HierarchicalLogistic: shape of the API, inputs never mutated,
+seeded reproducibility with both samplers, the nutpie -> PyMC fallback, and bad input."""
+import logging
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clinpaper.core import ClinpaperError, CohortError, ConvergenceError
+from clinpaper.models import HierarchicalLogistic, NotFittedError, check_convergence
+
+logging.getLogger("pymc").setLevel(logging.ERROR)
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+
+PREDICTORS = ["male", "age_band"]
+
+
+@pytest.fixture(scope="module")
+def cohort():
+    "1,500 stays in 5 hospitals; discrete predictors, so rows collapse to at most 30 counts."
+    rng = np.random.default_rng(42)
+    n = 1500
+    df = pd.DataFrame({"hospital": rng.choice(["A", "B", "C", "D", "E"], n),
+                       "male": rng.integers(0, 2, n), "age_band": rng.integers(0, 3, n)})
+    effect = df["hospital"].map({"A": -0.4, "B": 0.0, "C": 0.3, "D": 0.5, "E": -0.2})
+    logit = -1.0 + 0.4 * df["male"] + 0.5 * df["age_band"] + effect
+    df["death"] = rng.binomial(1, 1 / (1 + np.exp(-logit)))
+    return df
+
+
+@pytest.fixture(scope="module")
+def fitted(cohort):
+    return HierarchicalLogistic("death", "hospital", PREDICTORS).fit(
+        cohort, draws=300, tune=300, chains=2, seed=11)
+
+
+def test_fit_returns_self_and_keeps_input(cohort):
+    before = cohort.copy()
+    model = HierarchicalLogistic("death", "hospital", PREDICTORS)
+    assert model.fit(cohort, draws=50, tune=50, chains=1, seed=0) is model
+    pd.testing.assert_frame_equal(cohort, before)
+    assert model.sampler_ == "nutpie"
+    assert model.groups_ == ["A", "B", "C", "D", "E"]
+    assert model.n_obs_ == len(cohort) and model.n_events_ == cohort["death"].sum()
+
+
+def test_model_names_dims_and_data(fitted):
+    model = fitted.model_
+    named = {var.name for var in model.free_RVs} | {var.name for var in model.deterministics}
+    assert {"intercept_centered", "beta", "sigma_group", "z_group", "group_effect", "intercept"} <= named
+    assert model.named_vars_to_dims["beta"] == ("predictor",)
+    assert model.named_vars_to_dims["z_group"] == ("group",)
+    assert model.named_vars_to_dims["group_effect"] == ("group",)
+    assert {"x_centered", "group_idx"} <= {data.name for data in model.data_vars}
+    assert list(model.coords["predictor"]) == PREDICTORS
+
+
+def test_refit_is_idempotent(cohort, fitted):
+    again = HierarchicalLogistic("death", "hospital", PREDICTORS).fit(
+        cohort, draws=300, tune=300, chains=2, seed=11)
+    np.testing.assert_array_equal(again.idata_.posterior["beta"].values, fitted.idata_.posterior["beta"].values)
+    other = HierarchicalLogistic("death", "hospital", PREDICTORS).fit(
+        cohort, draws=300, tune=300, chains=2, seed=12)
+    assert not np.array_equal(other.idata_.posterior["beta"].values, fitted.idata_.posterior["beta"].values)
+
+
+def test_pymc_sampler_is_seeded(cohort):
+    fits = [HierarchicalLogistic("death", "hospital", PREDICTORS).fit(
+        cohort, draws=60, tune=60, chains=2, seed=4, sampler="pymc") for _ in range(2)]
+    assert fits[0].sampler_ == "pymc"
+    np.testing.assert_array_equal(fits[0].idata_.posterior["beta"].values, fits[1].idata_.posterior["beta"].values)
+    assert "PyMC's No-U-Turn sampler" in fits[0].methods_text()
+
+
+def test_falls_back_to_pymc_when_nutpie_fails(cohort, monkeypatch):
+    import nutpie
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("numba could not compile")
+
+    monkeypatch.setattr(nutpie, "compile_pymc_model", broken)
+    model = HierarchicalLogistic("death", "hospital", PREDICTORS)
+    with pytest.warns(RuntimeWarning, match="sampling with PyMC's NUTS instead"):
+        model.fit(cohort, draws=40, tune=40, chains=1, seed=0)
+    assert model.sampler_ == "pymc"
+    assert model.idata_.posterior["beta"].shape == (1, 40, 2)
+
+
+def test_predict_contract(cohort, fitted):
+    new = cohort.iloc[[5, 3, 8]].copy()
+    new.index = ["p", "q", "r"]
+    new.loc["r", "hospital"] = "never seen"
+    before = new.copy()
+    prediction = fitted.predict(new)
+    pd.testing.assert_frame_equal(new, before)
+    assert list(prediction.index) == ["p", "q", "r"]
+    assert list(prediction.columns) == ["mean", "low", "high"]
+    assert prediction.to_numpy().min() > 0 and prediction.to_numpy().max() < 1
+    assert (prediction["low"] <= prediction["mean"]).all() and (prediction["mean"] <= prediction["high"]).all()
+    # predict is seeded: a new hospital gets the same predictions twice
+    pd.testing.assert_frame_equal(prediction, fitted.predict(new))
+    # without the outcome column: predict needs only group and predictors
+    assert len(fitted.predict(new.drop(columns=["death"]))) == 3
+
+
+def test_observed_rate_is_recovered(cohort, fitted):
+    "Independent check: the mean predicted risk of the cohort is close to its observed death rate."
+    prediction = fitted.predict(cohort)
+    assert abs(prediction["mean"].mean() - cohort["death"].mean()) < 0.01
+
+
+def test_tables(fitted):
+    summary = fitted.summary()
+    assert list(summary["parameter"]) == ["intercept", "beta[male]", "beta[age_band]", "sigma_group"]
+    odds = fitted.odds_ratios()
+    assert list(odds.columns) == ["predictor", "odds_ratio", "low", "high"]
+    assert ((odds["low"] < odds["odds_ratio"]) & (odds["odds_ratio"] < odds["high"])).all()
+    assert set(fitted.median_odds_ratio()) == {"median", "low", "high"}
+    assert list(fitted.group_effects()["group"]) == ["A", "B", "C", "D", "E"]
+    priors = fitted.describe_priors()
+    assert list(priors.columns) == ["parameter", "distribution", "text"]
+
+
+def test_convergence_gate(cohort, fitted):
+    table = check_convergence(fitted.idata_, ess_min=100)
+    assert table["passed"].all()
+    rough = HierarchicalLogistic("death", "hospital", PREDICTORS).fit(cohort, draws=15, tune=5, chains=2, seed=1)
+    with pytest.raises(ConvergenceError, match="did not pass the convergence gate"):
+        rough.check_convergence()
+
+
+def test_not_fitted():
+    model = HierarchicalLogistic("death", "hospital", PREDICTORS)
+    for method in (model.summary, model.odds_ratios, model.median_odds_ratio, model.group_effects,
+                   model.check_convergence):
+        with pytest.raises(NotFittedError, match="HierarchicalLogistic is not fitted yet, call fit first"):
+            method()
+    with pytest.raises(AttributeError):
+        model.predict(pd.DataFrame())
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda df: df.assign(death=np.where(np.arange(len(df)) < 14, 2 + np.arange(len(df)) % 2, df["death"])),
+     "must be a column of 0/1 values. Got values {2, 3} in 14 rows."),
+    (lambda df: df.assign(death=np.where(np.arange(len(df)) < 30, np.arange(len(df)) * 1000 + 12345, df["death"])),
+     "Got 30 distinct other values in 30 rows"),
+    (lambda df: df.drop(columns=["age_band"]), "lack the column(s) 'age_band'"),
+    (lambda df: df.assign(male=df["male"].where(np.arange(len(df)) >= 9)),
+     "9 rows have missing or infinite predictor values"),
+    (lambda df: df.iloc[:0], "empty data frame"),
+    (lambda df: df.assign(hospital="A"), "at least 2 groups"),
+    (lambda df: df.assign(hospital=df["hospital"].where(np.arange(len(df)) >= 3)), "3 rows have no `hospital`"),
+    (lambda df: df.assign(male=df["male"].map({0: "F", 1: "M"})), "must be numeric"),
+])
+def test_bad_input(cohort, change, message):
+    with pytest.raises(CohortError) as error:
+        HierarchicalLogistic("death", "hospital", PREDICTORS).fit(change(cohort), draws=10, tune=10)
+    assert message in str(error.value)
+    assert isinstance(error.value, (ClinpaperError, ValueError))
+
+
+def test_bad_counts():
+    df = pd.DataFrame({"hospital": ["A", "A", "B", "B"], "x": [0.0, 1.0, 0.0, 1.0],
+                       "deaths": [3, 9, 1, 2], "stays": [10, 8, 5, 0]})
+    model = HierarchicalLogistic("deaths", "hospital", ["x"], trials="stays")
+    with pytest.raises(CohortError, match="whole numbers of at least 1; 1 rows"):
+        model.fit(df)
+    with pytest.raises(CohortError, match=r"must not exceed `trials`: 1 rows"):
+        model.fit(df.assign(stays=[10, 8, 5, 4]))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown parameter"):
+        HierarchicalLogistic("y", "g", ["x"], priors={"sigma": {"sigma": 1}})
+    with pytest.raises(ValueError, match="must be among the predictors"):
+        HierarchicalLogistic("y", "g", ["x"], random_slopes=["z"])
+    with pytest.raises(TypeError, match="pandas DataFrame"):
+        HierarchicalLogistic("y", "g", ["x"]).fit([[0, 1]])
