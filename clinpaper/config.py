@@ -45,6 +45,7 @@ STUDY_SCHEMA = {
     "notebooks": Field(list, items=str),
     "manuscript": Field(str, required=False),
     "toc": Field(str, required=False),
+    "checklist": Field(str, required=False),   # reporting checklist YAML, relative to the file
     "source": {
         "format": Field(str, choices=("omop", "flat")),
         "path": Field(str),

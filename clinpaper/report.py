@@ -21,7 +21,8 @@ from .core import RunError, mask_count
 
 # %% auto #0
 __all__ = ['CHECKED_SECTIONS', 'to_jsonable', 'GlueRecord', 'read_results', 'Reporter', 'reglue', 'myst_to_pandoc',
-           'typed_numbers', 'check_typed_numbers', 'notebook_markdown', 'render_manuscript']
+           'typed_numbers', 'check_typed_numbers', 'load_checklist', 'checklist_table', 'unreported_sections',
+           'notebook_markdown', 'render_manuscript']
 
 # %% ../nbs/06_report.ipynb #c005
 def to_jsonable(value):
@@ -218,6 +219,10 @@ def myst_to_pandoc(markdown: str, results: dict, *, run_dir=".", where: str = "m
                 data = pd.read_csv(run_dir / entry["file"], dtype=str, keep_default_na=False)
                 if kind != "glue:figure":
                     return f"{_pipe_table(data)}\n"
+            if entry["kind"] == "figure" and kind != "glue:figure":
+                # a plain {glue} figure (e.g. a supplementary "Figure S1") is titled by the
+                # paragraph above it and takes no number of the main sequence
+                return f"![]({entry['file']})\n"
             label = "Table" if entry["kind"] == "table" else "Figure"
             counters[label] += 1
             caption = _ROLE.sub(role, content or entry.get("caption", "")).strip()
@@ -311,6 +316,75 @@ def check_typed_numbers(markdown: str, *, where: str = "manuscript",
                        f"them, e.g. Reporter.text):\n{listed}")
 
 # %% ../nbs/06_report.ipynb #c023
+def load_checklist(path) -> dict:
+    "Read and check a reporting checklist YAML file."
+    import yaml
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"{path}: no such checklist file.")
+    checklist = yaml.safe_load(path.read_text())
+    items = checklist.get("items") if isinstance(checklist, dict) else None
+    if not items or not isinstance(items, list):
+        raise RunError(f"{path}: a checklist needs `name` and a list of `items`.")
+    for number, item in enumerate(items):
+        missing = [key for key in ("item", "topic", "requirement", "where") if key not in item]
+        unknown = sorted(set(item) - {"item", "topic", "requirement", "where", "authors"})
+        if missing or unknown:
+            problem = (f"lacks {', '.join(missing)}" if missing else
+                       f"has unknown keys {', '.join(map(str, unknown))} (quote text that "
+                       "holds commas in a {...} item)")
+            raise RunError(f"{path}: item {number + 1} {problem}.")
+    return checklist
+
+
+def checklist_table(checklist: dict) -> pd.DataFrame:
+    "The appendix table: item, topic, requirement and where it is reported."
+    rows = []
+    for item in checklist["items"]:
+        where = "; ".join(item["where"])
+        if item.get("authors"):
+            where += " (author-written text)"
+        rows.append({"Item": str(item["item"]), "Topic": item["topic"],
+                     "Requirement": item["requirement"], "Reported in": where})
+    return pd.DataFrame(rows)
+
+
+def _heading_paths(markdown: str) -> set[str]:
+    "Every heading as 'Top > Sub' paths (levels 2 and 3 of the manuscript)."
+    paths, parent = set(), None
+    for line in markdown.splitlines():
+        match = re.match(r"^(#{2,3})\s+(.*?)\s*$", line)
+        if not match:
+            continue
+        title = re.sub(r"^Appendix [A-Z]\.\s*", "", match.group(2))
+        if len(match.group(1)) == 2:
+            parent = title
+            paths.add(title)
+        elif parent:
+            paths.add(f"{parent} > {title}")
+    return paths
+
+
+def unreported_sections(places, markdown: str) -> list[str]:
+    "The places (headings or table/figure labels) that the manuscript does not have."
+    headings = _heading_paths(markdown) | {"Title"}
+    figures = len(re.findall(r"\{glue:figure\}", markdown))
+    missing = []
+    for place in dict.fromkeys(places):
+        label = re.match(r"^(Table|Figure) (S?)(\d+)$", place)
+        if label:
+            kind, supplement, number = label.groups()
+            if kind == "Figure" and not supplement:
+                present = int(number) <= figures
+            else:
+                present = f"**{place}.**" in markdown
+            if not present:
+                missing.append(place)
+        elif place not in headings:
+            missing.append(place)
+    return missing
+
+# %% ../nbs/06_report.ipynb #c028
 _TYPST_HEADER = r"""
 #set page(paper: "a4", margin: (x: 2.2cm, y: 2.4cm), numbering: "1")
 #set text(size: 10.5pt)
@@ -318,6 +392,7 @@ _TYPST_HEADER = r"""
 #show table: set text(size: 7.5pt)
 #show figure.caption: set text(size: 9pt)
 #set figure.caption(separator: [. ])
+#show figure.where(kind: table): set block(breakable: true)
 """
 
 
@@ -342,6 +417,16 @@ def render_manuscript(notebook, run_dir, out_dir, *, title: str, authors=(),
     out_dir.mkdir(parents=True, exist_ok=True)
     source_text = notebook_markdown(notebook)
     check_typed_numbers(source_text, where=str(Path(notebook).name))
+    results = read_results(run_dir)
+    if "table_checklist" in results:   # every place the checklist names must exist
+        places = [place.replace(" (author-written text)", "")
+                  for cell in results["table_checklist"]["value"]["Reported in"]
+                  for place in cell.split("; ")]
+        missing = unreported_sections(places, source_text)
+        if missing:
+            raise RunError(f"{Path(notebook).name}: the reporting checklist names places the "
+                           f"manuscript does not have: {', '.join(missing)}. Add the sections "
+                           "or fix `where` in the checklist file.")
     convert = dict(results=read_results(run_dir), run_dir=run_dir, where=str(Path(notebook).name))
     markdown = myst_to_pandoc(source_text, **convert)
     markdown_typst = myst_to_pandoc(source_text, **convert, number_captions=False)

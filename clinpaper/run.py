@@ -154,6 +154,9 @@ def run_study(study="book/study.yaml", *, cohort=None, name=None, out=None, over
     try:
         resolved = {k: v for k, v in config.items() if not k.startswith("_")}
         resolved["source"] = {**resolved["source"], "path": str(source)}
+        for key in ("checklist",):   # files named relative to the study file
+            if resolved.get(key):
+                resolved[key] = str((study_dir / resolved[key]).resolve())
         (partial / "study.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False,
                                                            allow_unicode=True))
         parameters = {"run_dir": ".", "study_path": "study.yaml", "cohort_path": str(source),
