@@ -13,7 +13,7 @@ DEMO_SITES ?= 30
 DEMO_SEED ?= 7
 DEMO_DB := book/_data/demo.duckdb
 
-.PHONY: setup demo demo-data test test-fast clean
+.PHONY: setup system-packages demo demo-data test test-fast clean
 
 setup: $(VENV)/.installed
 
@@ -38,15 +38,22 @@ demo: setup $(DEMO_DB)
 	@echo "  manuscript: $(CURDIR)/book/_build/demo/manuscript.docx"
 	@echo "  manuscript: $(CURDIR)/book/_build/demo/manuscript.pdf"
 
+# What the reader tests open the outputs with: Debian's Chromium (headless, driven by
+# Playwright with executable_path) and poppler's pdftoppm. Installed once, as root.
+system-packages:
+	@if ! command -v chromium >/dev/null || ! command -v pdftoppm >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium poppler-utils >/dev/null; \
+	fi
+
 # The whole suite: every notebook's tests (nbdev-test) and the cross-module tests (pytest).
-test: setup
+test: setup system-packages
 	$(BIN)/nbdev-test --n-workers 2 --flags slow
-	$(BIN)/pytest -n 2 tests
+	$(BIN)/pytest -n 2 --dist loadgroup tests
 
 # The quick pass while developing: notebooks without their slow cells, pytest without slow tests.
 test-fast: setup
 	$(BIN)/nbdev-test --n-workers 2
-	$(BIN)/pytest -n 2 -m "not slow" tests
+	$(BIN)/pytest -n 2 --dist loadgroup -m "not slow" tests
 
 clean:
 	rm -rf book/_runs book/_build

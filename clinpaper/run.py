@@ -161,6 +161,28 @@ def run_study(study="book/study.yaml", *, cohort=None, name=None, out=None, over
                                                            allow_unicode=True))
         parameters = {"run_dir": ".", "study_path": "study.yaml", "cohort_path": str(source),
                       **config["parameters"]}
+        # what the run is made of, known before it starts: the notebooks read it (the
+        # manuscript's reproducibility appendix); the timings are added at the end
+        manifest = {
+            "name": name,
+            "study": {"file": str(study_file.resolve()), "config": resolved,
+                      "sha256": fingerprint(study_file)["sha256"]},
+            "parameters": config["parameters"],
+            "seed": config["parameters"].get("seed"),
+            "overrides": list(overrides),
+            "source": {"path": str(source), "format": config["source"]["format"],
+                       "fingerprint": fingerprint(source)},
+            "notebooks": [nb.name for nb in notebooks],
+            "manuscript": config.get("manuscript", notebooks[-1].name),
+            "project_root": str(project_root(study_dir)),
+            "toc": config.get("toc"),
+            "packages": package_versions(),
+            "git": git_state(study_dir),
+            "platform": {"system": platform.system(), "machine": platform.machine(),
+                         "cpus": os.cpu_count()},
+            "status": "running",
+        }
+        _write_json_atomic(partial / "manifest.json", to_jsonable(manifest))
         env_path = os.environ.get("PATH", "")
         os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env_path}"
         try:
@@ -180,26 +202,10 @@ def run_study(study="book/study.yaml", *, cohort=None, name=None, out=None, over
                 log(f"  {notebook.name} done in {timings[notebook.name]:.1f} s")
         finally:
             os.environ["PATH"] = env_path
-        manifest = {
-            "name": name,
-            "study": {"file": str(study_file.resolve()), "config": resolved,
-                      "sha256": fingerprint(study_file)["sha256"]},
-            "parameters": config["parameters"],
-            "seed": config["parameters"].get("seed"),
-            "overrides": list(overrides),
-            "source": {"path": str(source), "format": config["source"]["format"],
-                       "fingerprint": fingerprint(source)},
-            "notebooks": [nb.name for nb in notebooks],
-            "manuscript": config.get("manuscript", notebooks[-1].name),
-            "project_root": str(project_root(study_dir)),
-            "toc": config.get("toc"),
-            "packages": package_versions(),
-            "git": git_state(study_dir),
-            "platform": {"system": platform.system(), "machine": platform.machine(),
-                         "cpus": os.cpu_count()},
-            "timings": {"notebooks": timings, "total_seconds": round(time.time() - started, 1)},
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
+        manifest["status"] = "finished"
+        manifest["timings"] = {"notebooks": timings,
+                               "total_seconds": round(time.time() - started, 1)}
+        manifest["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         _write_json_atomic(partial / "manifest.json", to_jsonable(manifest))
         _swap_into_place(partial, runs / name)
     except BaseException:

@@ -28,3 +28,14 @@ def small_cohort(tmp_path_factory):
     path = tmp_path_factory.mktemp("cohorts") / "small.duckdb"
     clinpaper("synth", "--out", path, "--patients", 1500, "--sites", 8, "--seed", 11)
     return path
+
+
+@pytest.fixture(scope="session")
+def paper(tmp_path_factory, small_cohort):
+    "The demo paper run and built once on the small cohort, for the end-to-end and reader tests."
+    base = tmp_path_factory.mktemp("paper")
+    runs, builds = base / "runs", base / "builds"
+    clinpaper("run", "--cohort", small_cohort, "--name", "first", "--out", runs)
+    result = clinpaper("build", "first", "--runs", runs, "--out", builds)
+    return {"runs": runs, "builds": builds, "build_stdout": result.stdout,
+            "cohort": small_cohort, "base": base}

@@ -14,6 +14,9 @@ from bs4 import BeautifulSoup
 
 from conftest import clinpaper
 
+# all tests that use the built paper run in one xdist worker (it is built once per worker)
+pytestmark = pytest.mark.xdist_group("paper")
+
 INDEPENDENT_SQL = """
 WITH icu AS (
     SELECT v.*, row_number() OVER (PARTITION BY person_id
@@ -59,18 +62,8 @@ def squash(text: str) -> str:
     return re.sub(r"\s+", "", text)
 
 
-@pytest.fixture(scope="module")
-def paper(tmp_path_factory, small_cohort):
-    base = tmp_path_factory.mktemp("paper")
-    runs, builds = base / "runs", base / "builds"
-    clinpaper("run", "--cohort", small_cohort, "--name", "first", "--out", runs)
-    result = clinpaper("build", "first", "--runs", runs, "--out", builds)
-    return {"runs": runs, "builds": builds, "build_stdout": result.stdout,
-            "counts": sql_counts(small_cohort), "cohort": small_cohort, "base": base}
-
-
 def test_results_match_independent_sql(paper):
-    counts = paper["counts"]
+    counts = sql_counts(paper["cohort"])
     assert counts["n_children"] > 0, "the synthetic cohort should hold children to exclude"
     results = json.loads((paper["runs"] / "first" / "results.json").read_text())
     for name in ("n_index_events", "n_patients", "n_hospitals", "n_deaths"):
@@ -91,7 +84,7 @@ def test_html_shows_the_sql_counts(paper):
     html = paper["builds"] / "first" / "html"
     page = BeautifulSoup((html / "book" / "05_manuscript.html").read_text(), "html.parser")
     text = page.get_text(" ")
-    counts = paper["counts"]
+    counts = sql_counts(paper["cohort"])
     assert f"We included {counts['n_patients']:,} patients in {counts['n_hospitals']:,}" in \
         re.sub(r"\s+", " ", text)
     assert f"{counts['n_deaths']:,}" in text
@@ -109,7 +102,7 @@ def test_docx_shows_the_sql_counts(paper):
     import docx
     document = docx.Document(paper["builds"] / "first" / "manuscript.docx")
     text = "\n".join(p.text for p in document.paragraphs)
-    counts = paper["counts"]
+    counts = sql_counts(paper["cohort"])
     assert f"We included {counts['n_patients']:,} patients in {counts['n_hospitals']:,}" in text
     headings = [p.text for p in document.paragraphs if p.style.name.startswith("Heading")]
     for heading in ("Abstract", "Methods", "Results", "Discussion", "References"):
@@ -123,7 +116,7 @@ def test_pdf_shows_the_sql_counts(paper):
     from pypdf import PdfReader
     reader = PdfReader(paper["builds"] / "first" / "manuscript.pdf")
     text = squash("".join(page.extract_text() for page in reader.pages))
-    counts = paper["counts"]
+    counts = sql_counts(paper["cohort"])
     assert squash(f"We included {counts['n_patients']:,} patients in {counts['n_hospitals']:,}") in text
     assert len(reader.pages) >= 3
 
