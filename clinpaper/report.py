@@ -271,7 +271,7 @@ def myst_to_pandoc(markdown: str, results: dict, *, run_dir=".", where: str = "m
     return out
 
 # %% ../nbs/06_report.ipynb #c020
-_NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*%?")
+_NUMBER = re.compile(r"(?<![\w.])(?<![A-Za-z]-)\d+(?:[.,]\d+)*%?")
 _EXEMPT = re.compile(r"\b(?:Tables?|Figures?|Fig\.)\s+S?\d+(?:\s*(?:and|to|,|-)\s*S?\d+)*"
                      r"|\b95\s?%|`[^`]*`")
 CHECKED_SECTIONS = ("Abstract", "Results")
