@@ -64,6 +64,7 @@ STUDY_SCHEMA = {
         # criteria carry type-specific keys, checked by the cohort module
         "criteria": Each({"id": Field(str), "label": Field(str), "type": Field(str)},
                          open_keys=True),
+        "_optional": True,   # required for an OMOP source (checked below); a flat table has none
     },
     "outcome": {
         "id": Field(str),
@@ -193,6 +194,14 @@ def validate_study(study, *, file: str = "study file", schema: dict | None = Non
     "Check `study` (a dict read from YAML) against the schema; raise StudyError listing every problem."
     problems: list[str] = []
     _check(study, STUDY_SCHEMA if schema is None else schema, "", problems)
+    source = study.get("source") if isinstance(study, dict) else None
+    if schema is None and isinstance(source, dict):
+        if source.get("format") == "omop" and "cohort" not in study:
+            problems.append("missing required key `cohort` (an OMOP source needs the cohort "
+                            "definition)")
+        if source.get("format") == "flat" and "codebook" not in source:
+            problems.append("missing required key `source.codebook` (a flat table needs its "
+                            "codebook)")
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems)
         raise StudyError(f"{file}: {len(problems)} problem(s) in the study file:\n{listed}\n"

@@ -27,8 +27,8 @@ from .core import ClinpaperError, RunError, SourceError, StudyError
 from .report import _write_json_atomic, read_results, render_manuscript, to_jsonable
 
 # %% auto #0
-__all__ = ['PACKAGES', 'project_root', 'default_runs_dir', 'default_build_dir', 'fingerprint', 'package_versions', 'git_state',
-           'check_source_path', 'run_study', 'build_book']
+__all__ = ['PACKAGES', 'FLAT_SUFFIXES', 'project_root', 'default_runs_dir', 'default_build_dir', 'fingerprint',
+           'package_versions', 'git_state', 'check_source_path', 'run_study', 'build_book']
 
 # %% ../nbs/07_run.ipynb #c005
 def project_root(start=".") -> Path:
@@ -94,9 +94,20 @@ def git_state(folder) -> dict:
         return {"commit": None, "dirty": None}
 
 # %% ../nbs/07_run.ipynb #c011
-def check_source_path(path: Path, *, study_file: str = "study") -> Path:
+FLAT_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
+
+
+def check_source_path(path: Path, *, study_file: str = "study", flat: bool = False) -> Path:
     "Refuse a source that does not exist or is neither a DuckDB file nor a Parquet folder."
     path = Path(path)
+    if flat:
+        if not path.is_file():
+            raise SourceError(f"{path}: the flat analysis table does not exist. Give --cohort the "
+                              f"path of a CSV or Parquet file, or fix source.path in {study_file}.")
+        if not path.name.lower().endswith(FLAT_SUFFIXES):
+            raise SourceError(f"{path}: a flat analysis table must be CSV or Parquet "
+                              f"({', '.join(FLAT_SUFFIXES)}).")
+        return path
     if not path.exists():
         raise SourceError(f"{path}: the cohort does not exist. Give --cohort the path of an OMOP "
                           "CDM DuckDB file or Parquet folder (make one with `clinpaper synth "
@@ -133,7 +144,8 @@ def run_study(study="book/study.yaml", *, cohort=None, name=None, out=None, over
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     study_file = Path(study)
     config = load_study(study_file, overrides)
-    source = check_source_path(source_path(config, cohort), study_file=str(study_file))
+    source = check_source_path(source_path(config, cohort), study_file=str(study_file),
+                               flat=config["source"]["format"] == "flat")
     if config["source"]["format"] == "omop":
         from clinpaper.cohort import check_source, connect_source
         check_source(connect_source(source), config)   # every table and column the study needs
@@ -157,6 +169,8 @@ def run_study(study="book/study.yaml", *, cohort=None, name=None, out=None, over
         for key in ("checklist",):   # files named relative to the study file
             if resolved.get(key):
                 resolved[key] = str((study_dir / resolved[key]).resolve())
+        if resolved["source"].get("codebook"):
+            resolved["source"]["codebook"] = str((study_dir / resolved["source"]["codebook"]).resolve())
         (partial / "study.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False,
                                                            allow_unicode=True))
         parameters = {"run_dir": ".", "study_path": "study.yaml", "cohort_path": str(source),
