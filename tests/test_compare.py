@@ -1,0 +1,200 @@
+"""`clinpaper compare` on two real runs of the paper: two small synthetic cohorts (the second
+from another health system, run with another seed), each run once per session with the
+command line, then compared. Every number the comparison shows is checked against the two
+runs' own files read here directly (results.json, tables/*.csv, manifest.json)."""
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from bs4 import BeautifulSoup
+
+from clinpaper.compare import compare, compare_runs, write_comparison
+from clinpaper.core import RunError
+from conftest import clinpaper
+
+# small, quick chains; the gate is loosened a little because 300 draws of 2 chains on 600
+# patients cannot meet the paper's r_hat 1.01 (the gate itself is tested elsewhere)
+FAST = ["-p", "draws=300", "-p", "tune=300", "-p", "chains=2", "-p", "ess_min=100",
+        "-p", "target_accept=0.95", "-p", "r_hat_max=1.05", "-p", "divergences_max=5"]
+
+
+@pytest.fixture(scope="session")
+def two_runs(tmp_path_factory):
+    """Runs A and B (folder RUNS/A, RUNS/B) of the paper on two small synthetic cohorts.
+    CLINPAPER_COMPARE_RUNS=FOLDER reuses runs A and B made earlier with these commands."""
+    if os.environ.get("CLINPAPER_COMPARE_RUNS"):
+        return Path(os.environ["CLINPAPER_COMPARE_RUNS"])
+    base = tmp_path_factory.mktemp("compare")
+    cohort_a, cohort_b, runs = base / "a.duckdb", base / "b.duckdb", base / "runs"
+    clinpaper("synth", "--out", cohort_a, "--patients", 600, "--sites", 6, "--seed", 1)
+    clinpaper("synth", "--out", cohort_b, "--patients", 700, "--sites", 6, "--seed", 2,
+              "--shift", "external")
+    clinpaper("run", "--cohort", cohort_a, "--name", "A", "--out", runs, *FAST)
+    clinpaper("run", "--cohort", cohort_b, "--name", "B", "--out", runs, *FAST, "-p", "seed=7")
+    return runs
+
+
+def results(run):
+    return json.loads((run / "results.json").read_text())
+
+
+def manifest(run):
+    return json.loads((run / "manifest.json").read_text())
+
+
+def table(run, name):
+    with open(run / "tables" / f"{name}.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_cohort_differences_are_b_minus_a(two_runs):
+    a, b = results(two_runs / "A"), results(two_runs / "B")
+    cohort = compare_runs(two_runs / "A", two_runs / "B")["cohort"].set_index("name")
+    for name in ("n_patients", "n_deaths", "n_index_events"):
+        difference = b[name]["value"] - a[name]["value"]
+        assert abs(difference) >= 11          # large enough to be shown
+        assert cohort.loc[name, "difference"] == difference
+        assert cohort.loc[name, "change"] == f"{difference:+,}"
+        assert cohort.loc[name, ["A", "B"]].tolist() == [a[name]["text"], b[name]["text"]]
+    mortality = b["mortality_percent"]["value"] - a["mortality_percent"]["value"]
+    assert cohort.loc["mortality_percent", "difference"] == pytest.approx(mortality)
+    # every masked count of either run stays masked, without a difference
+    for name in cohort.index:
+        if a.get(name, {}).get("text", "").startswith("<") or \
+                b.get(name, {}).get("text", "").startswith("<"):
+            assert cohort.loc[name, "change"] == "masked"
+            assert cohort.loc[name].isna()["difference"]
+
+
+def test_flow_table_one_and_estimates_side_by_side(two_runs):
+    sections = compare_runs(two_runs / "A", two_runs / "B")
+    flow_a, flow_b = table(two_runs / "A", "table_flow"), table(two_runs / "B", "table_flow")
+    flow = sections["flow"].set_index("Step")
+    assert list(flow.index) == [row["Step"] for row in flow_a]
+    for row_a, row_b in zip(flow_a, flow_b):
+        assert flow.loc[row_a["Step"], ["Stays A", "Stays B"]].tolist() == \
+            [row_a["Stays"], row_b["Stays"]]
+    first = flow_a[0]["Step"]
+    stays = int(flow_b[0]["Stays"].replace(",", "")) - int(flow_a[0]["Stays"].replace(",", ""))
+    assert flow.loc[first, "Stays change"] == f"{stays:+,}"
+
+    one_a, one_b = table(two_runs / "A", "table_one"), table(two_runs / "B", "table_one")
+    table_one = sections["table_one"]
+    assert len(table_one) == len(one_a) == len(one_b)   # same study: the same rows
+    assert table_one["Overall A"].tolist() == [row["Overall"] for row in one_a]
+    assert table_one["Overall B"].tolist() == [row["Overall"] for row in one_b]
+    assert table_one["SMD B"].tolist() == [row["SMD"] for row in one_b]
+    assert table_one["changed"].tolist() == [x["Overall"] != y["Overall"]
+                                             for x, y in zip(one_a, one_b)]
+
+    a, b = results(two_runs / "A"), results(two_runs / "B")
+    estimates = sections["estimates"].set_index("name")
+    odds = sorted(name for name in a if name.startswith("or_"))
+    assert odds and list(estimates.index[:len(odds)]) == odds
+    for name in odds + ["sigma_hospital", "median_odds_ratio"]:
+        assert estimates.loc[name, ["A", "B"]].tolist() == [a[name]["text"], b[name]["text"]]
+        assert estimates.loc[name, "difference"] == pytest.approx(b[name]["value"] - a[name]["value"])
+    # B ran with another seed: the methods text differs in it, and the change says so
+    change = estimates.loc["methods_model", "change"]
+    assert f"{a['methods_model']['text'].split('seed ')[-1]} → 7." in change
+    assert sections["performance"].empty
+    assert "Neither run recorded performance" in sections["performance"].attrs["note"]
+
+
+def test_manifest_lists_what_differed_only(two_runs):
+    a, b = manifest(two_runs / "A"), manifest(two_runs / "B")
+    items = compare_runs(two_runs / "A", two_runs / "B")["manifest"].set_index("item")
+    assert items.loc["parameters.seed", ["A", "B"]].tolist() == \
+        [str(a["parameters"]["seed"]), str(b["parameters"]["seed"])] == ["20261121", "7"]
+    assert items.loc["source.path", ["A", "B"]].tolist() == [a["source"]["path"], b["source"]["path"]]
+    assert items.loc["source.fingerprint.sha256", "B"] == b["source"]["fingerprint"]["sha256"]
+    same = [name for name in a["packages"] if a["packages"][name] == b["packages"].get(name)]
+    assert same and not any(f"packages.{name}" in items.index for name in same)
+    for item in ("parameters.draws", "study.sha256", "notebooks"):
+        assert item not in items.index
+    assert items.loc["timings.total_seconds", ["A", "B"]].tolist() == \
+        [str(a["timings"]["total_seconds"]), str(b["timings"]["total_seconds"])]
+
+
+def test_page_json_and_markdown(two_runs, tmp_path):
+    page = compare("A", "B", runs=two_runs, out=tmp_path / "cmp")
+    assert page == tmp_path / "cmp" / "index.html"
+    soup = BeautifulSoup(page.read_text(), "html.parser")
+    headings = [h.get_text() for h in soup.find_all("h2")]
+    assert headings[:6] == ["Cohort", "Flow", "Table 1", "Estimates", "Performance",
+                            "What differed in the manifests"]
+    assert len(soup.find_all("table")) == 5                 # performance is empty
+    assert not soup.find_all(["script", "link"])            # self-contained
+    figures_a = {p.stem for p in (two_runs / "A" / "figures").glob("*.png")}
+    figures_b = {p.stem for p in (two_runs / "B" / "figures").glob("*.png")}
+    sources = [img["src"] for img in soup.find_all("img")]
+    assert sorted(sources) == sorted(f"figures/{run}_{name}.png" for name in figures_a & figures_b
+                                     for run in "AB")
+    for source in sources:
+        copied = page.parent / source
+        run, _, name = Path(source).name.partition("_")
+        assert copied.read_bytes() == (two_runs / run / "figures" / name).read_bytes()
+    a, b = results(two_runs / "A"), results(two_runs / "B")
+    row = soup.find("td", string="n_patients").find_parent("tr")
+    assert [td.get_text() for td in row.find_all("td")][1:3] == \
+        [a["n_patients"]["text"], b["n_patients"]["text"]]
+
+    record = json.loads((page.parent / "comparison.json").read_text())
+    assert set(record["sections"]) == {"cohort", "flow", "table_one", "estimates",
+                                       "performance", "manifest"}
+    cohort = {r["name"]: r for r in record["sections"]["cohort"]["records"]}
+    assert cohort["n_patients"]["difference"] == b["n_patients"]["value"] - a["n_patients"]["value"]
+    # a masked count's raw value is nowhere in the comparison's records
+    for name, entry in a.items():
+        if entry.get("kind") == "text" and str(entry["text"]).startswith("<"):
+            assert entry["value"] not in [v for v in cohort[name].values()
+                                          if not isinstance(v, str)]
+    markdown = (page.parent / "comparison.md").read_text()
+    assert "## Table 1" in markdown and "| n_patients" in markdown
+
+
+def test_missing_table_is_reported(two_runs, tmp_path):
+    partial = tmp_path / "B_without_table_one"
+    shutil.copytree(two_runs / "B", partial,
+                    ignore=shutil.ignore_patterns("data", "model", "*.ipynb"))
+    (partial / "tables" / "table_one.csv").unlink()
+    sections = compare_runs(two_runs / "A", partial)
+    assert sections["table_one"].attrs["note"] == "tables/table_one.csv is absent in run B."
+    assert set(sections["table_one"]["Overall B"]) == {"(absent)"}
+    assert len(sections["flow"]) == len(table(two_runs / "A", "table_flow"))
+    page = write_comparison(two_runs / "A", partial, tmp_path / "page")
+    assert "tables/table_one.csv is absent in run B." in page.read_text()
+
+
+def test_errors_keep_an_earlier_page(two_runs, tmp_path):
+    out = tmp_path / "cmp"
+    compare("A", "B", runs=two_runs, out=out)
+    before = (out / "index.html").read_bytes()
+    with pytest.raises(RunError, match=r"no run named 'C'.*Runs there: A, B\."):
+        compare("A", "C", runs=two_runs, out=out)
+    unfinished = tmp_path / "runs"
+    unfinished.mkdir()
+    shutil.copytree(two_runs / "A", unfinished / "A",
+                    ignore=shutil.ignore_patterns("data", "model", "*.ipynb", "manifest.json"))
+    shutil.copytree(two_runs / "B", unfinished / "B",
+                    ignore=shutil.ignore_patterns("data", "model", "*.ipynb", "results.json"))
+    with pytest.raises(RunError, match="not a finished run \\(no manifest.json\\)"):
+        compare("A", "B", runs=unfinished, out=out)
+    with pytest.raises(RunError, match="not a finished run \\(no results.json\\)"):
+        compare("B", "B", runs=unfinished, out=out)
+    assert (out / "index.html").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_command_line(two_runs, tmp_path):
+    if "compare" not in clinpaper("--help").stdout:
+        pytest.skip("the CLI has no compare subcommand yet")
+    done = clinpaper("compare", "A", "B", "--runs", two_runs, "--out", tmp_path / "cli")
+    assert (tmp_path / "cli" / "index.html").is_file()
+    assert str(tmp_path / "cli" / "index.html") in done.stdout
+    failed = clinpaper("compare", "A", "nope", "--runs", two_runs, "--out", tmp_path / "x",
+                       check=False)
+    assert failed.returncode == 2 and "Runs there: A, B." in failed.stderr
