@@ -21,13 +21,15 @@ from .core import ClinpaperError, CohortError, ConvergenceError
 # %% auto #0
 __all__ = ['LOCATION_PRIORS', 'SCALE_PRIORS', 'DEFAULT_PRIORS', 'PRIOR_MEANINGS', 'REPORTED_PARAMETERS', 'prior_text',
            'resolve_priors', 'hdi', 'posterior_summary', 'check_convergence', 'convergence_message', 'NotFittedError',
-           'HierarchicalLogistic', 'build_model', 'fit', 'summary', 'odds_ratios', 'median_odds_ratio', 'group_effects',
-           'check_convergence_method', 'predict', 'save', 'load', 'describe_priors', 'methods_text']
+           'HierarchicalLogistic', 'build_model', 'nutpie_backend', 'fit', 'summary', 'odds_ratios',
+           'median_odds_ratio', 'group_effects', 'check_convergence_method', 'predict', 'save', 'load',
+           'describe_priors', 'methods_text']
 
 # %% ../nbs/04_models.ipynb #c006
 LOCATION_PRIORS = {"Normal": ("mu", "sigma"), "StudentT": ("nu", "mu", "sigma")}
 SCALE_PRIORS = {"HalfNormal": ("sigma",), "HalfStudentT": ("nu", "sigma"),
-                "Exponential": ("lam",)}
+                "Exponential": ("lam",), "Uniform": ("lower", "upper"),
+                "InverseGammaVariance": ("alpha", "beta")}
 
 DEFAULT_PRIORS = {
     "intercept": {"dist": "Normal", "mu": 0.0, "sigma": 2.5},
@@ -50,11 +52,12 @@ def _number(value) -> str:
 
 
 def prior_text(prior: dict) -> str:
-    "A prior as text, e.g. 'Normal(0, 2.5)' or 'Half-Normal(1)'."
+    "A prior as text, e.g. 'Normal(0, 2.5)', 'Half-Normal(1)' or 'Inverse-Gamma(0.001, 0.001) on the variance'."
     names = {**LOCATION_PRIORS, **SCALE_PRIORS}[prior["dist"]]
-    label = {"HalfNormal": "Half-Normal", "HalfStudentT": "Half-Student-t",
-             "StudentT": "Student-t"}.get(prior["dist"], prior["dist"])
-    return f"{label}({', '.join(_number(prior[name]) for name in names)})"
+    label = {"HalfNormal": "Half-Normal", "HalfStudentT": "Half-Student-t", "StudentT": "Student-t",
+             "InverseGammaVariance": "Inverse-Gamma"}.get(prior["dist"], prior["dist"])
+    text = f"{label}({', '.join(_number(prior[name]) for name in names)})"
+    return text + " on the variance" if prior["dist"] == "InverseGammaVariance" else text
 
 
 def resolve_priors(priors: dict | None, *, random_slopes: bool = False) -> dict:
@@ -97,8 +100,11 @@ def resolve_priors(priors: dict | None, *, random_slopes: bool = False) -> dict:
             if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
                     or not np.isfinite(value):
                 raise ValueError(f"The prior of {name}: {key} must be a finite number, got {value!r}.")
-            if key != "mu" and value <= 0:
+            if key not in ("mu", "lower") and value <= 0:
                 raise ValueError(f"The prior of {name}: {key} must be positive, got {value!r}.")
+        if dist == "Uniform" and not 0 <= prior["lower"] < prior["upper"]:
+            raise ValueError(f"The prior of {name} (Uniform) needs 0 <= lower < upper, got lower "
+                             f"{prior['lower']!r} and upper {prior['upper']!r}.")
         resolved[name] = prior
     return resolved
 
@@ -330,6 +336,9 @@ def _design(self, df, *, collapse="auto"):
 
 def _prior_rv(pm, name, prior, **kwargs):
     params = {k: float(v) for k, v in prior.items() if k != "dist"}
+    if prior["dist"] == "InverseGammaVariance":  # BUGS' dgamma(a, b) on the precision
+        variance = pm.InverseGamma(f"{name}_variance", **params, **kwargs)
+        return pm.Deterministic(name, variance ** 0.5, **kwargs)
     return getattr(pm, prior["dist"])(name, **params, **kwargs)
 
 
@@ -377,42 +386,72 @@ HierarchicalLogistic._design = _design
 HierarchicalLogistic.build_model = build_model
 
 # %% ../nbs/04_models.ipynb #c022
-def _sample(model, *, draws, tune, chains, seed, target_accept, sampler, progressbar, sampler_kwargs):
-    "Sample `model`; returns (idata, sampler actually used, seconds compiling, seconds sampling)."
+def nutpie_backend(backend: str = "auto") -> str:
+    "The backend nutpie compiles with: 'jax' when `backend` is 'auto' and JAX is installed, else 'numba'."
+    if backend not in ("auto", "jax", "numba"):
+        raise ValueError(f"`backend` must be 'auto', 'jax' or 'numba', got {backend!r}.")
+    if backend != "auto":
+        return backend
+    try:
+        import jax  # noqa: F401
+    except ImportError:
+        return "numba"
+    return "jax"
+
+
+def _compile_nutpie(model, backend):
+    "nutpie's compiled model and the backend used; JAX failing falls back to numba, with a warning."
+    import nutpie
+
+    if backend == "jax":
+        try:
+            return nutpie.compile_pymc_model(model, backend="jax", gradient_backend="jax"), "jax"
+        except Exception as error:
+            warnings.warn(f"nutpie could not compile the model with JAX ({type(error).__name__}: {error}); "
+                          f"compiling with numba instead.", RuntimeWarning, stacklevel=4)
+    return nutpie.compile_pymc_model(model), "numba"
+
+
+def _sample(model, *, draws, tune, chains, seed, target_accept, sampler, progressbar, sampler_kwargs,
+            backend="auto"):
+    """Sample `model`; returns (idata, sampler actually used, seconds compiling, seconds sampling,
+    nutpie backend or None)."""
     import pymc as pm
 
     start = time.perf_counter()
     if sampler == "nutpie":
         try:
-            import nutpie
-
-            compiled = nutpie.compile_pymc_model(model)
-        except Exception as error:  # nutpie missing, or numba cannot compile this model
+            compiled, backend = _compile_nutpie(model, nutpie_backend(backend))
+        except Exception as error:  # nutpie missing, or it cannot compile this model
             warnings.warn(f"nutpie is unavailable or failed to compile the model ({type(error).__name__}: "
                           f"{error}); sampling with PyMC's NUTS instead.", RuntimeWarning, stacklevel=3)
             sampler = "pymc"
         else:
+            import nutpie
+
             compiled_at = time.perf_counter()
             options = {"low_rank_modified_mass_matrix": True, **sampler_kwargs}
             idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,
                                   target_accept=target_accept, progress_bar=progressbar,
                                   save_warmup=False, **options)
-            return idata, "nutpie", compiled_at - start, time.perf_counter() - compiled_at
+            return idata, "nutpie", compiled_at - start, time.perf_counter() - compiled_at, backend
     idata = pm.sample(draws=draws, tune=tune, chains=chains, cores=min(chains, os.cpu_count() or 1),
                       random_seed=seed, target_accept=target_accept, progressbar=progressbar,
                       model=model, nuts_sampler="pymc", compute_convergence_checks=False,
                       **{k: v for k, v in sampler_kwargs.items() if k != "low_rank_modified_mass_matrix"})
-    return idata, "pymc", 0.0, time.perf_counter() - start
+    return idata, "pymc", 0.0, time.perf_counter() - start, None
 
 
 def fit(self, df: pd.DataFrame, *, draws: int = 1000, tune: int = 1000, chains: int = 4, seed: int = 0,
         target_accept: float = 0.9, sampler: str = "nutpie", progressbar: bool | None = None,
-        collapse="auto", sampler_kwargs: dict | None = None):
+        collapse="auto", sampler_kwargs: dict | None = None, backend: str = "auto"):
     """Sample the posterior for `df`; returns self. `collapse` ('auto', True, False) merges rows
     with the same group and predictor values into binomial counts (same likelihood).
+    `backend` is what nutpie compiles the model with: 'jax', 'numba', or 'auto' (JAX when installed).
     `sampler_kwargs` go to `nutpie.sample` (or `pm.sample`)."""
     if sampler not in ("nutpie", "pymc"):
         raise ValueError(f"`sampler` must be 'nutpie' or 'pymc', got {sampler!r}.")
+    nutpie_backend(backend)  # checks the value
     for label, value, smallest in (("draws", draws, 1), ("tune", tune, 0), ("chains", chains, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < smallest:
             raise ValueError(f"`{label}` must be a whole number of at least {smallest}, got {value!r}.")
@@ -425,9 +464,9 @@ def fit(self, df: pd.DataFrame, *, draws: int = 1000, tune: int = 1000, chains: 
     weights = design["trials"]
     means = (design["x"] * weights[:, None]).sum(axis=0) / weights.sum()
     model = self.build_model(design, predictor_means=means)
-    idata, used, compile_seconds, sample_seconds = _sample(
+    idata, used, compile_seconds, sample_seconds, used_backend = _sample(
         model, draws=draws, tune=tune, chains=chains, seed=seed, target_accept=target_accept,
-        sampler=sampler, progressbar=progressbar, sampler_kwargs=dict(sampler_kwargs or {}))
+        sampler=sampler, progressbar=progressbar, sampler_kwargs=dict(sampler_kwargs or {}), backend=backend)
     self.model_ = model
     self.idata_ = idata
     self.groups_ = list(design["levels"])
@@ -438,7 +477,7 @@ def fit(self, df: pd.DataFrame, *, draws: int = 1000, tune: int = 1000, chains: 
     self.collapsed_ = design["collapsed"]
     self.sampler_ = used
     self.sampling_ = {"draws": draws, "tune": tune, "chains": chains, "seed": seed,
-                      "target_accept": target_accept, "sampler": used}
+                      "target_accept": target_accept, "sampler": used, "backend": used_backend}
     self.timings_ = {"compile_seconds": compile_seconds, "sample_seconds": sample_seconds}
     return self
 
