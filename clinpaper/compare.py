@@ -29,8 +29,10 @@ SECTIONS = ("cohort", "flow", "table_one", "estimates", "performance", "manifest
 
 # count-like values: the cohort's sizes, events and proportions
 _COUNT_NAME = re.compile(r"^(n|events|deaths)_|percent|mortality|prevalence")
-# model performance, from an evaluation notebook
-_PERFORMANCE_NAME = re.compile(r"^(auroc|auc|c_statistic|brier|calibration|ece|ici|net_benefit)")
+# model performance (apparent_auroc, cv_brier, external_calibration_slope, net_benefit_20, ...)
+_PERFORMANCE_NAME = re.compile(
+    r"(^|_)(auroc|auprc|auc|c_statistic|brier|calibration|recalibration|ici|e50|e90|"
+    r"observed_expected|net_benefit)(_|$)")
 _MASKED = re.compile(r"^\s*<\s*\d")
 
 
@@ -181,7 +183,7 @@ def _estimates_section(run_a, run_b, threshold) -> pd.DataFrame:
     texts_a, texts_b = _text_entries(run_a), _text_entries(run_b)
     names = [n for n in _union(texts_a, texts_b)
              if not _is_count_like(n, texts_a.get(n), texts_b.get(n))
-             and not _PERFORMANCE_NAME.match(n)]
+             and not _PERFORMANCE_NAME.search(n)]
     first = [n for n in names if n.startswith("or_")]
     first += [n for n in ("sigma_hospital", "median_odds_ratio") if n in names]
     ordered = first + sorted(n for n in names if n not in first)
@@ -191,7 +193,8 @@ def _estimates_section(run_a, run_b, threshold) -> pd.DataFrame:
 
 def _performance_section(run_a, run_b, threshold) -> pd.DataFrame:
     texts_a, texts_b = _text_entries(run_a), _text_entries(run_b)
-    names = sorted(n for n in _union(texts_a, texts_b) if _PERFORMANCE_NAME.match(n))
+    names = [n for n in _union(texts_a, texts_b)
+             if _PERFORMANCE_NAME.search(n) and not _is_count_like(n, texts_a.get(n), texts_b.get(n))]
     data = pd.DataFrame(_value_rows(names, texts_a, texts_b, threshold), columns=_VALUE_COLUMNS)
     return _with_note(data, "" if names else
                       "Neither run recorded performance values (auroc, brier, calibration, ...).")
@@ -334,9 +337,14 @@ def _flatten(value, prefix: str = "") -> dict:
     return {prefix: value}
 
 
+_ABSENT = object()
+
+
 def _shown(value) -> str:
-    if value is None:
+    if value is _ABSENT:
         return "(absent)"
+    if value is None:
+        return "null"
     if isinstance(value, str):
         return value
     return json.dumps(value, ensure_ascii=False)
@@ -361,15 +369,17 @@ def _manifest_section(run_a, run_b) -> pd.DataFrame:
         return _flatten(parts)
 
     flat_a, flat_b = flat(manifest_a), flat(manifest_b)
-    rows = [{"item": item, "A": _shown(flat_a.get(item)), "B": _shown(flat_b.get(item)),
-             "differs": True}
-            for item in _union(flat_a, flat_b) if flat_a.get(item) != flat_b.get(item)]
+    rows = [{"item": item, "A": _shown(flat_a.get(item, _ABSENT)),
+             "B": _shown(flat_b.get(item, _ABSENT)), "differs": True}
+            for item in _union(flat_a, flat_b)
+            if flat_a.get(item, _ABSENT) != flat_b.get(item, _ABSENT)]
     times_a = _flatten({"timings": manifest_a.get("timings", {}),
                         "finished_at": manifest_a.get("finished_at")})
     times_b = _flatten({"timings": manifest_b.get("timings", {}),
                         "finished_at": manifest_b.get("finished_at")})
-    rows += [{"item": item, "A": _shown(times_a.get(item)), "B": _shown(times_b.get(item)),
-              "differs": times_a.get(item) != times_b.get(item)}
+    rows += [{"item": item, "A": _shown(times_a.get(item, _ABSENT)),
+              "B": _shown(times_b.get(item, _ABSENT)),
+              "differs": times_a.get(item, _ABSENT) != times_b.get(item, _ABSENT)}
              for item in _union(times_a, times_b)]
     note = ("" if any(r["differs"] for r in rows if not r["item"].startswith(("timings", "finished")))
             else "The two runs used the same source, study, parameters, packages and code.")

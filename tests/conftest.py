@@ -1,4 +1,5 @@
 """Shared fixtures: the repository's paths and a small synthetic OMOP cohort."""
+import hashlib
 import os
 import subprocess
 import sys
@@ -36,6 +37,25 @@ def paper(tmp_path_factory, small_cohort):
     base = tmp_path_factory.mktemp("paper")
     runs, builds = base / "runs", base / "builds"
     clinpaper("run", "--cohort", small_cohort, "--name", "first", "--out", runs)
+    first_digest = tree_digest(runs / "first")
     result = clinpaper("build", "first", "--runs", runs, "--out", builds)
     return {"runs": runs, "builds": builds, "build_stdout": result.stdout,
-            "cohort": small_cohort, "base": base}
+            "cohort": small_cohort, "base": base, "first_digest": first_digest}
+
+
+@pytest.fixture(scope="session")
+def external_run(paper):
+    """A second run, "external", beside "first": another health system's cohort, another seed,
+    and an external validation of the first run's model (-p validate_against=first)."""
+    cohort = paper["base"] / "external.duckdb"
+    clinpaper("synth", "--out", cohort, "--patients", 1200, "--sites", 6, "--seed", 5,
+              "--shift", "external")
+    clinpaper("run", "--cohort", cohort, "--name", "external", "--out", paper["runs"],
+              "-p", "seed=7", "-p", "validate_against=first")
+    return paper["runs"] / "external"
+
+
+def tree_digest(folder: Path) -> dict:
+    "SHA-256 of every file below `folder`, by relative path."
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}

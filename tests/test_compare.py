@@ -15,25 +15,19 @@ from clinpaper.compare import compare, compare_runs, write_comparison
 from clinpaper.core import RunError
 from conftest import clinpaper
 
-# small, quick chains; the gate is loosened a little because 300 draws of 2 chains on 600
-# patients cannot meet the paper's r_hat 1.01 (the gate itself is tested elsewhere)
-FAST = ["-p", "draws=300", "-p", "tune=300", "-p", "chains=2", "-p", "ess_min=100",
-        "-p", "target_accept=0.95", "-p", "r_hat_max=1.05", "-p", "divergences_max=5"]
-
+pytestmark = pytest.mark.xdist_group("paper")   # reuses the runs of the session's paper
 
 @pytest.fixture(scope="session")
-def two_runs(tmp_path_factory):
-    """Runs A and B (folder RUNS/A, RUNS/B) of the paper on two small synthetic cohorts.
-    CLINPAPER_COMPARE_RUNS=FOLDER reuses runs A and B made earlier with these commands."""
+def two_runs(paper, external_run, tmp_path_factory):
+    """Runs A and B of the paper, reused from the session's end-to-end runs: A is "first" (the
+    small cohort), B is "external" (another health system's cohort, seed 7, an external
+    validation of A's model). CLINPAPER_COMPARE_RUNS=FOLDER uses runs A and B made earlier."""
     if os.environ.get("CLINPAPER_COMPARE_RUNS"):
         return Path(os.environ["CLINPAPER_COMPARE_RUNS"])
-    base = tmp_path_factory.mktemp("compare")
-    cohort_a, cohort_b, runs = base / "a.duckdb", base / "b.duckdb", base / "runs"
-    clinpaper("synth", "--out", cohort_a, "--patients", 600, "--sites", 6, "--seed", 1)
-    clinpaper("synth", "--out", cohort_b, "--patients", 700, "--sites", 6, "--seed", 2,
-              "--shift", "external")
-    clinpaper("run", "--cohort", cohort_a, "--name", "A", "--out", runs, *FAST)
-    clinpaper("run", "--cohort", cohort_b, "--name", "B", "--out", runs, *FAST, "-p", "seed=7")
+    runs = tmp_path_factory.mktemp("compare") / "runs"
+    runs.mkdir()
+    (runs / "A").symlink_to(paper["runs"] / "first", target_is_directory=True)
+    (runs / "B").symlink_to(external_run, target_is_directory=True)
     return runs
 
 
@@ -100,8 +94,23 @@ def test_flow_table_one_and_estimates_side_by_side(two_runs):
     # B ran with another seed: the methods text differs in it, and the change says so
     change = estimates.loc["methods_model", "change"]
     assert f"{a['methods_model']['text'].split('seed ')[-1]} → 7." in change
-    assert sections["performance"].empty
-    assert "Neither run recorded performance" in sections["performance"].attrs["note"]
+
+    # performance: both runs' apparent and cross-validated metrics; B's external validation
+    # against A's model only in B
+    performance = sections["performance"].set_index("name")
+    for name in ("apparent_auroc", "apparent_brier", "cv_auroc"):
+        assert performance.loc[name, ["A", "B"]].tolist() == [a[name]["text"], b[name]["text"]]
+        assert performance.loc[name, "difference"] == pytest.approx(b[name]["value"] - a[name]["value"])
+    external = sorted(name for name in b if name.startswith("external_") and name not in a
+                      and b[name]["kind"] == "text")
+    assert "external_auroc" in external
+    assert (performance.loc[external, "A"] == "(absent)").all()
+    assert performance.loc[external, "B"].tolist() == [b[name]["text"] for name in external]
+    metric_words = ("auroc", "auprc", "brier", "calibration", "ici", "e50", "e90",
+                    "observed_expected", "net_benefit")
+    texts = {n for run in (a, b) for n, e in run.items() if e["kind"] == "text"}
+    assert set(performance.index) == {n for n in texts if any(w in n for w in metric_words)}
+    assert not set(performance.index) & set(estimates.index)
 
 
 def test_manifest_lists_what_differed_only(two_runs):
@@ -113,6 +122,7 @@ def test_manifest_lists_what_differed_only(two_runs):
     assert items.loc["source.fingerprint.sha256", "B"] == b["source"]["fingerprint"]["sha256"]
     same = [name for name in a["packages"] if a["packages"][name] == b["packages"].get(name)]
     assert same and not any(f"packages.{name}" in items.index for name in same)
+    assert items.loc["parameters.validate_against", ["A", "B"]].tolist() == ["null", "first"]
     for item in ("parameters.draws", "study.sha256", "notebooks"):
         assert item not in items.index
     assert items.loc["timings.total_seconds", ["A", "B"]].tolist() == \
@@ -126,7 +136,7 @@ def test_page_json_and_markdown(two_runs, tmp_path):
     headings = [h.get_text() for h in soup.find_all("h2")]
     assert headings[:6] == ["Cohort", "Flow", "Table 1", "Estimates", "Performance",
                             "What differed in the manifests"]
-    assert len(soup.find_all("table")) == 5                 # performance is empty
+    assert len(soup.find_all("table")) == 6
     assert not soup.find_all(["script", "link"])            # self-contained
     figures_a = {p.stem for p in (two_runs / "A" / "figures").glob("*.png")}
     figures_b = {p.stem for p in (two_runs / "B" / "figures").glob("*.png")}
