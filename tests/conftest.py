@@ -48,7 +48,7 @@ def external_run(paper):
     """A second run, "external", beside "first": another health system's cohort, another seed,
     and an external validation of the first run's model (-p validate_against=first)."""
     cohort = paper["base"] / "external.duckdb"
-    clinpaper("synth", "--out", cohort, "--patients", 1200, "--sites", 6, "--seed", 5,
+    clinpaper("synth", "--out", cohort, "--patients", 1000, "--sites", 6, "--seed", 5,
               "--shift", "external")
     clinpaper("run", "--cohort", cohort, "--name", "external", "--out", paper["runs"],
               "-p", "seed=7", "-p", "validate_against=first")
