@@ -103,7 +103,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'clinpaper.compare._read_table': ('compare.html#_read_table', 'clinpaper/compare.py'),
                                    'clinpaper.compare._shown': ('compare.html#_shown', 'clinpaper/compare.py'),
                                    'clinpaper.compare._side_by_side': ('compare.html#_side_by_side', 'clinpaper/compare.py'),
-                                   'clinpaper.compare._swap_into_place': ('compare.html#_swap_into_place', 'clinpaper/compare.py'),
                                    'clinpaper.compare._table_one_section': ('compare.html#_table_one_section', 'clinpaper/compare.py'),
                                    'clinpaper.compare._text_entries': ('compare.html#_text_entries', 'clinpaper/compare.py'),
                                    'clinpaper.compare._threshold': ('compare.html#_threshold', 'clinpaper/compare.py'),

@@ -10,7 +10,6 @@ import html
 import json
 import math
 import numbers
-import os
 import re
 import shutil
 import uuid
@@ -20,6 +19,7 @@ import pandas as pd
 
 from .core import RunError
 from .report import to_jsonable
+from .run import _swap_into_place
 
 # %% auto #0
 __all__ = ['SECTIONS', 'compare_runs', 'write_comparison', 'compare']
@@ -486,16 +486,6 @@ def _figures(run_a, run_b) -> tuple:
 def _caption(run, name: str) -> str:
     entry = run["results"].get(name)
     return entry.get("caption", "") if isinstance(entry, dict) else ""
-
-
-def _swap_into_place(new: Path, final: Path) -> None:
-    previous = None
-    if final.exists():
-        previous = final.with_name(f".{final.name}.previous-{uuid.uuid4().hex[:8]}")
-        os.replace(final, previous)
-    os.replace(new, final)
-    if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)
 
 
 def _page(a, b, sections, figures, figure_note) -> str:
