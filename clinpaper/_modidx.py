@@ -204,6 +204,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'clinpaper.evaluate.subgroup_performance': ( 'evaluate.html#subgroup_performance',
                                                                                  'clinpaper/evaluate.py')},
             'clinpaper.figures': { 'clinpaper.figures._metadata': ('figures.html#_metadata', 'clinpaper/figures.py'),
+                                   'clinpaper.figures._null_line': ('figures.html#_null_line', 'clinpaper/figures.py'),
                                    'clinpaper.figures.plot_caterpillar': ('figures.html#plot_caterpillar', 'clinpaper/figures.py'),
                                    'clinpaper.figures.plot_forest': ('figures.html#plot_forest', 'clinpaper/figures.py'),
                                    'clinpaper.figures.save_figure': ('figures.html#save_figure', 'clinpaper/figures.py'),

@@ -54,6 +54,15 @@ def _metadata(fmt: str) -> dict | None:
     return None
 
 # %% ../nbs/05_figures.ipynb #c010
+def _null_line(ax, *, log: bool) -> None:
+    "The line of no effect (1 on a log axis of ratios, 0 otherwise), and plain tick labels."
+    ax.axvline(1.0 if log else 0.0, color="0.5", linestyle="--", linewidth=0.8)
+    if log:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def plot_forest(data: pd.DataFrame, *, label: str = "label", estimate: str = "odds_ratio",
                 low: str = "low", high: str = "high", xlabel: str = "Odds ratio (95% CrI)",
                 log: bool = True, ax=None, figsize=(3.5, None)):
@@ -69,11 +78,7 @@ def plot_forest(data: pd.DataFrame, *, label: str = "label", estimate: str = "od
     est, lo, hi = (data[c].to_numpy(float) for c in (estimate, low, high))
     ax.errorbar(est, rows, xerr=[est - lo, hi - est], fmt="o", color=OKABE_ITO[0],
                 ecolor=OKABE_ITO[0], markersize=4, capsize=0, linewidth=1.2)
-    ax.axvline(1.0 if log else 0.0, color="0.5", linestyle="--", linewidth=0.8)
-    if log:
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    _null_line(ax, log=log)
     ax.set_yticks(rows, data[label].astype(str).tolist())
     ax.set_xlabel(xlabel)
     ax.set_ylim(-0.7, len(data) - 0.3)
@@ -97,11 +102,7 @@ def plot_caterpillar(data: pd.DataFrame, *, group: str = "group", estimate: str 
     rows = np.arange(len(ordered))
     ax.hlines(rows, lo, hi, color=OKABE_ITO[0], linewidth=1)
     ax.plot(est, rows, "o", color=OKABE_ITO[0], markersize=3)
-    ax.axvline(1.0 if exponentiate else 0.0, color="0.5", linestyle="--", linewidth=0.8)
-    if exponentiate:
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    _null_line(ax, log=exponentiate)
     ax.set_yticks(rows, ordered[group].astype(str).tolist())
     ax.set_xlabel(xlabel)
     ax.set_ylabel("")
