@@ -19,10 +19,10 @@ import pandas as pd
 from .core import ClinpaperError, CohortError, ConvergenceError
 
 # %% auto #0
-__all__ = ['LOCATION_PRIORS', 'SCALE_PRIORS', 'DEFAULT_PRIORS', 'PRIOR_MEANINGS', 'REPORTED_PARAMETERS', 'prior_text',
+__all__ = ['LOCATION_PRIORS', 'SCALE_PRIORS', 'DEFAULT_PRIORS', 'PRIOR_MEANINGS', 'REPORTED_PARAMETERS', 'BACKENDS', 'prior_text',
            'resolve_priors', 'hdi', 'posterior_summary', 'check_convergence', 'convergence_message', 'NotFittedError',
-           'HierarchicalLogistic', 'build_model', 'nutpie_backend', 'fit', 'summary', 'odds_ratios',
-           'median_odds_ratio', 'group_effects', 'check_convergence_method', 'predict', 'save', 'load',
+           'HierarchicalLogistic', 'build_model', 'choose_parameterization', 'nutpie_backend', 'fit', 'summary',
+           'odds_ratios', 'median_odds_ratio', 'group_effects', 'check_convergence_method', 'predict', 'save', 'load',
            'describe_priors', 'methods_text']
 
 # %% ../nbs/04_models.ipynb #c006
@@ -181,8 +181,8 @@ def convergence_message(table: pd.DataFrame, *, model: str = "The model",
         lines.append(f"{divergences} divergent transitions (at most {divergences_max} allowed).")
     lines.append("What to try: more tuning steps (e.g. tune=2000); a higher target_accept (0.95 or 0.99), "
                  "which removes most divergences; more draws (e.g. draws=2000) when only the ESS is low; "
-                 "a different parameterization (the group effects are non-centered, which suits few "
-                 "or small groups; tighter priors on sigma_group help when groups are few); check the "
+                 "the other parameterization (parameterization='non-centered' suits few or small groups, "
+                 "'centered' many large ones; tighter priors on sigma_group help when groups are few); check the "
                  "predictors for extreme values or complete separation.")
     return "\n".join(lines)
 
@@ -212,7 +212,7 @@ class HierarchicalLogistic:
     defaults (see `DEFAULT_PRIORS`)."""
 
     def __init__(self, outcome: str, group: str, predictors, *, trials: str | None = None,
-                 random_slopes=None, priors: dict | None = None, parameterization: str = "non-centered"):
+                 random_slopes=None, priors: dict | None = None, parameterization: str = "auto"):
         if isinstance(predictors, str):
             predictors = [predictors]
         self.outcome = outcome
@@ -222,8 +222,8 @@ class HierarchicalLogistic:
         self.random_slopes = list(random_slopes or [])
         self.priors = priors
         self.parameterization = parameterization
-        if parameterization not in ("non-centered", "centered"):
-            raise ValueError(f"`parameterization` of HierarchicalLogistic must be 'non-centered' or "
+        if parameterization not in ("auto", "non-centered", "centered"):
+            raise ValueError(f"`parameterization` of HierarchicalLogistic must be 'auto', 'non-centered' or "
                              f"'centered', got {parameterization!r}.")
         if not self.predictors:
             raise ValueError("`predictors` of HierarchicalLogistic is empty; give at least one column name.")
@@ -342,10 +342,15 @@ def _prior_rv(pm, name, prior, **kwargs):
     return getattr(pm, prior["dist"])(name, **params, **kwargs)
 
 
-def build_model(self, design: dict, *, predictor_means=None):
-    "The PyMC model for `design` (from `_design`); variables named as in the text above."
+def build_model(self, design: dict, *, predictor_means=None, parameterization: str | None = None):
+    """The PyMC model for `design` (from `_design`); variables named as in the text above.
+    `parameterization` defaults to the model's own, resolved with `choose_parameterization` when 'auto'."""
     import pymc as pm
     import pytensor.tensor as pt
+
+    parameterization = parameterization or self.parameterization
+    if parameterization == "auto":
+        parameterization = choose_parameterization(design)
 
     x = design["x"]
     means = x.mean(axis=0) if predictor_means is None else np.asarray(predictor_means)
@@ -360,7 +365,7 @@ def build_model(self, design: dict, *, predictor_means=None):
         beta = _prior_rv(pm, "beta", self.priors_["beta"], dims="predictor")
         intercept = pm.Deterministic("intercept", intercept_centered - pt.dot(means, beta))
         sigma_group = _prior_rv(pm, "sigma_group", self.priors_["sigma_group"])
-        if self.parameterization == "non-centered":
+        if parameterization == "non-centered":
             z_group = pm.Normal("z_group", 0.0, 1.0, dims="group")
             group_effect = pm.Deterministic("group_effect", sigma_group * z_group, dims="group")
         else:
@@ -369,7 +374,7 @@ def build_model(self, design: dict, *, predictor_means=None):
         if self.random_slopes:
             slope_idx = [self.predictors.index(name) for name in self.random_slopes]
             sigma_slope = _prior_rv(pm, "sigma_slope", self.priors_["sigma_slope"], dims="slope")
-            if self.parameterization == "non-centered":
+            if parameterization == "non-centered":
                 z_slope = pm.Normal("z_slope", 0.0, 1.0, dims=("group", "slope"))
                 group_slope = pm.Deterministic("group_slope", sigma_slope * z_slope, dims=("group", "slope"))
             else:
@@ -386,12 +391,33 @@ HierarchicalLogistic._design = _design
 HierarchicalLogistic.build_model = build_model
 
 # %% ../nbs/04_models.ipynb #c022
-def nutpie_backend(backend: str = "auto") -> str:
-    "The backend nutpie compiles with: 'jax' when `backend` is 'auto' and JAX is installed, else 'numba'."
-    if backend not in ("auto", "jax", "numba"):
-        raise ValueError(f"`backend` must be 'auto', 'jax' or 'numba', got {backend!r}.")
+def choose_parameterization(design: dict, *, threshold: float = 0.25) -> str:
+    """'centered' when the median over groups of the approximate standard error of a group's effect,
+    1 / sqrt(n_j p (1 - p)) at the overall event rate p, is below `threshold`; else 'non-centered'."""
+    trials, events = np.asarray(design["trials"], dtype=float), np.asarray(design["events"], dtype=float)
+    rate = events.sum() / trials.sum()
+    n_groups = len(design["levels"])
+    information = np.bincount(design["group_idx"], weights=trials, minlength=n_groups) * rate * (1 - rate)
+    if not np.all(information > 0):
+        return "non-centered"
+    return "centered" if np.median(1 / np.sqrt(information)) < threshold else "non-centered"
+
+# %% ../nbs/04_models.ipynb #c026
+BACKENDS = ("auto", "kernel", "jax", "numba")
+
+
+def nutpie_backend(backend: str = "auto", *, random_slopes: bool = False) -> str:
+    """The backend nutpie uses for a model: `backend` itself, or for 'auto' the kernel (random
+    intercepts only), else 'jax' when JAX is installed, else 'numba'."""
+    if backend not in BACKENDS:
+        raise ValueError(f"`backend` must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}.")
+    if backend == "kernel" and random_slopes:
+        raise ValueError("backend='kernel' covers random intercepts only; a model with random slopes "
+                         "needs backend='jax' (or 'auto').")
     if backend != "auto":
         return backend
+    if not random_slopes:
+        return "kernel"
     try:
         import jax  # noqa: F401
     except ImportError:
@@ -399,10 +425,18 @@ def nutpie_backend(backend: str = "auto") -> str:
     return "jax"
 
 
-def _compile_nutpie(model, backend):
-    "nutpie's compiled model and the backend used; JAX failing falls back to numba, with a warning."
+def _compile_nutpie(model, backend, kernel=None):
+    """nutpie's compiled model and the backend used. `kernel` is a function returning the kernel's
+    nutpie model; a backend that fails falls back (kernel -> JAX -> numba), with a warning."""
     import nutpie
 
+    if backend == "kernel":
+        try:
+            return kernel(), "kernel"
+        except Exception as error:
+            warnings.warn(f"clinpaper's compiled kernel failed ({type(error).__name__}: {error}); "
+                          f"compiling the PyMC model instead.", RuntimeWarning, stacklevel=4)
+            backend = nutpie_backend("auto", random_slopes=True)
     if backend == "jax":
         try:
             return nutpie.compile_pymc_model(model, backend="jax", gradient_backend="jax"), "jax"
@@ -413,15 +447,17 @@ def _compile_nutpie(model, backend):
 
 
 def _sample(model, *, draws, tune, chains, seed, target_accept, sampler, progressbar, sampler_kwargs,
-            backend="auto"):
+            backend="auto", kernel=None):
     """Sample `model`; returns (idata, sampler actually used, seconds compiling, seconds sampling,
-    nutpie backend or None)."""
+    nutpie backend or None). `kernel` (a function returning a nutpie model) serves backend 'kernel'."""
     import pymc as pm
 
     start = time.perf_counter()
     if sampler == "nutpie":
+        if backend == "auto":
+            backend = "kernel" if kernel is not None else nutpie_backend("auto", random_slopes=True)
         try:
-            compiled, backend = _compile_nutpie(model, nutpie_backend(backend))
+            compiled, backend = _compile_nutpie(model, backend, kernel)
         except Exception as error:  # nutpie missing, or it cannot compile this model
             warnings.warn(f"nutpie is unavailable or failed to compile the model ({type(error).__name__}: "
                           f"{error}); sampling with PyMC's NUTS instead.", RuntimeWarning, stacklevel=3)
@@ -447,11 +483,11 @@ def fit(self, df: pd.DataFrame, *, draws: int = 1000, tune: int = 1000, chains: 
         collapse="auto", sampler_kwargs: dict | None = None, backend: str = "auto"):
     """Sample the posterior for `df`; returns self. `collapse` ('auto', True, False) merges rows
     with the same group and predictor values into binomial counts (same likelihood).
-    `backend` is what nutpie compiles the model with: 'jax', 'numba', or 'auto' (JAX when installed).
+    `backend` is what nutpie evaluates: 'kernel', 'jax', 'numba' or 'auto' (see above).
     `sampler_kwargs` go to `nutpie.sample` (or `pm.sample`)."""
     if sampler not in ("nutpie", "pymc"):
         raise ValueError(f"`sampler` must be 'nutpie' or 'pymc', got {sampler!r}.")
-    nutpie_backend(backend)  # checks the value
+    backend = nutpie_backend(backend, random_slopes=bool(self.random_slopes))  # checks the value
     for label, value, smallest in (("draws", draws, 1), ("tune", tune, 0), ("chains", chains, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < smallest:
             raise ValueError(f"`{label}` must be a whole number of at least {smallest}, got {value!r}.")
@@ -463,12 +499,22 @@ def fit(self, df: pd.DataFrame, *, draws: int = 1000, tune: int = 1000, chains: 
     design = self._design(df, collapse=collapse)
     weights = design["trials"]
     means = (design["x"] * weights[:, None]).sum(axis=0) / weights.sum()
-    model = self.build_model(design, predictor_means=means)
+    parameterization = (choose_parameterization(design) if self.parameterization == "auto"
+                        else self.parameterization)
+    model = self.build_model(design, predictor_means=means, parameterization=parameterization)
+
+    def kernel():
+        from clinpaper.kernel import nutpie_model
+        return nutpie_model(design, self.priors_, means=means, predictors=self.predictors,
+                            groups=design["levels"], centered=parameterization == "centered")
+
     idata, used, compile_seconds, sample_seconds, used_backend = _sample(
         model, draws=draws, tune=tune, chains=chains, seed=seed, target_accept=target_accept,
-        sampler=sampler, progressbar=progressbar, sampler_kwargs=dict(sampler_kwargs or {}), backend=backend)
+        sampler=sampler, progressbar=progressbar, sampler_kwargs=dict(sampler_kwargs or {}), backend=backend,
+        kernel=None if self.random_slopes else kernel)
     self.model_ = model
     self.idata_ = idata
+    self.parameterization_ = parameterization
     self.groups_ = list(design["levels"])
     self.predictor_means_ = pd.Series(means, index=self.predictors)
     self.n_obs_ = int(weights.sum())
@@ -490,7 +536,7 @@ def _check_fitted(self):
 HierarchicalLogistic.fit = fit
 HierarchicalLogistic._check_fitted = _check_fitted
 
-# %% ../nbs/04_models.ipynb #c032
+# %% ../nbs/04_models.ipynb #c038
 def _draws(self, name):
     "Posterior draws of `name` stacked as (draws, ...) numpy array."
     values = self.idata_.posterior[name]
@@ -555,7 +601,7 @@ HierarchicalLogistic.median_odds_ratio = median_odds_ratio
 HierarchicalLogistic.group_effects = group_effects
 HierarchicalLogistic.check_convergence = check_convergence_method
 
-# %% ../nbs/04_models.ipynb #c037
+# %% ../nbs/04_models.ipynb #c043
 def predict(self, df: pd.DataFrame, *, hdi_prob: float = 0.95, seed: int | None = None,
             batch_rows: int = 2000) -> pd.DataFrame:
     "Posterior mean, low and high (HDI) of P(outcome) for each row of `df`; index aligned with `df`."
@@ -599,9 +645,9 @@ def predict(self, df: pd.DataFrame, *, hdi_prob: float = 0.95, seed: int | None 
 
 HierarchicalLogistic.predict = predict
 
-# %% ../nbs/04_models.ipynb #c041
+# %% ../nbs/04_models.ipynb #c047
 _SAVED_STATE = ("groups_", "n_obs_", "n_events_", "n_rows_model_", "collapsed_", "sampler_",
-                "sampling_", "timings_")
+                "sampling_", "timings_", "parameterization_")
 
 
 def save(self, folder) -> Path:
@@ -650,7 +696,7 @@ def load(cls, folder):
 HierarchicalLogistic.save = save
 HierarchicalLogistic.load = classmethod(load)
 
-# %% ../nbs/04_models.ipynb #c045
+# %% ../nbs/04_models.ipynb #c051
 def describe_priors(self) -> pd.DataFrame:
     "One row per parameter with a prior: parameter, distribution, text."
     rows = [{"parameter": name, "distribution": prior_text(prior),
@@ -666,9 +712,14 @@ def methods_text(self) -> str:
         slopes = (f" and random slopes for {', '.join(self.random_slopes)} (independent, "
                   f"between-{self.group} SDs {prior_text(priors['sigma_slope'])})")
     likelihood = "binomial counts of events out of trials" if self.trials else "a binary outcome"
+    parameterization = getattr(self, "parameterization_", self.parameterization)
+    if parameterization == "auto":
+        parameterization = "centered or non-centered"
+    chosen = (f" (chosen from the data: centered when a typical {self.group}'s effect has a standard error "
+              f"below 0.25 on the log-odds scale)" if self.parameterization == "auto" else "")
     text = (f"We fitted a Bayesian hierarchical logistic regression of {self.outcome} ({likelihood}) on "
-            f"{', '.join(self.predictors)}, with random intercepts by {self.group}{slopes}, in a non-centered "
-            f"parameterization. Priors were weakly informative: {prior_text(priors['beta'])} for each "
+            f"{', '.join(self.predictors)}, with random intercepts by {self.group}{slopes}, in a {parameterization} "
+            f"parameterization{chosen}. Priors were weakly informative: {prior_text(priors['beta'])} for each "
             f"coefficient (log odds ratio), {prior_text(priors['intercept'])} for the intercept with "
             f"predictors centred at their means, and {prior_text(priors['sigma_group'])} for the "
             f"between-{self.group} standard deviation.")
@@ -676,6 +727,8 @@ def methods_text(self) -> str:
         settings = self.sampling_
         engine = ("nutpie's No-U-Turn sampler (with a low-rank modified mass matrix)"
                   if settings["sampler"] == "nutpie" else "PyMC's No-U-Turn sampler")
+        if settings.get("backend") == "kernel":
+            engine += ", evaluating clinpaper's compiled log-density of the model"
         text += (f" The posterior was sampled with {engine}: {settings['chains']} chains of "
                  f"{settings['draws']:,} draws after {settings['tune']:,} tuning iterations, target acceptance "
                  f"rate {settings['target_accept']:g}, random seed {settings['seed']}.")

@@ -45,10 +45,18 @@ def test_fit_returns_self_and_keeps_input(cohort):
     assert model.n_obs_ == len(cohort) and model.n_events_ == cohort["death"].sum()
 
 
-def test_model_names_dims_and_data(fitted):
+def test_model_names_dims_and_data(cohort, fitted):
+    "300 stays a hospital pin the effects down: 'auto' samples them centered; both forms name the same quantities."
+    assert fitted.parameterization_ == "centered" and fitted.sampling_["backend"] == "kernel"
     model = fitted.model_
-    named = {var.name for var in model.free_RVs} | {var.name for var in model.deterministics}
-    assert {"intercept_centered", "beta", "sigma_group", "z_group", "group_effect", "intercept"} <= named
+    free = {var.name for var in model.free_RVs}
+    assert free == {"intercept_centered", "beta", "sigma_group", "group_effect"}
+    assert {var.name for var in model.deterministics} == {"intercept"}
+    assert {"intercept_centered", "beta", "sigma_group", "group_effect", "intercept"} <= set(fitted.idata_.posterior)
+    spec = HierarchicalLogistic("death", "hospital", PREDICTORS, parameterization="non-centered")
+    model = spec.build_model(spec._design(cohort))
+    assert {var.name for var in model.free_RVs} == {"intercept_centered", "beta", "sigma_group", "z_group"}
+    assert {var.name for var in model.deterministics} == {"intercept", "group_effect"}
     assert model.named_vars_to_dims["beta"] == ("predictor",)
     assert model.named_vars_to_dims["z_group"] == ("group",)
     assert model.named_vars_to_dims["group_effect"] == ("group",)
@@ -82,9 +90,30 @@ def test_falls_back_to_pymc_when_nutpie_fails(cohort, monkeypatch):
     monkeypatch.setattr(nutpie, "compile_pymc_model", broken)
     model = HierarchicalLogistic("death", "hospital", PREDICTORS)
     with pytest.warns(RuntimeWarning, match="sampling with PyMC's NUTS instead"):
-        model.fit(cohort, draws=40, tune=40, chains=1, seed=0)
+        model.fit(cohort, draws=40, tune=40, chains=1, seed=0, backend="jax")
     assert model.sampler_ == "pymc"
     assert model.idata_.posterior["beta"].shape == (1, 40, 2)
+
+
+def test_kernel_failure_falls_back_to_the_pymc_model(cohort, monkeypatch):
+    import clinpaper.kernel
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(clinpaper.kernel, "nutpie_model", broken)
+    model = HierarchicalLogistic("death", "hospital", PREDICTORS)
+    with pytest.warns(RuntimeWarning, match="compiled kernel failed"):
+        model.fit(cohort, draws=40, tune=40, chains=1, seed=0)
+    assert model.sampler_ == "nutpie" and model.sampling_["backend"] in ("jax", "numba")
+
+
+def test_random_slopes_use_the_pymc_model(cohort):
+    model = HierarchicalLogistic("death", "hospital", PREDICTORS, random_slopes=["male"])
+    model.fit(cohort, draws=40, tune=40, chains=1, seed=0)
+    assert model.sampling_["backend"] == "jax"
+    with pytest.raises(ValueError, match="random intercepts only"):
+        model.fit(cohort, draws=40, tune=40, chains=1, seed=0, backend="kernel")
 
 
 def test_predict_contract(cohort, fitted):
