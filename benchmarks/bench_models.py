@@ -11,6 +11,8 @@ r_hat <= 1.01, for
                    (clinpaper.kernel), rows with equal hospital and predictors collapsed exactly into
                    binomial counts, the parameterization chosen from the data
   clinpaper-lean   the same with 2 chains (one per core) and 500 tuning steps, target_accept 0.8
+  clinpaper-jax    clinpaper-lean with backend="jax": nutpie evaluating the PyMC model compiled with
+                   JAX instead of clinpaper's kernel (what the kernel buys)
   bambi      bambi's default: bmb.Model("death ~ age_10 + ... + (1|hospital)", family="bernoulli").fit()
   pymc       plain pm.sample() (PyMC's NUTS, its defaults) on the same PyMC model, one row per stay
 
@@ -91,6 +93,7 @@ LEAN_FIT = {"chains": 2, "tune": 500, "target_accept": 0.8}
 FIRST_DRAWS = 1000
 IMPORTS = {"clinpaper": ["clinpaper.models", "clinpaper.kernel", "nutpie", "pymc", "arviz"],
            "clinpaper-lean": ["clinpaper.models", "clinpaper.kernel", "nutpie", "pymc", "arviz"],
+           "clinpaper-jax": ["clinpaper.models", "nutpie", "pymc", "arviz", "jax"],
            "bambi": ["bambi", "pymc", "arviz"], "pymc": ["clinpaper.models", "pymc", "arviz"]}
 
 
@@ -108,6 +111,10 @@ def run_clinpaper(df, draws, seed, settings=None):
 
 def run_clinpaper_lean(df, draws, seed):
     return run_clinpaper(df, draws, seed, LEAN_FIT)
+
+
+def run_clinpaper_jax(df, draws, seed):
+    return run_clinpaper(df, draws, seed, {**LEAN_FIT, "backend": "jax"})
 
 
 def run_bambi(df, draws, seed):
@@ -134,7 +141,8 @@ def run_pymc(df, draws, seed):
         "rows_in_model": len(df), "chains": int(idata.posterior.sizes["chain"])}
 
 
-RUNNERS = {"clinpaper": run_clinpaper, "clinpaper-lean": run_clinpaper_lean, "bambi": run_bambi, "pymc": run_pymc}
+RUNNERS = {"clinpaper": run_clinpaper, "clinpaper-lean": run_clinpaper_lean, "clinpaper-jax": run_clinpaper_jax,
+           "bambi": run_bambi, "pymc": run_pymc}
 
 
 def child(args) -> None:
@@ -188,7 +196,7 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="20000:30,200000:100", help="STAYS:HOSPITALS, comma-separated")
-    parser.add_argument("--samplers", default="clinpaper,clinpaper-lean,bambi,pymc")
+    parser.add_argument("--samplers", default="clinpaper,clinpaper-lean,clinpaper-jax,bambi,pymc")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--max-attempts", type=int, default=3)
     parser.add_argument("--max-draws", type=int, default=8000)
@@ -226,7 +234,7 @@ def main() -> None:
                   f"{result['import_seconds']:.1f} s, not counted)", flush=True)
     for size in args.sizes.split(","):
         by = {r["sampler"]: r for r in results if r["size"] == size}
-        for ours in ("clinpaper", "clinpaper-lean"):
+        for ours in ("clinpaper", "clinpaper-lean", "clinpaper-jax"):
             for other in ("bambi", "pymc"):
                 if ours in by and other in by:
                     bound = "" if by[other]["reached"] else ">= "

@@ -21,8 +21,8 @@ from .core import ClinpaperError, CohortError, ConvergenceError
 # %% auto #0
 __all__ = ['LOCATION_PRIORS', 'SCALE_PRIORS', 'DEFAULT_PRIORS', 'PRIOR_MEANINGS', 'REPORTED_PARAMETERS', 'BACKENDS', 'prior_text',
            'resolve_priors', 'hdi', 'posterior_summary', 'check_convergence', 'convergence_message', 'NotFittedError',
-           'HierarchicalLogistic', 'build_model', 'choose_parameterization', 'nutpie_backend', 'fit', 'summary',
-           'odds_ratios', 'median_odds_ratio', 'group_effects', 'check_convergence_method', 'predict', 'save', 'load',
+           'check_sampling_arguments', 'HierarchicalModel', 'HierarchicalLogistic', 'build_model',
+           'choose_parameterization', 'nutpie_backend', 'fit', 'summary', 'odds_ratios', 'median_odds_ratio', 'predict',
            'describe_priors', 'methods_text']
 
 # %% ../nbs/04_models.ipynb #c006
@@ -202,14 +202,135 @@ def _show_codes(values) -> str:
         return "values {" + ", ".join(str(int(v)) for v in sorted(values)) + "}"
     return f"{len(values)} distinct other values"
 
+# %% ../nbs/04_models.ipynb #c018
+def check_sampling_arguments(*, draws, tune, chains, target_accept, sampler) -> None:
+    "Raise ValueError, naming the argument, for sampler settings `fit` cannot use."
+    if sampler not in ("nutpie", "pymc"):
+        raise ValueError(f"`sampler` must be 'nutpie' or 'pymc', got {sampler!r}.")
+    for label, value, smallest in (("draws", draws, 1), ("tune", tune, 0), ("chains", chains, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < smallest:
+            raise ValueError(f"`{label}` must be a whole number of at least {smallest}, got {value!r}.")
+    if not 0 < target_accept < 1:
+        raise ValueError(f"`target_accept` must be between 0 and 1, got {target_accept!r}.")
 
-class HierarchicalLogistic:
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot save a {type(value).__name__} in model.json")
+
+
+class HierarchicalModel:
+    "Posterior draws, ratios, group effects, the convergence gate, save and load of a fitted hierarchical model."
+    REPORTED: tuple = ()
+    POSITIONAL: tuple = ()
+    SETTINGS: tuple = ()
+    STATE: tuple = ()
+
+    def _check_fitted(self):
+        if not hasattr(self, "idata_"):
+            raise NotFittedError(f"{type(self).__name__} is not fitted yet, call fit first.")
+
+    def _draws(self, name):
+        "Posterior draws of `name` stacked as (draws, ...) numpy array."
+        return self.idata_.posterior[name].stack(sample=("chain", "draw")).transpose("sample", ...).values
+
+    def _reported(self) -> list:
+        return [name for name in self.REPORTED if name in self.idata_.posterior]
+
+    def _ratios(self, label: str, hdi_prob: float) -> pd.DataFrame:
+        "Per predictor: `label` (posterior median of exp(beta)) and the equal-tailed interval, low and high."
+        self._check_fitted()
+        ratios = np.exp(self._draws("beta"))
+        tail = (1 - hdi_prob) / 2
+        return pd.DataFrame({"predictor": self.predictors, label: np.median(ratios, axis=0),
+                             "low": np.quantile(ratios, tail, axis=0), "high": np.quantile(ratios, 1 - tail, axis=0)})
+
+    def _median_ratio(self, prob: float) -> dict:
+        "Posterior median and equal-tailed interval of exp(sqrt(2) sigma_group z_0.75), per draw."
+        self._check_fitted()
+        from scipy.stats import norm
+
+        ratio = np.exp(math.sqrt(2) * self._draws("sigma_group") * norm.ppf(0.75))
+        tail = (1 - prob) / 2
+        return {"median": float(np.median(ratio)), "low": float(np.quantile(ratio, tail)),
+                "high": float(np.quantile(ratio, 1 - tail))}
+
+    def group_effects(self, hdi_prob: float = 0.95) -> pd.DataFrame:
+        "Per group: posterior mean and HDI of its effect (deviation from the average group, on the linear predictor)."
+        self._check_fitted()
+        effects = self._draws("group_effect")
+        low, high = hdi(effects, prob=hdi_prob)
+        return pd.DataFrame({"group": self.groups_, "mean": effects.mean(axis=0), "low": low, "high": high})
+
+    def check_convergence(self, *, r_hat_max: float = 1.01, ess_min: float = 400,
+                          divergences_max: int = 0) -> pd.DataFrame:
+        "The convergence table of the reported parameters; raises ConvergenceError if any fails."
+        self._check_fitted()
+        table = check_convergence(self.idata_, var_names=self._reported(), r_hat_max=r_hat_max,
+                                  ess_min=ess_min, divergences_max=divergences_max)
+        message = convergence_message(table, model=type(self).__name__, divergences_max=divergences_max)
+        if message:
+            raise ConvergenceError(message)
+        return table
+
+    def _sampling_text(self, engine: str) -> str:
+        "The Methods sentence on the sampler, from the settings the fit used."
+        settings = self.sampling_
+        return (f" The posterior was sampled with {engine}: {settings['chains']} chains of "
+                f"{settings['draws']:,} draws after {settings['tune']:,} tuning iterations, target acceptance "
+                f"rate {settings['target_accept']:g}, random seed {settings['seed']}.")
+
+    def save(self, folder) -> Path:
+        "Write the fitted model into `folder` (idata.nc and model.json, aggregates only); return the folder."
+        self._check_fitted()
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.idata_.to_netcdf(str(folder / "idata.nc"))
+        document = {"class": type(self).__name__,
+                    "settings": {name: getattr(self, name) for name in (*self.POSITIONAL, *self.SETTINGS)},
+                    "state": {name: getattr(self, name) for name in self.STATE if hasattr(self, name)},
+                    "predictor_means": self.predictor_means_.to_dict()}
+        (folder / "model.json").write_text(json.dumps(document, indent=2, default=_json_default))
+        return folder
+
+    @classmethod
+    def load(cls, folder):
+        "A fitted model from a folder written by `save`."
+        import arviz as az
+
+        folder = Path(folder)
+        missing = [name for name in ("idata.nc", "model.json") if not (folder / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{folder}: not a saved {cls.__name__} (missing "
+                                    f"{', '.join(missing)}); write one with model.save(folder).")
+        document = json.loads((folder / "model.json").read_text())
+        if document.get("class") != cls.__name__:
+            raise ValueError(f"{folder}: holds a {document.get('class')}, not a {cls.__name__}.")
+        settings = document["settings"]
+        positional = [settings.pop(name) for name in cls.POSITIONAL]
+        model = cls(*positional, **settings)
+        model.idata_ = az.from_netcdf(str(folder / "idata.nc"))
+        for name, value in document["state"].items():
+            setattr(model, name, value)
+        model.predictor_means_ = pd.Series(document["predictor_means"], dtype=float)[model.predictors]
+        return model
+
+
+class HierarchicalLogistic(HierarchicalModel):
     """Bayesian logistic regression with random intercepts (and optional random slopes) by `group`.
 
     `outcome` is a 0/1 column, or the number of events when `trials` names a column of
     trials per row. `predictors` are numeric columns already on their analysis scale.
     `random_slopes` lists predictors whose slope varies by group. `priors` overrides the
     defaults (see `DEFAULT_PRIORS`)."""
+    REPORTED = REPORTED_PARAMETERS
+    POSITIONAL = ("outcome", "group", "predictors")
+    SETTINGS = ("trials", "random_slopes", "priors", "parameterization")
+    STATE = ("groups_", "n_obs_", "n_events_", "n_rows_model_", "collapsed_", "sampler_", "sampling_",
+             "timings_", "parameterization_")
 
     def __init__(self, outcome: str, group: str, predictors, *, trials: str | None = None,
                  random_slopes=None, priors: dict | None = None, parameterization: str = "auto"):
@@ -241,7 +362,7 @@ class HierarchicalLogistic:
         return (f"HierarchicalLogistic(outcome={self.outcome!r}, group={self.group!r}, "
                 f"predictors={self.predictors!r}{extra})")
 
-# %% ../nbs/04_models.ipynb #c018
+# %% ../nbs/04_models.ipynb #c020
 def _validate(self, df, *, for_fit: bool = True) -> None:
     name = "HierarchicalLogistic"
     if not isinstance(df, pd.DataFrame):
@@ -310,7 +431,7 @@ def _validate(self, df, *, for_fit: bool = True) -> None:
 
 HierarchicalLogistic._validate = _validate
 
-# %% ../nbs/04_models.ipynb #c020
+# %% ../nbs/04_models.ipynb #c022
 def _design(self, df, *, collapse="auto"):
     "Model arrays: x (rows x predictors), group_idx, events, trials, and whether rows were collapsed."
     x = df[self.predictors].to_numpy(dtype=float)
@@ -390,7 +511,7 @@ def build_model(self, design: dict, *, predictor_means=None, parameterization: s
 HierarchicalLogistic._design = _design
 HierarchicalLogistic.build_model = build_model
 
-# %% ../nbs/04_models.ipynb #c022
+# %% ../nbs/04_models.ipynb #c024
 def choose_parameterization(design: dict, *, threshold: float = 0.25) -> str:
     """'centered' when the median over groups of the approximate standard error of a group's effect,
     1 / sqrt(n_j p (1 - p)) at the overall event rate p, is below `threshold`; else 'non-centered'."""
@@ -402,7 +523,7 @@ def choose_parameterization(design: dict, *, threshold: float = 0.25) -> str:
         return "non-centered"
     return "centered" if np.median(1 / np.sqrt(information)) < threshold else "non-centered"
 
-# %% ../nbs/04_models.ipynb #c026
+# %% ../nbs/04_models.ipynb #c028
 BACKENDS = ("auto", "kernel", "jax", "numba")
 
 
@@ -485,14 +606,8 @@ def fit(self, df: pd.DataFrame, *, draws: int = 1000, tune: int = 1000, chains: 
     with the same group and predictor values into binomial counts (same likelihood).
     `backend` is what nutpie evaluates: 'kernel', 'jax', 'numba' or 'auto' (see above).
     `sampler_kwargs` go to `nutpie.sample` (or `pm.sample`)."""
-    if sampler not in ("nutpie", "pymc"):
-        raise ValueError(f"`sampler` must be 'nutpie' or 'pymc', got {sampler!r}.")
+    check_sampling_arguments(draws=draws, tune=tune, chains=chains, target_accept=target_accept, sampler=sampler)
     backend = nutpie_backend(backend, random_slopes=bool(self.random_slopes))  # checks the value
-    for label, value, smallest in (("draws", draws, 1), ("tune", tune, 0), ("chains", chains, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < smallest:
-            raise ValueError(f"`{label}` must be a whole number of at least {smallest}, got {value!r}.")
-    if not 0 < target_accept < 1:
-        raise ValueError(f"`target_accept` must be between 0 and 1, got {target_accept!r}.")
     self._validate(df)
     if progressbar is None:
         progressbar = sys.stderr.isatty()
@@ -528,26 +643,13 @@ def fit(self, df: pd.DataFrame, *, draws: int = 1000, tune: int = 1000, chains: 
     return self
 
 
-def _check_fitted(self):
-    if not hasattr(self, "idata_"):
-        raise NotFittedError(f"{type(self).__name__} is not fitted yet, call fit first.")
-
-
 HierarchicalLogistic.fit = fit
-HierarchicalLogistic._check_fitted = _check_fitted
 
-# %% ../nbs/04_models.ipynb #c038
-def _draws(self, name):
-    "Posterior draws of `name` stacked as (draws, ...) numpy array."
-    values = self.idata_.posterior[name]
-    stacked = values.stack(sample=("chain", "draw")).transpose("sample", ...)
-    return stacked.values
-
-
+# %% ../nbs/04_models.ipynb #c040
 def summary(self, hdi_prob: float = 0.95, *, include_groups: bool = False) -> pd.DataFrame:
     "Tidy posterior summary: intercept, beta[...], sigma_group (and group effects with `include_groups`)."
     self._check_fitted()
-    names = [name for name in REPORTED_PARAMETERS if name in self.idata_.posterior]
+    names = self._reported()
     if include_groups:
         names += ["group_effect"] + (["group_slope"] if self.random_slopes else [])
     return posterior_summary(self.idata_, var_names=names, hdi_prob=hdi_prob)
@@ -556,52 +658,19 @@ def summary(self, hdi_prob: float = 0.95, *, include_groups: bool = False) -> pd
 def odds_ratios(self, hdi_prob: float = 0.95) -> pd.DataFrame:
     """Per predictor: odds_ratio (posterior median of exp(beta)) and the equal-tailed
     `hdi_prob` credible interval, low and high."""
-    self._check_fitted()
-    odds = np.exp(self._draws("beta"))
-    tail = (1 - hdi_prob) / 2
-    return pd.DataFrame({"predictor": self.predictors, "odds_ratio": np.median(odds, axis=0),
-                         "low": np.quantile(odds, tail, axis=0), "high": np.quantile(odds, 1 - tail, axis=0)})
+    return self._ratios("odds_ratio", hdi_prob)
 
 
 def median_odds_ratio(self, prob: float = 0.95) -> dict:
     "Posterior median and equal-tailed interval of the median odds ratio between groups."
-    self._check_fitted()
-    from scipy.stats import norm
-
-    mor = np.exp(math.sqrt(2) * self._draws("sigma_group") * norm.ppf(0.75))
-    tail = (1 - prob) / 2
-    return {"median": float(np.median(mor)), "low": float(np.quantile(mor, tail)),
-            "high": float(np.quantile(mor, 1 - tail))}
+    return self._median_ratio(prob)
 
 
-def group_effects(self, hdi_prob: float = 0.95) -> pd.DataFrame:
-    "Per group: posterior mean and HDI of its effect (log-odds deviation from the average group)."
-    self._check_fitted()
-    effects = self._draws("group_effect")
-    low, high = hdi(effects, prob=hdi_prob)
-    return pd.DataFrame({"group": self.groups_, "mean": effects.mean(axis=0), "low": low, "high": high})
-
-
-def check_convergence_method(self, *, r_hat_max: float = 1.01, ess_min: float = 400,
-                             divergences_max: int = 0) -> pd.DataFrame:
-    "The convergence table of the reported parameters; raises ConvergenceError if any fails."
-    self._check_fitted()
-    table = check_convergence(self.idata_, r_hat_max=r_hat_max, ess_min=ess_min,
-                              divergences_max=divergences_max)
-    message = convergence_message(table, model=type(self).__name__, divergences_max=divergences_max)
-    if message:
-        raise ConvergenceError(message)
-    return table
-
-
-HierarchicalLogistic._draws = _draws
 HierarchicalLogistic.summary = summary
 HierarchicalLogistic.odds_ratios = odds_ratios
 HierarchicalLogistic.median_odds_ratio = median_odds_ratio
-HierarchicalLogistic.group_effects = group_effects
-HierarchicalLogistic.check_convergence = check_convergence_method
 
-# %% ../nbs/04_models.ipynb #c043
+# %% ../nbs/04_models.ipynb #c045
 def predict(self, df: pd.DataFrame, *, hdi_prob: float = 0.95, seed: int | None = None,
             batch_rows: int = 2000) -> pd.DataFrame:
     "Posterior mean, low and high (HDI) of P(outcome) for each row of `df`; index aligned with `df`."
@@ -645,58 +714,7 @@ def predict(self, df: pd.DataFrame, *, hdi_prob: float = 0.95, seed: int | None 
 
 HierarchicalLogistic.predict = predict
 
-# %% ../nbs/04_models.ipynb #c047
-_SAVED_STATE = ("groups_", "n_obs_", "n_events_", "n_rows_model_", "collapsed_", "sampler_",
-                "sampling_", "timings_", "parameterization_")
-
-
-def save(self, folder) -> Path:
-    "Write the fitted model into `folder` (idata.nc and model.json); return the folder."
-    self._check_fitted()
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    self.idata_.to_netcdf(str(folder / "idata.nc"))
-    state = {name: getattr(self, name) for name in _SAVED_STATE if hasattr(self, name)}
-    settings = {"outcome": self.outcome, "group": self.group, "predictors": self.predictors,
-                "trials": self.trials, "random_slopes": self.random_slopes,
-                "priors": self.priors, "parameterization": self.parameterization}
-    document = {"class": type(self).__name__, "settings": settings, "state": state,
-                "predictor_means": self.predictor_means_.to_dict()}
-    (folder / "model.json").write_text(json.dumps(document, indent=2, default=_json_default))
-    return folder
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"cannot save a {type(value).__name__} in model.json")
-
-
-def load(cls, folder):
-    "A fitted model from a folder written by `save`."
-    import arviz as az
-    folder = Path(folder)
-    missing = [name for name in ("idata.nc", "model.json") if not (folder / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{folder}: not a saved {cls.__name__} (missing "
-                                f"{', '.join(missing)}); write one with model.save(folder).")
-    document = json.loads((folder / "model.json").read_text())
-    if document.get("class") != cls.__name__:
-        raise ValueError(f"{folder}: holds a {document.get('class')}, not a {cls.__name__}.")
-    settings = document["settings"]
-    model = cls(settings.pop("outcome"), settings.pop("group"), settings.pop("predictors"),
-                **settings)
-    model.idata_ = az.from_netcdf(str(folder / "idata.nc"))
-    for name, value in document["state"].items():
-        setattr(model, name, value)
-    model.predictor_means_ = pd.Series(document["predictor_means"], dtype=float)[model.predictors]
-    return model
-
-
-HierarchicalLogistic.save = save
-HierarchicalLogistic.load = classmethod(load)
-
-# %% ../nbs/04_models.ipynb #c051
+# %% ../nbs/04_models.ipynb #c052
 def describe_priors(self) -> pd.DataFrame:
     "One row per parameter with a prior: parameter, distribution, text."
     rows = [{"parameter": name, "distribution": prior_text(prior),
@@ -729,9 +747,7 @@ def methods_text(self) -> str:
                   if settings["sampler"] == "nutpie" else "PyMC's No-U-Turn sampler")
         if settings.get("backend") == "kernel":
             engine += ", evaluating clinpaper's compiled log-density of the model"
-        text += (f" The posterior was sampled with {engine}: {settings['chains']} chains of "
-                 f"{settings['draws']:,} draws after {settings['tune']:,} tuning iterations, target acceptance "
-                 f"rate {settings['target_accept']:g}, random seed {settings['seed']}.")
+        text += self._sampling_text(engine)
     return text
 
 

@@ -5,22 +5,19 @@
 # %% ../nbs/04b_survival.ipynb #c001
 from __future__ import annotations
 
-import json
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .core import CohortError, ConvergenceError
-from .models import (NotFittedError, _sample, check_convergence, convergence_message, hdi,
-                              posterior_summary, prior_text)
+from .core import CohortError
+from .models import (HierarchicalModel, _sample, check_sampling_arguments, hdi, posterior_summary,
+                              prior_text)
 
 # %% auto #0
-__all__ = ['SURVIVAL_PRIORS', 'SURVIVAL_PRIOR_MEANINGS', 'REPORTED_SURVIVAL', 'resolve_survival_priors', 'HierarchicalSurvival',
-           'build_model', 'fit', 'summary', 'hazard_ratios', 'group_effects', 'median_hazard_ratio',
-           'check_convergence_method', 'predict', 'save', 'load', 'describe_priors', 'methods_text']
+__all__ = ['SURVIVAL_PRIORS', 'SURVIVAL_PRIOR_MEANINGS', 'resolve_survival_priors', 'HierarchicalSurvival', 'build_model', 'fit',
+           'summary', 'hazard_ratios', 'median_hazard_ratio', 'predict', 'describe_priors', 'methods_text']
 
 # %% ../nbs/04b_survival.ipynb #c005
 SURVIVAL_PRIORS = {
@@ -79,13 +76,19 @@ def resolve_survival_priors(priors: dict | None, *, baseline: str = "weibull") -
     return resolved
 
 # %% ../nbs/04b_survival.ipynb #c008
-class HierarchicalSurvival:
+class HierarchicalSurvival(HierarchicalModel):
     """Bayesian proportional-hazards model with a log-normal frailty by `group`.
 
     `duration` holds follow-up times (> 0), `event` 1 for an event and 0 for censoring;
     `predictors` are numeric columns on their analysis scale. `baseline` is 'weibull' or
     'piecewise' (constant hazards between `cuts`; default: `n_intervals` intervals cut at
-    the quantiles of the event times). `priors` overrides `SURVIVAL_PRIORS`."""
+    the quantiles of the event times). `priors` overrides `SURVIVAL_PRIORS`.
+    Draws, hazard ratios, group effects, the convergence gate, `save` and `load` come from
+    `clinpaper.models.HierarchicalModel`."""
+    REPORTED = ("intercept", "shape", "log_baseline", "beta", "sigma_group")
+    POSITIONAL = ("duration", "event", "group", "predictors")
+    SETTINGS = ("baseline", "cuts", "n_intervals", "priors")
+    STATE = ("groups_", "time_scale_", "cuts_", "n_obs_", "n_events_", "sampler_", "sampling_", "timings_")
 
     def __init__(self, duration: str, event: str, group: str, predictors, *, baseline: str = "weibull",
                  cuts=None, n_intervals: int = 6, priors: dict | None = None):
@@ -262,13 +265,7 @@ def fit(self, df: pd.DataFrame, *, draws: int = 1000, tune: int = 1000, chains: 
         target_accept: float = 0.9, sampler: str = "nutpie", progressbar: bool | None = None,
         sampler_kwargs: dict | None = None):
     "Sample the posterior for `df`; returns self."
-    if sampler not in ("nutpie", "pymc"):
-        raise ValueError(f"`sampler` must be 'nutpie' or 'pymc', got {sampler!r}.")
-    for label, value, smallest in (("draws", draws, 1), ("tune", tune, 0), ("chains", chains, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < smallest:
-            raise ValueError(f"`{label}` must be a whole number of at least {smallest}, got {value!r}.")
-    if not 0 < target_accept < 1:
-        raise ValueError(f"`target_accept` must be between 0 and 1, got {target_accept!r}.")
+    check_sampling_arguments(draws=draws, tune=tune, chains=chains, target_accept=target_accept, sampler=sampler)
     self._validate(df)
     if progressbar is None:
         progressbar = sys.stderr.isatty()
@@ -292,78 +289,29 @@ def fit(self, df: pd.DataFrame, *, draws: int = 1000, tune: int = 1000, chains: 
     return self
 
 
-def _check_fitted(self):
-    if not hasattr(self, "idata_"):
-        raise NotFittedError(f"{type(self).__name__} is not fitted yet, call fit first.")
-
-
-def _draws(self, name):
-    "Posterior draws of `name` as a (draws, ...) numpy array."
-    return self.idata_.posterior[name].stack(sample=("chain", "draw")).transpose("sample", ...).values
-
-
 HierarchicalSurvival.fit = fit
-HierarchicalSurvival._check_fitted = _check_fitted
-HierarchicalSurvival._draws = _draws
 
 # %% ../nbs/04b_survival.ipynb #c020
-REPORTED_SURVIVAL = ("intercept", "shape", "log_baseline", "beta", "sigma_group")
-
-
 def summary(self, hdi_prob: float = 0.95, *, include_groups: bool = False) -> pd.DataFrame:
     "Tidy posterior summary: baseline (intercept and shape, or log_baseline), beta[...], sigma_group."
     self._check_fitted()
-    names = [name for name in REPORTED_SURVIVAL if name in self.idata_.posterior]
-    if include_groups:
-        names.append("group_effect")
+    names = self._reported() + (["group_effect"] if include_groups else [])
     return posterior_summary(self.idata_, var_names=names, hdi_prob=hdi_prob)
 
 
 def hazard_ratios(self, hdi_prob: float = 0.95) -> pd.DataFrame:
     "Per predictor: hazard_ratio (posterior median of exp(beta)) and the equal-tailed interval, low and high."
-    self._check_fitted()
-    ratios = np.exp(self._draws("beta"))
-    tail = (1 - hdi_prob) / 2
-    return pd.DataFrame({"predictor": self.predictors, "hazard_ratio": np.median(ratios, axis=0),
-                         "low": np.quantile(ratios, tail, axis=0), "high": np.quantile(ratios, 1 - tail, axis=0)})
-
-
-def group_effects(self, hdi_prob: float = 0.95) -> pd.DataFrame:
-    "Per group: posterior mean and HDI of its log frailty (log hazard ratio against the average group)."
-    self._check_fitted()
-    effects = self._draws("group_effect")
-    low, high = hdi(effects, prob=hdi_prob)
-    return pd.DataFrame({"group": self.groups_, "mean": effects.mean(axis=0), "low": low, "high": high})
+    return self._ratios("hazard_ratio", hdi_prob)
 
 
 def median_hazard_ratio(self, prob: float = 0.95) -> dict:
     "Posterior median and interval of the median hazard ratio between two random groups, exp(sqrt(2) sigma z_0.75)."
-    self._check_fitted()
-    from scipy.stats import norm
-    mhr = np.exp(math.sqrt(2) * self._draws("sigma_group") * norm.ppf(0.75))
-    tail = (1 - prob) / 2
-    return {"median": float(np.median(mhr)), "low": float(np.quantile(mhr, tail)),
-            "high": float(np.quantile(mhr, 1 - tail))}
-
-
-def check_convergence_method(self, *, r_hat_max: float = 1.01, ess_min: float = 400,
-                             divergences_max: int = 0) -> pd.DataFrame:
-    "The convergence table of the reported parameters; raises ConvergenceError if any fails."
-    self._check_fitted()
-    names = [name for name in REPORTED_SURVIVAL if name in self.idata_.posterior]
-    table = check_convergence(self.idata_, var_names=names, r_hat_max=r_hat_max, ess_min=ess_min,
-                              divergences_max=divergences_max)
-    message = convergence_message(table, model="HierarchicalSurvival", divergences_max=divergences_max)
-    if message:
-        raise ConvergenceError(message)
-    return table
+    return self._median_ratio(prob)
 
 
 HierarchicalSurvival.summary = summary
 HierarchicalSurvival.hazard_ratios = hazard_ratios
-HierarchicalSurvival.group_effects = group_effects
 HierarchicalSurvival.median_hazard_ratio = median_hazard_ratio
-HierarchicalSurvival.check_convergence = check_convergence_method
 
 # %% ../nbs/04b_survival.ipynb #c026
 def _eta_draws(self, df, seed):
@@ -445,45 +393,6 @@ HierarchicalSurvival._median_time = _median_time
 HierarchicalSurvival.predict = predict
 
 # %% ../nbs/04b_survival.ipynb #c030
-def save(self, folder) -> Path:
-    "Write the fitted model into `folder` (idata.nc and model.json, aggregates only); return the folder."
-    self._check_fitted()
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    self.idata_.to_netcdf(str(folder / "idata.nc"))
-    state = {name: getattr(self, name) for name in
-             ("groups_", "time_scale_", "cuts_", "n_obs_", "n_events_", "sampler_", "sampling_", "timings_")}
-    settings = {"duration": self.duration, "event": self.event, "group": self.group,
-                "predictors": self.predictors, "baseline": self.baseline, "cuts": self.cuts,
-                "n_intervals": self.n_intervals, "priors": self.priors}
-    document = {"class": "HierarchicalSurvival", "settings": settings, "state": state,
-                "predictor_means": self.predictor_means_.to_dict()}
-    default = lambda value: value.item() if isinstance(value, np.generic) else str(value)
-    (folder / "model.json").write_text(json.dumps(document, indent=2, default=default))
-    return folder
-
-
-def load(cls, folder):
-    "A fitted model from a folder written by `save`."
-    import arviz as az
-    folder = Path(folder)
-    missing = [name for name in ("idata.nc", "model.json") if not (folder / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{folder}: not a saved HierarchicalSurvival (missing {', '.join(missing)}); "
-                                f"write one with model.save(folder).")
-    document = json.loads((folder / "model.json").read_text())
-    if document.get("class") != "HierarchicalSurvival":
-        raise ValueError(f"{folder}: holds a {document.get('class')}, not a HierarchicalSurvival.")
-    settings = document["settings"]
-    model = cls(settings.pop("duration"), settings.pop("event"), settings.pop("group"),
-                settings.pop("predictors"), **settings)
-    model.idata_ = az.from_netcdf(str(folder / "idata.nc"))
-    for name, value in document["state"].items():
-        setattr(model, name, value)
-    model.predictor_means_ = pd.Series(document["predictor_means"], dtype=float)[model.predictors]
-    return model
-
-
 def describe_priors(self) -> pd.DataFrame:
     "One row per parameter with a prior: parameter, distribution, text."
     rows = [{"parameter": name, "distribution": prior_text(prior),
@@ -510,15 +419,10 @@ def methods_text(self) -> str:
             f"log hazard ratio and {prior_text(priors['sigma_group'])} for the between-{self.group} standard "
             f"deviation of the log frailty.")
     if hasattr(self, "sampling_"):
-        settings = self.sampling_
-        engine = "nutpie's No-U-Turn sampler" if settings["sampler"] == "nutpie" else "PyMC's No-U-Turn sampler"
-        text += (f" The posterior was sampled with {engine}: {settings['chains']} chains of "
-                 f"{settings['draws']:,} draws after {settings['tune']:,} tuning iterations, target acceptance "
-                 f"rate {settings['target_accept']:g}, random seed {settings['seed']}.")
+        engine = "nutpie's No-U-Turn sampler" if self.sampler_ == "nutpie" else "PyMC's No-U-Turn sampler"
+        text += self._sampling_text(engine)
     return text
 
 
-HierarchicalSurvival.save = save
-HierarchicalSurvival.load = classmethod(load)
 HierarchicalSurvival.describe_priors = describe_priors
 HierarchicalSurvival.methods_text = methods_text
