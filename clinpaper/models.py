@@ -512,16 +512,17 @@ HierarchicalLogistic._design = _design
 HierarchicalLogistic.build_model = build_model
 
 # %% ../nbs/04_models.ipynb #c024
-def choose_parameterization(design: dict, *, threshold: float = 0.25) -> str:
-    """'centered' when the median over groups of the approximate standard error of a group's effect,
-    1 / sqrt(n_j p (1 - p)) at the overall event rate p, is below `threshold`; else 'non-centered'."""
+def choose_parameterization(design: dict, *, threshold: float = 0.25, share: float = 0.9) -> str:
+    """'centered' when a `share` of the groups (the `share` quantile) have an approximate standard error
+    of their effect, 1 / sqrt(n_j p (1 - p)) at the overall event rate p, below `threshold`; else
+    'non-centered'."""
     trials, events = np.asarray(design["trials"], dtype=float), np.asarray(design["events"], dtype=float)
     rate = events.sum() / trials.sum()
     n_groups = len(design["levels"])
     information = np.bincount(design["group_idx"], weights=trials, minlength=n_groups) * rate * (1 - rate)
     if not np.all(information > 0):
         return "non-centered"
-    return "centered" if np.median(1 / np.sqrt(information)) < threshold else "non-centered"
+    return "centered" if np.quantile(1 / np.sqrt(information), share) < threshold else "non-centered"
 
 # %% ../nbs/04_models.ipynb #c028
 BACKENDS = ("auto", "kernel", "jax", "numba")
@@ -733,8 +734,8 @@ def methods_text(self) -> str:
     parameterization = getattr(self, "parameterization_", self.parameterization)
     if parameterization == "auto":
         parameterization = "centered or non-centered"
-    chosen = (f" (chosen from the data: centered when a typical {self.group}'s effect has a standard error "
-              f"below 0.25 on the log-odds scale)" if self.parameterization == "auto" else "")
+    chosen = (f" (chosen from the data: centered when nine in ten {self.group}s' effects have a standard "
+              f"error below 0.25 on the log-odds scale)" if self.parameterization == "auto" else "")
     text = (f"We fitted a Bayesian hierarchical logistic regression of {self.outcome} ({likelihood}) on "
             f"{', '.join(self.predictors)}, with random intercepts by {self.group}{slopes}, in a {parameterization} "
             f"parameterization{chosen}. Priors were weakly informative: {prior_text(priors['beta'])} for each "
