@@ -146,15 +146,10 @@ def nutpie_model(design: dict, priors: dict, *, means, predictors, groups, cente
             return value, grad
         return logp
 
-    def scale(v):
-        if sigma_prior[0] == 3:
-            return sigma_prior[1] + (sigma_prior[2] - sigma_prior[1]) / (1.0 + math.exp(-v))
-        return math.exp(0.5 * v) if variance else math.exp(v)
-
     def make_expand(seed1, seed2, chain):
         def expand(theta, **_):
             beta = theta[1:1 + n_predictors]
-            sigma = scale(theta[1 + n_predictors])
+            sigma = _scale_logp(theta[1 + n_predictors], sigma_prior)[0]
             values = theta[2 + n_predictors:]
             effects = values if centered else sigma * values
             out = {"intercept_centered": np.array(theta[0]), "beta": beta.copy()}

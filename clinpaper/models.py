@@ -23,7 +23,7 @@ __all__ = ['LOCATION_PRIORS', 'SCALE_PRIORS', 'DEFAULT_PRIORS', 'PRIOR_MEANINGS'
            'resolve_priors', 'hdi', 'posterior_summary', 'check_convergence', 'convergence_message', 'NotFittedError',
            'check_sampling_arguments', 'HierarchicalModel', 'HierarchicalLogistic', 'build_model',
            'choose_parameterization', 'nutpie_backend', 'fit', 'summary', 'odds_ratios', 'median_odds_ratio', 'predict',
-           'describe_priors', 'methods_text']
+           'methods_text']
 
 # %% ../nbs/04_models.ipynb #c006
 LOCATION_PRIORS = {"Normal": ("mu", "sigma"), "StudentT": ("nu", "mu", "sigma")}
@@ -228,6 +228,7 @@ class HierarchicalModel:
     POSITIONAL: tuple = ()
     SETTINGS: tuple = ()
     STATE: tuple = ()
+    PRIOR_MEANINGS: dict = {}
 
     def _check_fitted(self):
         if not hasattr(self, "idata_"):
@@ -275,6 +276,12 @@ class HierarchicalModel:
         if message:
             raise ConvergenceError(message)
         return table
+
+    def describe_priors(self) -> pd.DataFrame:
+        "One row per parameter with a prior: parameter, distribution, text."
+        rows = [{"parameter": name, "distribution": prior_text(prior),
+                 "text": f"{self.PRIOR_MEANINGS[name]}: {prior_text(prior)}"} for name, prior in self.priors_.items()]
+        return pd.DataFrame(rows, columns=["parameter", "distribution", "text"])
 
     def _sampling_text(self, engine: str) -> str:
         "The Methods sentence on the sampler, from the settings the fit used."
@@ -327,6 +334,7 @@ class HierarchicalLogistic(HierarchicalModel):
     `random_slopes` lists predictors whose slope varies by group. `priors` overrides the
     defaults (see `DEFAULT_PRIORS`)."""
     REPORTED = REPORTED_PARAMETERS
+    PRIOR_MEANINGS = PRIOR_MEANINGS
     POSITIONAL = ("outcome", "group", "predictors")
     SETTINGS = ("trials", "random_slopes", "priors", "parameterization")
     STATE = ("groups_", "n_obs_", "n_events_", "n_rows_model_", "collapsed_", "sampler_", "sampling_",
@@ -528,6 +536,15 @@ def choose_parameterization(design: dict, *, threshold: float = 0.25, share: flo
 BACKENDS = ("auto", "kernel", "jax", "numba")
 
 
+def _pymc_backend() -> str:
+    "What nutpie compiles a PyMC model with: 'jax' when JAX is installed, else 'numba'."
+    try:
+        import jax  # noqa: F401
+    except ImportError:
+        return "numba"
+    return "jax"
+
+
 def nutpie_backend(backend: str = "auto", *, random_slopes: bool = False) -> str:
     """The backend nutpie uses for a model: `backend` itself, or for 'auto' the kernel (random
     intercepts only), else 'jax' when JAX is installed, else 'numba'."""
@@ -538,13 +555,7 @@ def nutpie_backend(backend: str = "auto", *, random_slopes: bool = False) -> str
                          "needs backend='jax' (or 'auto').")
     if backend != "auto":
         return backend
-    if not random_slopes:
-        return "kernel"
-    try:
-        import jax  # noqa: F401
-    except ImportError:
-        return "numba"
-    return "jax"
+    return _pymc_backend() if random_slopes else "kernel"
 
 
 def _compile_nutpie(model, backend, kernel=None):
@@ -558,7 +569,7 @@ def _compile_nutpie(model, backend, kernel=None):
         except Exception as error:
             warnings.warn(f"clinpaper's compiled kernel failed ({type(error).__name__}: {error}); "
                           f"compiling the PyMC model instead.", RuntimeWarning, stacklevel=4)
-            backend = nutpie_backend("auto", random_slopes=True)
+            backend = _pymc_backend()
     if backend == "jax":
         try:
             return nutpie.compile_pymc_model(model, backend="jax", gradient_backend="jax"), "jax"
@@ -577,7 +588,7 @@ def _sample(model, *, draws, tune, chains, seed, target_accept, sampler, progres
     start = time.perf_counter()
     if sampler == "nutpie":
         if backend == "auto":
-            backend = "kernel" if kernel is not None else nutpie_backend("auto", random_slopes=True)
+            backend = "kernel" if kernel is not None else _pymc_backend()
         try:
             compiled, backend = _compile_nutpie(model, backend, kernel)
         except Exception as error:  # nutpie missing, or it cannot compile this model
@@ -716,13 +727,6 @@ def predict(self, df: pd.DataFrame, *, hdi_prob: float = 0.95, seed: int | None 
 HierarchicalLogistic.predict = predict
 
 # %% ../nbs/04_models.ipynb #c052
-def describe_priors(self) -> pd.DataFrame:
-    "One row per parameter with a prior: parameter, distribution, text."
-    rows = [{"parameter": name, "distribution": prior_text(prior),
-             "text": f"{PRIOR_MEANINGS[name]}: {prior_text(prior)}"} for name, prior in self.priors_.items()]
-    return pd.DataFrame(rows, columns=["parameter", "distribution", "text"])
-
-
 def methods_text(self) -> str:
     "A paragraph for a paper's Methods: model, priors and (once fitted) the sampler settings."
     priors = self.priors_
@@ -752,5 +756,4 @@ def methods_text(self) -> str:
     return text
 
 
-HierarchicalLogistic.describe_priors = describe_priors
 HierarchicalLogistic.methods_text = methods_text

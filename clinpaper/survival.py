@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 
 from .core import CohortError
-from .models import (HierarchicalModel, _sample, check_sampling_arguments, hdi, posterior_summary,
-                              prior_text)
+from .models import (HierarchicalModel, _prior_rv, _sample, check_sampling_arguments, hdi,
+                              posterior_summary, prior_text)
 
 # %% auto #0
 __all__ = ['SURVIVAL_PRIORS', 'SURVIVAL_PRIOR_MEANINGS', 'resolve_survival_priors', 'HierarchicalSurvival', 'build_model', 'fit',
-           'summary', 'hazard_ratios', 'median_hazard_ratio', 'predict', 'describe_priors', 'methods_text']
+           'summary', 'hazard_ratios', 'median_hazard_ratio', 'predict', 'methods_text']
 
 # %% ../nbs/04b_survival.ipynb #c005
 SURVIVAL_PRIORS = {
@@ -86,6 +86,7 @@ class HierarchicalSurvival(HierarchicalModel):
     Draws, hazard ratios, group effects, the convergence gate, `save` and `load` come from
     `clinpaper.models.HierarchicalModel`."""
     REPORTED = ("intercept", "shape", "log_baseline", "beta", "sigma_group")
+    PRIOR_MEANINGS = SURVIVAL_PRIOR_MEANINGS
     POSITIONAL = ("duration", "event", "group", "predictors")
     SETTINGS = ("baseline", "cuts", "n_intervals", "priors")
     STATE = ("groups_", "time_scale_", "cuts_", "n_obs_", "n_events_", "sampler_", "sampling_", "timings_")
@@ -215,11 +216,6 @@ def _design(self, df, *, time_scale=None, cuts=None):
                    "events_pw": frame["events"].to_numpy(), "exposure": frame["exposure"].to_numpy(),
                    "n_intervals": n_intervals, "x_rows": x})
     return design
-
-
-def _prior_rv(pm, name, prior, **kwargs):
-    params = {k: float(v) for k, v in prior.items() if k != "dist"}
-    return getattr(pm, prior["dist"])(name, **params, **kwargs)
 
 
 def build_model(self, design: dict, *, predictor_means):
@@ -393,13 +389,6 @@ HierarchicalSurvival._median_time = _median_time
 HierarchicalSurvival.predict = predict
 
 # %% ../nbs/04b_survival.ipynb #c030
-def describe_priors(self) -> pd.DataFrame:
-    "One row per parameter with a prior: parameter, distribution, text."
-    rows = [{"parameter": name, "distribution": prior_text(prior),
-             "text": f"{SURVIVAL_PRIOR_MEANINGS[name]}: {prior_text(prior)}"} for name, prior in self.priors_.items()]
-    return pd.DataFrame(rows, columns=["parameter", "distribution", "text"])
-
-
 def methods_text(self) -> str:
     "A paragraph for a paper's Methods: model, priors and (once fitted) the sampler settings."
     priors = self.priors_
@@ -424,5 +413,4 @@ def methods_text(self) -> str:
     return text
 
 
-HierarchicalSurvival.describe_priors = describe_priors
 HierarchicalSurvival.methods_text = methods_text
