@@ -1,5 +1,7 @@
 # clinpaper: the two commands of the README.
-#   make demo   creates the environment, synthesizes the demo cohort, runs the paper and builds it
+#   make demo   creates the environment, scaffolds the demo paper project (demo/, a
+#               hospital-variation paper made by `clinpaper new`), synthesizes its cohort,
+#               runs the paper and builds it
 #   make test   creates the environment and runs the whole test suite (what .ci/run calls)
 # Everything is installed from PyPI into .venv; nothing needs to be installed beforehand but
 # Python 3.11. The PDF is made with Typst (shipped in the `typst` wheel), so no LaTeX is needed.
@@ -11,7 +13,8 @@ UV := $(BIN)/uv
 DEMO_PATIENTS ?= 20000
 DEMO_SITES ?= 30
 DEMO_SEED ?= 7
-DEMO_DB := book/_data/demo.duckdb
+DEMO_DIR := demo
+DEMO_DB := $(DEMO_DIR)/_data/demo.duckdb
 
 .PHONY: setup system-packages demo demo-data test test-fast clean
 
@@ -23,20 +26,25 @@ $(VENV)/.installed: pyproject.toml
 	$(UV) pip install --python $(BIN)/python --quiet -e '.[dev]'
 	@touch $@
 
-$(DEMO_DB): | setup
-	@mkdir -p $(dir $@)
+# the demo is a paper project of its own, scaffolded once from the package's template
+$(DEMO_DIR)/_toc.yml: | setup
+	@if [ ! -d $(DEMO_DIR) ]; then $(BIN)/clinpaper new $(DEMO_DIR) --template hospital-variation; \
+	else echo "$(DEMO_DIR)/ exists but holds no _toc.yml: move it away, then run make demo again." >&2; exit 2; fi
+
+$(DEMO_DB): | $(DEMO_DIR)/_toc.yml
 	$(BIN)/clinpaper synth --out $@ --patients $(DEMO_PATIENTS) --sites $(DEMO_SITES) --seed $(DEMO_SEED) --overwrite
 
 demo-data: $(DEMO_DB)
 
 demo: setup $(DEMO_DB)
-	$(BIN)/clinpaper run --study book/study.yaml --cohort $(DEMO_DB) --name demo
-	$(BIN)/clinpaper build demo
+	cd $(DEMO_DIR) && $(CURDIR)/$(BIN)/clinpaper run --name demo
+	cd $(DEMO_DIR) && $(CURDIR)/$(BIN)/clinpaper build demo
 	@echo
-	@echo "The demo paper:"
-	@echo "  web book:   $(CURDIR)/book/_build/demo/html/index.html"
-	@echo "  manuscript: $(CURDIR)/book/_build/demo/manuscript.docx"
-	@echo "  manuscript: $(CURDIR)/book/_build/demo/manuscript.pdf"
+	@echo "The demo paper (project folder $(CURDIR)/$(DEMO_DIR)):"
+	@echo "  web book:   $(CURDIR)/$(DEMO_DIR)/_build/demo/html/index.html"
+	@echo "  manuscript: $(CURDIR)/$(DEMO_DIR)/_build/demo/manuscript.docx"
+	@echo "  manuscript: $(CURDIR)/$(DEMO_DIR)/_build/demo/manuscript.pdf"
+	@echo "  the run:    $(CURDIR)/$(DEMO_DIR)/_runs/demo"
 
 # What the reader tests open the outputs with: Debian's Chromium (headless, driven by
 # Playwright with executable_path) and poppler's pdftoppm. Installed once, as root.
@@ -55,5 +63,6 @@ test-fast: setup
 	$(BIN)/nbdev-test --n-workers 2
 	$(BIN)/pytest -n 2 --dist loadgroup -m "not slow" tests
 
+# removes the demo's runs and builds (its data and its text stay); `rm -rf demo` removes it all
 clean:
-	rm -rf book/_runs book/_build
+	rm -rf $(DEMO_DIR)/_runs $(DEMO_DIR)/_build

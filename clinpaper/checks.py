@@ -7,20 +7,16 @@ from __future__ import annotations
 
 import warnings
 
-import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from .core import CohortError
-from .figures import OKABE_ITO
-from .models import HierarchicalLogistic, _sample
+from .models import HierarchicalLogistic, sample_posterior
 
 # %% auto #0
-__all__ = ['prior_predictive', 'plot_prior_predictive', 'posterior_predictive_check', 'plot_posterior_predictive',
-           'observed_expected_by_group', 'plot_observed_expected', 'loo_compare', 'glm_baseline', 'cox_baseline',
-           'grouped_folds', 'lightgbm_cv']
+__all__ = ['prior_predictive', 'posterior_predictive_check', 'observed_expected_by_group', 'loo_compare', 'glm_baseline',
+           'cox_baseline', 'grouped_folds', 'lightgbm_cv']
 
 # %% ../nbs/04c_checks.ipynb #c005
 def _thin(n_total: int, n_draws: int | None) -> np.ndarray:
@@ -40,6 +36,9 @@ def _logistic_draws(model, df, *, n_draws=None, seed=0):
     model._validate(df, for_fit=False)
     keep = _thin(len(model._draws("intercept")), n_draws)
     intercept, beta = model._draws("intercept")[keep], model._draws("beta")[keep]
+    fixed = df[model.predictors].to_numpy(dtype=float) @ beta.T + intercept
+    if model.group is None:  # a single-level model: no group effects
+        return fixed, np.zeros_like(fixed), np.zeros(len(keep))
     sigma, effects = model._draws("sigma_group")[keep], model._draws("group_effect")[keep]
     codes = pd.Index(model.groups_).get_indexer(df[model.group])
     if (codes < 0).any():
@@ -48,8 +47,21 @@ def _logistic_draws(model, df, *, n_draws=None, seed=0):
         new = rng.standard_normal((len(keep), len(new_levels))) * sigma[:, None]
         effects = np.concatenate([effects, new], axis=1)
         codes = np.where(codes < 0, len(model.groups_) + pd.Index(new_levels).get_indexer(df[model.group]), codes)
-    fixed = df[model.predictors].to_numpy(dtype=float) @ beta.T + intercept
     return fixed, effects[:, codes].T, sigma
+
+
+def _check_group(model, df, group, function: str) -> str:
+    "The column a check compares by: `group`, else the model's group; ValueError when there is neither."
+    by = model.group if group is None else group
+    if by is None:
+        raise ValueError(f"{function} compares events group by group, and the model has no group (group=None). "
+                         f"Pass `group=` a column of the data to compare by, e.g. deciles of the predicted risk.")
+    if by not in df.columns:
+        raise CohortError(f"{function}: the data lack the group column {by!r}; it has {len(df.columns)} columns.")
+    n_missing = int(df[by].isna().sum())
+    if n_missing:
+        raise CohortError(f"{function}: {n_missing:,} rows have no `{by}`; every row needs a group.")
+    return by
 
 
 def _expit(x):
@@ -87,8 +99,9 @@ def prior_predictive(model, df: pd.DataFrame, *, draws: int = 200, seed: int = 0
     if isinstance(model, type):
         if not issubclass(model, HierarchicalLogistic):
             raise TypeError(f"prior_predictive supports HierarchicalLogistic, got {model.__name__}.")
-        if outcome is None or group is None or predictors is None:
-            raise TypeError("prior_predictive with the model class needs outcome=, group= and predictors=.")
+        if outcome is None or predictors is None:
+            raise TypeError("prior_predictive with the model class needs outcome= and predictors= (and group=, "
+                            "unless the model has no group).")
         model = model(outcome, group, predictors, priors=priors)
     elif not isinstance(model, HierarchicalLogistic):
         raise TypeError(f"prior_predictive supports HierarchicalLogistic, got {type(model).__name__}.")
@@ -98,13 +111,19 @@ def prior_predictive(model, df: pd.DataFrame, *, draws: int = 200, seed: int = 0
     rng = np.random.default_rng(seed)
     x = df[model.predictors].to_numpy(dtype=float)
     x_centered = x - x.mean(axis=0)
-    levels = pd.Index(pd.unique(df[model.group])).sort_values()
-    codes = levels.get_indexer(df[model.group])
+    if model.group is None:  # one group: the whole cohort
+        levels, codes = pd.Index(["All"]), np.zeros(len(df), dtype=int)
+    else:
+        levels = pd.Index(pd.unique(df[model.group])).sort_values()
+        codes = levels.get_indexer(df[model.group])
     priors_ = model.priors_
     intercept = _prior_draws(priors_["intercept"], draws, rng)
     beta = _prior_draws(priors_["beta"], (draws, x.shape[1]), rng)
-    sigma = _prior_draws(priors_["sigma_group"], draws, rng)
-    effects = rng.standard_normal((draws, len(levels))) * sigma[:, None]
+    if model.group is None:
+        effects = np.zeros((draws, 1))
+    else:
+        sigma = _prior_draws(priors_["sigma_group"], draws, rng)
+        effects = rng.standard_normal((draws, len(levels))) * sigma[:, None]
     n = np.bincount(codes, minlength=len(levels))
     events = np.zeros((draws, len(levels)))
     for start in range(0, len(df), 5000):
@@ -118,37 +137,22 @@ def prior_predictive(model, df: pd.DataFrame, *, draws: int = 200, seed: int = 0
                           "events": events.ravel().astype(int)})
     table["rate"] = table["events"] / table["n"]
     if model.outcome in df.columns:
-        observed = df.groupby(model.group)[model.outcome].mean()
-        table["observed_rate"] = observed.reindex(levels).to_numpy()[np.tile(np.arange(len(levels)), draws)]
+        observed = df.groupby(codes)[model.outcome].mean().reindex(np.arange(len(levels)))
+        table["observed_rate"] = observed.to_numpy()[np.tile(np.arange(len(levels)), draws)]
     return table
 
-
-def plot_prior_predictive(data: pd.DataFrame, *, ax=None, bins: int = 40, figsize=(4.5, 3.2)):
-    "Histogram of the simulated group event rates under the priors, with the observed group rates; returns the Axes."
-    if ax is None:
-        _, ax = plt.subplots(figsize=figsize)
-    edges = np.linspace(0, 1, bins + 1)
-    ax.hist(data["rate"], bins=edges, density=True, color=OKABE_ITO[0], alpha=0.6,
-            label="Simulated under the priors")
-    if "observed_rate" in data.columns:
-        observed = data.drop_duplicates("group")["observed_rate"]
-        ax.hist(observed, bins=edges, density=True, color=OKABE_ITO[1], alpha=0.7, label="Observed")
-    ax.set(xlim=(0, 1), xlabel="Event rate per hospital", ylabel="Density")
-    ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
-    ax.legend(frameon=False)
-    return ax
-
 # %% ../nbs/04c_checks.ipynb #c015
-def posterior_predictive_check(model, df: pd.DataFrame, *, n_draws: int | None = 1000, prob: float = 0.95,
-                               seed: int = 0) -> pd.DataFrame:
-    """Per group: n, observed events and rate, mean and `prob` interval of the replicated events and
-    rates, and the posterior predictive p-value P(rep >= obs)."""
+def posterior_predictive_check(model, df: pd.DataFrame, *, group: str | None = None, n_draws: int | None = 1000,
+                               prob: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """Per group (of `group`, else of the model's group): n, observed events and rate, mean and `prob`
+    interval of the replicated events and rates, and the posterior predictive p-value P(rep >= obs)."""
     fixed, effects, _ = _logistic_draws(model, df, n_draws=n_draws, seed=seed)
+    by = _check_group(model, df, group, "posterior_predictive_check")
     if model.outcome not in df.columns:
         raise CohortError(f"posterior_predictive_check needs the outcome column `{model.outcome}`.")
     rng = np.random.default_rng(seed)
-    levels = pd.Index(pd.unique(df[model.group])).sort_values()
-    codes = levels.get_indexer(df[model.group])
+    levels = pd.Index(pd.unique(df[by])).sort_values()
+    codes = levels.get_indexer(df[by])
     replicated = np.zeros((len(levels), fixed.shape[1]))
     for start in range(0, len(df), 5000):
         rows = slice(start, start + 5000)
@@ -163,38 +167,19 @@ def posterior_predictive_check(model, df: pd.DataFrame, *, n_draws: int | None =
                          "replicated": replicated.mean(axis=1), "low": low, "high": high,
                          "rate_low": low / n, "rate_high": high / n, "p_value": p_value})
 
-
-def plot_posterior_predictive(data: pd.DataFrame, *, ax=None, figsize=(3.5, 4)):
-    "Observed event rate per group (points) against the replicated interval (lines), sorted; returns the Axes."
-    ordered = data.sort_values("observed_rate").reset_index(drop=True)
-    if ax is None:
-        _, ax = plt.subplots(figsize=figsize)
-    rows = np.arange(len(ordered))
-    ax.hlines(rows, ordered["rate_low"], ordered["rate_high"], color=OKABE_ITO[0], linewidth=2, alpha=0.6,
-              label="Replicated (95% interval)")
-    outside = (ordered["observed"] < ordered["low"]) | (ordered["observed"] > ordered["high"])
-    ax.plot(ordered["observed_rate"], rows, "o", color=OKABE_ITO[1], markersize=3, label="Observed")
-    if outside.any():
-        ax.plot(ordered.loc[outside, "observed_rate"], rows[outside], "o", color=OKABE_ITO[3], markersize=4,
-                label="Observed, outside")
-    ax.set_yticks(rows, ordered["group"].astype(str).tolist())
-    ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
-    ax.set(xlabel="Event rate per hospital", ylabel="")
-    ax.legend(frameon=False, loc="lower right")
-    return ax
-
 # %% ../nbs/04c_checks.ipynb #c019
-def observed_expected_by_group(model, df: pd.DataFrame, *, n_draws: int | None = 1000, prob: float = 0.95,
-                               seed: int = 0, n_nodes: int = 32) -> pd.DataFrame:
-    """Per group: n, observed, expected (mean and interval), oe with its interval, and the model-based
-    ratio P/E (`smr`, with the hospital's shrunken effect) with its interval."""
+def observed_expected_by_group(model, df: pd.DataFrame, *, group: str | None = None, n_draws: int | None = 1000,
+                               prob: float = 0.95, seed: int = 0, n_nodes: int = 32) -> pd.DataFrame:
+    """Per group (of `group`, else of the model's group): n, observed, expected (mean and interval), oe with
+    its interval, and the model-based ratio P/E (`smr`, with the hospital's shrunken effect) with its interval."""
     fixed, effects, sigma = _logistic_draws(model, df, n_draws=n_draws, seed=seed)
+    by = _check_group(model, df, group, "observed_expected_by_group")
     if model.outcome not in df.columns:
         raise CohortError(f"observed_expected_by_group needs the outcome column `{model.outcome}`.")
     nodes, weights = np.polynomial.hermite_e.hermegauss(n_nodes)
     weights = weights / weights.sum()
-    levels = pd.Index(pd.unique(df[model.group])).sort_values()
-    codes = levels.get_indexer(df[model.group])
+    levels = pd.Index(pd.unique(df[by])).sort_values()
+    codes = levels.get_indexer(df[by])
     expected = np.zeros((len(levels), fixed.shape[1]))
     predicted = np.zeros_like(expected)
     for start in range(0, len(df), 2000):
@@ -217,37 +202,6 @@ def observed_expected_by_group(model, df: pd.DataFrame, *, n_draws: int | None =
         "oe": observed / expected.mean(axis=1), "oe_low": np.quantile(ratio, tail, axis=1),
         "oe_high": np.quantile(ratio, 1 - tail, axis=1), "smr": np.median(smr, axis=1),
         "smr_low": np.quantile(smr, tail, axis=1), "smr_high": np.quantile(smr, 1 - tail, axis=1)})
-
-
-def plot_observed_expected(data: pd.DataFrame, *, kind: str = "funnel", prob: float = 0.95, ax=None,
-                           figsize=(4.5, 3.4)):
-    """Funnel plot (O/E against expected events, with the `prob` and 99.8% limits of a hospital that
-    performs as expected, O ~ Poisson(E)) or caterpillar plot (sorted O/E with intervals); returns the Axes."""
-    if kind not in ("funnel", "caterpillar"):
-        raise ValueError(f"`kind` must be 'funnel' or 'caterpillar', got {kind!r}.")
-    if ax is None:
-        _, ax = plt.subplots(figsize=figsize)
-    if kind == "caterpillar":
-        ordered = data.sort_values("oe").reset_index(drop=True)
-        rows = np.arange(len(ordered))
-        ax.hlines(rows, ordered["oe_low"], ordered["oe_high"], color=OKABE_ITO[0], linewidth=1)
-        ax.plot(ordered["oe"], rows, "o", color=OKABE_ITO[0], markersize=3)
-        ax.axvline(1.0, color="0.5", linestyle="--", linewidth=0.8)
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_yticks(rows, ordered["group"].astype(str).tolist())
-        ax.set(xlabel="Observed / expected (95% interval)", ylabel="")
-        return ax
-    grid = np.linspace(max(0.5, data["expected"].min() * 0.8), data["expected"].max() * 1.1, 200)
-    for level, style in ((prob, "--"), (0.998, ":")):
-        tail = (1 - level) / 2
-        for q in (tail, 1 - tail):
-            ax.plot(grid, stats.poisson.ppf(q, grid) / grid, style, color="0.4", linewidth=0.8)
-    ax.plot(data["expected"], data["oe"], "o", color=OKABE_ITO[0], markersize=4)
-    ax.axhline(1.0, color="0.5", linewidth=0.8)
-    ax.set(xlabel="Expected events", ylabel="Observed / expected")
-    return ax
 
 # %% ../nbs/04c_checks.ipynb #c023
 def _pooled_model(design, *, unpooled: bool, predictors, means, groups):
@@ -274,12 +228,12 @@ def _pointwise_log_likelihood(logit, y):
     return y[:, None] * logit - np.logaddexp(0.0, logit)
 
 
-def loo_compare(df: pd.DataFrame, *, outcome: str, group: str, predictors, draws: int = 500, tune: int = 500,
-                chains: int = 2, seed: int = 0, target_accept: float = 0.9, sampler: str = "nutpie",
+def loo_compare(df: pd.DataFrame, *, outcome: str, group: str | None, predictors, draws: int = 500,
+                tune: int = 500, chains: int = 2, seed: int = 0, target_accept: float = 0.9, sampler: str = "nutpie",
                 hierarchical=None, n_draws: int = 1000) -> pd.DataFrame:
     """Fit pooled, unpooled and hierarchical logistic models and compare them by PSIS-LOO: arviz.compare's
     table (model, rank, elpd_loo, se, p_loo, elpd_diff, dse, weight, warning) plus the number of
-    patients with Pareto k above 0.7 and the draws used."""
+    patients with Pareto k above 0.7 and the draws used. With `group=None`, the single-level model's row."""
     import arviz as az
     import xarray as xr
 
@@ -290,20 +244,22 @@ def loo_compare(df: pd.DataFrame, *, outcome: str, group: str, predictors, draws
     means = df[predictors].to_numpy(dtype=float).mean(axis=0)
     y = df[outcome].to_numpy(dtype=float)
     x = df[predictors].to_numpy(dtype=float)
-    codes = pd.Index(design["levels"]).get_indexer(df[group])
+    codes = pd.Index(design["levels"]).get_indexer(df[group]) if group is not None else None
     settings = dict(draws=draws, tune=tune, chains=chains, seed=seed, target_accept=target_accept,
                     sampler=sampler, progressbar=False, sampler_kwargs={})
     if hierarchical is None:
         hierarchical = HierarchicalLogistic(outcome, group, predictors).fit(
             df, draws=draws, tune=tune, chains=chains, seed=seed, target_accept=target_accept, sampler=sampler,
             progressbar=False)
-    elif list(hierarchical.groups_) != list(design["levels"]) or hierarchical.predictors != predictors:
-        raise ValueError("`hierarchical` must be a HierarchicalLogistic fitted on the same groups and predictors.")
+    elif ((hierarchical.group is None) != (group is None) or list(hierarchical.groups_) != list(design["levels"])
+          or hierarchical.predictors != predictors):
+        raise ValueError("`hierarchical` must be a HierarchicalLogistic fitted on the same groups and predictors"
+                         + (" (and group=None)." if group is None else "."))
     results, idatas = {}, {}
-    for name in ("pooled", "unpooled"):
+    for name in (("pooled", "unpooled") if group is not None else ()):
         built = _pooled_model(design, unpooled=name == "unpooled", predictors=predictors, means=means,
                               groups=design["levels"])
-        idata, *_ = _sample(built, **settings)
+        idata, _ = sample_posterior(built, **settings)
         stacked = idata.posterior.stack(sample=("chain", "draw"))
         keep = _thin(stacked.sizes["sample"], n_draws)
         beta = stacked["beta"].transpose("sample", ...).values[keep]
@@ -314,7 +270,7 @@ def loo_compare(df: pd.DataFrame, *, outcome: str, group: str, predictors, draws
             logit += stacked["intercept_centered"].values[keep]
         idatas[name] = (idata, keep, logit)
     fixed, effects, _ = _logistic_draws(hierarchical, df, n_draws=n_draws)
-    idatas["hierarchical"] = (hierarchical.idata_, None, fixed + effects)
+    idatas["hierarchical" if group is not None else "single-level"] = (hierarchical.idata_, None, fixed + effects)
     for name, (idata, keep, logit) in idatas.items():
         pointwise = _pointwise_log_likelihood(logit, y).T  # draws x rows
         n_kept = pointwise.shape[0]
@@ -364,7 +320,7 @@ def glm_baseline(df: pd.DataFrame, *, outcome: str, predictors, group: str | Non
                          "low": np.exp(interval[0]).to_numpy(), "high": np.exp(interval[1]).to_numpy(),
                          "p_value": fitted.pvalues[predictors].to_numpy()})
 
-
+# %% ../nbs/04c_checks.ipynb #c029a
 def cox_baseline(df: pd.DataFrame, *, duration: str, event: str, predictors, group: str | None = None,
                  level: float = 0.95) -> pd.DataFrame:
     """Cox proportional-hazards model (lifelines, Efron ties) with cluster-robust (sandwich) standard
@@ -403,16 +359,17 @@ def grouped_folds(groups, *, n_splits: int = 5, seed: int = 0) -> np.ndarray:
         load[fold] += sizes[level]
     return groups.map(fold_of).to_numpy()
 
-
-def lightgbm_cv(df: pd.DataFrame, *, outcome: str, features, group: str, seed: int = 0, n_splits: int = 5,
-                params: dict | None = None, num_boost_round: int = 100) -> dict:
-    """LightGBM classifier validated with hospital-grouped K-fold CV: {'predictions': DataFrame (group,
-    outcome, fold, prediction; index of df), 'auroc': auroc dict, 'n_splits', 'params'}."""
+# %% ../nbs/04c_checks.ipynb #c033b
+def lightgbm_cv(df: pd.DataFrame, *, outcome: str, features, group: str | None, seed: int = 0,
+                n_splits: int = 5, params: dict | None = None, num_boost_round: int = 100) -> dict:
+    """LightGBM classifier validated with hospital-grouped K-fold CV (`group=None`: K folds stratified by the
+    outcome): {'predictions': DataFrame (group, outcome, fold, prediction; index of df), 'auroc': auroc
+    dict, 'n_splits', 'params'}."""
     import lightgbm as lgb
-    from clinpaper.evaluate import auroc
+    from clinpaper.evaluate import auroc, stratified_folds
 
     features = [features] if isinstance(features, str) else list(features)
-    _require(df, [outcome, group], "lightgbm_cv")
+    _require(df, [outcome] + ([group] if group is not None else []), "lightgbm_cv")
     missing = [c for c in features if c not in df.columns]
     if missing:
         raise CohortError(f"lightgbm_cv: the data lack the feature column(s) {', '.join(map(repr, missing))}.")
@@ -420,16 +377,20 @@ def lightgbm_cv(df: pd.DataFrame, *, outcome: str, features, group: str, seed: i
                 "feature_fraction": 0.9, "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0,
                 "verbose": -1, "seed": seed, "num_threads": 1, "deterministic": True, "force_row_wise": True,
                 **(params or {})}
-    folds = grouped_folds(df[group], n_splits=n_splits, seed=seed)
     x = df[features].astype(float).to_numpy()  # LightGBM handles missing values natively
     y = df[outcome].to_numpy(dtype=float)
+    if group is None:
+        folds = stratified_folds(y, n_splits=n_splits, seed=seed)
+    else:
+        folds = grouped_folds(df[group], n_splits=n_splits, seed=seed)
     prediction = np.empty(len(df))
     for fold in range(n_splits):
         held_out = folds == fold
         booster = lgb.train(settings, lgb.Dataset(x[~held_out], y[~held_out], feature_name=features),
                             num_boost_round=num_boost_round)
         prediction[held_out] = booster.predict(x[held_out])
-    predictions = pd.DataFrame({"group": df[group].to_numpy(), "outcome": y.astype(int), "fold": folds,
+    predictions = pd.DataFrame({"group": df[group].to_numpy() if group is not None else None,
+                                "outcome": y.astype(int), "fold": folds,
                                 "prediction": prediction}, index=df.index)
     return {"predictions": predictions, "auroc": auroc(y, prediction), "n_splits": n_splits,
             "params": settings, "num_boost_round": num_boost_round}

@@ -185,6 +185,12 @@ def _event(study: dict) -> str:
     return study["cohort"]["index"].get("event", "visit")
 
 
+def _group_table(study: dict) -> str:
+    "The OMOP table that holds the group's column: the index event's own (default), the visit's or the person's."
+    table = (study.get("group") or {}).get("table", "index")
+    return _EVENT_TABLES[_event(study)][0] if table == "index" else table
+
+
 def _required_columns(study: dict) -> dict[str, list[str]]:
     table, id_column, concept_column, start_date, *_ = _EVENT_TABLES[_event(study)]
     need = {table: [id_column, "person_id", concept_column, start_date],
@@ -193,7 +199,10 @@ def _required_columns(study: dict) -> dict[str, list[str]]:
         need[table].append("visit_end_date")
     group = study.get("group")
     if group:
-        need[table].append(group["column"].lower())
+        group_table = _group_table(study)
+        need.setdefault(group_table, []).append(group["column"].lower())
+        if group_table == "visit_occurrence" and table != "visit_occurrence":
+            need[table].append("visit_occurrence_id")
     outcome = study.get("outcome") or {}
     if outcome.get("type") == "death":
         need["death"] = ["person_id", "death_date"]
@@ -613,9 +622,18 @@ def _index_stays(con, study: dict, concept_sets: dict):
         index_end_date=(_date(events, end_date, end_datetime) if end_date in events.columns
                         else ibis.null("date")),
     )
-    if study.get("group"):
-        columns["group_value"] = events[study["group"]["column"].lower()].cast("int64")
+    group_column = study["group"]["column"].lower() if study.get("group") else None
+    group_table = _group_table(study) if group_column else None
+    if group_table == name:
+        columns["group_value"] = events[group_column].cast("int64")
+    elif group_table == "visit_occurrence":
+        columns["visit_link"] = events.visit_occurrence_id.cast("int64")
     events = events.select(**columns)
+    if group_table == "visit_occurrence" and "visit_link" in events.columns:
+        visits = source_table(con, "visit_occurrence")
+        visits = visits.select(visit_link=visits.visit_occurrence_id.cast("int64"),
+                               group_value=visits[group_column].cast("int64"))
+        events = events.left_join(visits, "visit_link").drop("visit_link", "visit_link_right")
     if study["cohort"].get("exposures"):
         events = events.join(_exposure_map(study, concept_sets), "concept_id")
     else:
@@ -623,9 +641,12 @@ def _index_stays(con, study: dict, concept_sets: dict):
     order = ibis.row_number().over(group_by=events.person_id, order_by=[events.index_start, events.event_id])
     events = events.mutate(stay_rank=order)
     person = source_table(con, "person")
-    person = person.select(person_id=person.person_id.cast("int64"),
-                           gender_concept_id=person.gender_concept_id.cast("int64"),
-                           birth_date=_birth_date(person))
+    person_columns = dict(person_id=person.person_id.cast("int64"),
+                          gender_concept_id=person.gender_concept_id.cast("int64"),
+                          birth_date=_birth_date(person))
+    if group_table == "person":
+        person_columns["group_value"] = person[group_column].cast("int64")
+    person = person.select(**person_columns)
     stays = events.left_join(person, "person_id").drop("person_id_right")
     index_date = stays.index_start.date()
     return stays.mutate(

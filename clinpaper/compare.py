@@ -12,14 +12,12 @@ import math
 import numbers
 import re
 import shutil
-import uuid
 from pathlib import Path
 
 import pandas as pd
 
-from .core import RunError
+from .core import RunError, atomic_directory, find_project_root, project_root
 from .report import to_jsonable
-from .run import _swap_into_place
 
 # %% auto #0
 __all__ = ['SECTIONS', 'compare_runs', 'write_comparison', 'compare']
@@ -550,10 +548,7 @@ def write_comparison(run_a, run_b, out_dir) -> Path:
     a, b = _load_run(run_a), _load_run(run_b)
     sections = compare_runs(a["path"], b["path"])
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_dir.with_name(f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}")
-    partial.mkdir()
-    try:
+    with atomic_directory(out_dir) as partial:
         names, figure_note = _figures(a, b)
         figures = []
         if names:
@@ -577,18 +572,13 @@ def write_comparison(run_a, run_b, out_dir) -> Path:
                   "figures": figures, "figures_note": figure_note}
         (partial / "comparison.json").write_text(
             json.dumps(record, indent=2, ensure_ascii=False) + "\n")
-        _swap_into_place(partial, out_dir)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return out_dir / "index.html"
 
 # %% ../nbs/09_compare.ipynb #c043
 def compare(name_a: str, name_b: str, *, runs=None, out=None) -> Path:
-    """Compare runs NAME_A and NAME_B of the runs folder (default book/_runs) into OUT (default
-    book/_build/compare_A_vs_B); return the path of index.html."""
-    from clinpaper.run import default_build_dir, default_runs_dir
-    runs = Path(runs) if runs else default_runs_dir()
+    """Compare runs NAME_A and NAME_B of the runs folder (default ROOT/_runs of the project around
+    the current folder) into OUT (default ROOT/_build/compare_A_vs_B); return the path of index.html."""
+    runs = Path(runs) if runs else project_root(".") / "_runs"
     for name in (name_a, name_b):
         if not (runs / name).is_dir():
             known = sorted(p.name for p in runs.glob("*")
@@ -599,6 +589,7 @@ def compare(name_a: str, name_b: str, *, runs=None, out=None) -> Path:
     run_a = _load_run(runs / name_a)
     _load_run(runs / name_b)
     if out is None:
-        out = default_build_dir(run_a["manifest"].get("project_root") or ".") / \
-            f"compare_{name_a}_vs_{name_b}"
+        named = run_a["manifest"].get("project_root")
+        root = find_project_root(named) if named else None
+        out = (root or project_root(".")) / "_build" / f"compare_{name_a}_vs_{name_b}"
     return write_comparison(runs / name_a, runs / name_b, out)

@@ -132,6 +132,7 @@ STUDY_SCHEMA = {
                            "report_at": Field(NUMBER, required=False), "_optional": True},
         "subgroups": Each({"column": Field(str), "label": Field(str),
                            "bands": Field(list, items=NUMBER, required=False)}, required=False),
+        "kaplan_meier_by": Field(str, required=False),   # a binary column (default: the first binary predictor)
         "_optional": True,
     },
     "baselines": {

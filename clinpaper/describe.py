@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 import math
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from pandas.api import types as ptypes
@@ -17,7 +16,7 @@ from scipy import stats
 from .core import format_percent, is_small, mask_count
 
 # %% auto #0
-__all__ = ['smd_continuous', 'smd_categorical', 'table_one', 'format_table_one', 'flow_table', 'plot_flow']
+__all__ = ['smd_continuous', 'smd_categorical', 'table_one', 'format_table_one', 'flow_table']
 
 # %% ../nbs/03_describe.ipynb #c007
 def _weighted_mean_var(values: np.ndarray, weights: np.ndarray | None) -> tuple[float, float]:
@@ -46,7 +45,7 @@ def _weighted_quantiles(values: np.ndarray, weights: np.ndarray | None, quantile
     centres = (np.cumsum(weights) - 0.5 * weights) / weights.sum()
     return [float(q) for q in np.interp(quantiles, centres, values)]
 
-
+# %% ../nbs/03_describe.ipynb #c007b
 def smd_continuous(mean1: float, sd1: float, mean2: float, sd2: float) -> float:
     "Absolute standardized mean difference of a continuous variable between two groups."
     pooled = math.sqrt((sd1 ** 2 + sd2 ** 2) / 2)
@@ -54,7 +53,7 @@ def smd_continuous(mean1: float, sd1: float, mean2: float, sd2: float) -> float:
         return 0.0 if mean1 == mean2 else math.nan
     return abs(mean1 - mean2) / pooled
 
-
+# %% ../nbs/03_describe.ipynb #c007d
 def smd_categorical(proportions1, proportions2) -> float:
     "Absolute (Mahalanobis) SMD of a categorical variable from the level proportions of two groups."
     p1 = np.asarray(proportions1, dtype=float)[1:]
@@ -348,31 +347,3 @@ def flow_table(flow: pd.DataFrame, *, threshold: int = 11) -> pd.DataFrame:
                      "Removed": "" if position == 0 else mask_count(int(row.n_removed), threshold=threshold),
                      "Reason": "" if position == 0 else row.reason})
     return pd.DataFrame(rows, columns=["Step", "Stays", "Removed", "Reason"])
-
-# %% ../nbs/03_describe.ipynb #c036
-def plot_flow(flow: pd.DataFrame, *, ax=None, threshold: int = 11, unit: str = "stays", figsize=None):
-    "STROBE-style flow diagram of the cohort: main boxes with the stays remaining, side boxes with exclusions."
-    _check_flow_frame(flow)
-    steps = len(flow)
-    if ax is None:
-        _, ax = plt.subplots(figsize=figsize or (6.5, 0.9 + 1.05 * steps))
-    ax.set_xlim(0, 1)
-    ax.set_ylim(steps - 0.5, -0.5)
-    ax.set_axis_off()
-    main_box = {"boxstyle": "round,pad=0.5", "facecolor": "white", "edgecolor": "0.2", "linewidth": 0.8}
-    side_box = {"boxstyle": "round,pad=0.4", "facecolor": "0.95", "edgecolor": "0.5", "linewidth": 0.6}
-    arrow = {"arrowstyle": "-|>", "color": "0.2", "linewidth": 0.8, "shrinkA": 0, "shrinkB": 0}
-    main_x, side_x = 0.3, 0.62
-    for position, row in enumerate(flow.itertuples(index=False)):
-        remaining = mask_count(int(row.n_remaining), threshold=threshold)
-        ax.text(main_x, position, f"{row.label}\nn = {remaining} {unit}", ha="center", va="center",
-                bbox=main_box, zorder=3)
-        if position == 0:
-            continue
-        ax.annotate("", xy=(main_x, position - 0.28), xytext=(main_x, position - 0.72), arrowprops=arrow, zorder=2)
-        removed = mask_count(int(row.n_removed), threshold=threshold)
-        ax.annotate("", xy=(side_x - 0.01, position - 0.5), xytext=(main_x, position - 0.5),
-                    arrowprops=arrow, zorder=2)
-        ax.text(side_x, position - 0.5, f"Excluded: {removed}\n{row.reason}", ha="left", va="center",
-                bbox=side_box, zorder=3, wrap=True)
-    return ax

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import statsmodels.api as sm
@@ -16,14 +15,12 @@ from scipy.special import expit, logit
 from statsmodels.nonparametric.smoothers_lowess import lowess
 
 from .core import ClinpaperError
-from .figures import OKABE_ITO
 
 # %% auto #0
-__all__ = ['EvaluationError', 'auroc', 'delong_test', 'auprc', 'roc_curve', 'brier', 'scaled_brier',
-           'calibration_intercept_slope', 'ici', 'calibration_curve', 'net_benefit', 'recalibrate',
+__all__ = ['EvaluationError', 'check_outcome', 'check_probability', 'auroc', 'delong_test', 'auprc', 'roc_curve', 'brier',
+           'scaled_brier', 'calibration_intercept_slope', 'ici', 'calibration_curve', 'net_benefit', 'recalibrate',
            'apply_recalibration', 'observed_expected', 'performance_summary', 'subgroup_performance',
-           'bootstrap_optimism', 'grouped_cross_validation', 'plot_roc', 'plot_calibration', 'plot_decision_curve',
-           'plot_kaplan_meier']
+           'bootstrap_optimism', 'stratified_folds', 'grouped_cross_validation']
 
 # %% ../nbs/04a_evaluate.ipynb #c005
 class EvaluationError(ClinpaperError, ValueError):
@@ -41,7 +38,8 @@ def _as_vector(values, name: str) -> np.ndarray:
                         f"{np.asarray(values).dtype}.") from None
 
 
-def _check_outcome(y, *, name: str = "y", both_classes: bool = True) -> np.ndarray:
+def check_outcome(y, *, name: str = "y", both_classes: bool = True) -> np.ndarray:
+    "`y` as a float array of 0/1 outcomes (both classes present unless `both_classes=False`); EvaluationError otherwise."
     y = _as_vector(y, name)
     missing = int(np.isnan(y).sum())
     if missing:
@@ -62,7 +60,8 @@ def _check_outcome(y, *, name: str = "y", both_classes: bool = True) -> np.ndarr
     return y
 
 
-def _check_probability(p, *, name: str = "p") -> np.ndarray:
+def check_probability(p, *, name: str = "p") -> np.ndarray:
+    "`p` as a float array of probabilities in [0, 1] without missing values; EvaluationError otherwise."
     p = _as_vector(p, name)
     missing = int(np.isnan(p).sum())
     if missing:
@@ -81,12 +80,19 @@ def _check_pair(y, p, *, name_y: str = "y", name_p: str = "p",
     if np.ndim(y) == 1 and np.ndim(p) == 1 and len(y) != len(p):
         raise EvaluationError(f"`{name_y}` and `{name_p}` must have the same length; got "
                               f"{len(y)} and {len(p)} rows.")
-    return (_check_outcome(y, name=name_y, both_classes=both_classes),
-            _check_probability(p, name=name_p))
+    return (check_outcome(y, name=name_y, both_classes=both_classes),
+            check_probability(p, name=name_p))
 
 
 def _tidy_number(value: float):
     return int(value) if float(value).is_integer() else float(value)
+
+
+def _require_columns(df: pd.DataFrame, columns: list[str], function: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise EvaluationError(f"{function} needs the columns {missing}; the data has "
+                              f"{list(df.columns)}.")
 
 # %% ../nbs/04a_evaluate.ipynb #c010
 def _midrank(x: np.ndarray) -> np.ndarray:
@@ -196,7 +202,7 @@ def auprc(y, p) -> float:
     recall = true_positives / y.sum()
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
-
+# %% ../nbs/04a_evaluate.ipynb #c023b
 def roc_curve(y, p) -> pd.DataFrame:
     "The empirical ROC curve: one row per distinct threshold (flag p >= threshold)."
     y, p = _check_pair(y, p)
@@ -212,7 +218,7 @@ def brier(y, p) -> float:
     y, p = _check_pair(y, p, both_classes=False)
     return float(np.mean((y - p) ** 2))
 
-
+# %% ../nbs/04a_evaluate.ipynb #c026a
 def scaled_brier(y, p) -> float:
     "Scaled Brier score, 1 - Brier / (prevalence × (1 - prevalence))."
     y, p = _check_pair(y, p)
@@ -257,7 +263,7 @@ def ici(y, p, *, frac: float = 0.75) -> dict:
     return {"ici": float(error.mean()), "e50": float(np.median(error)),
             "e90": float(np.quantile(error, 0.9)), "emax": float(error.max())}
 
-
+# %% ../nbs/04a_evaluate.ipynb #c034b
 def calibration_curve(y, p, *, n_boot: int = 200, seed: int = 0, frac: float = 0.75,
                       n_points: int = 50, level: float = 0.95) -> pd.DataFrame:
     "Smoothed calibration curve (LOWESS) on a grid of predicted risks, with a bootstrap band."
@@ -310,10 +316,10 @@ def recalibrate(y, p) -> dict:
     fit = sm.GLM(y, sm.add_constant(_logit(p)), family=sm.families.Binomial()).fit()
     return {"intercept": float(fit.params[0]), "slope": float(fit.params[1])}
 
-
+# %% ../nbs/04a_evaluate.ipynb #c043b
 def apply_recalibration(p, intercept: float, slope: float) -> np.ndarray:
     "Recalibrated probabilities expit(intercept + slope·logit(p))."
-    p = _check_probability(p)
+    p = check_probability(p)
     return expit(intercept + slope * _logit(p))
 
 # %% ../nbs/04a_evaluate.ipynb #c045
@@ -366,13 +372,6 @@ def performance_summary(y, p, *, n_boot: int = 200, seed: int = 0,
     return pd.DataFrame(rows, columns=["metric", "estimate", "low", "high", "method"])
 
 # %% ../nbs/04a_evaluate.ipynb #c051
-def _require_columns(df: pd.DataFrame, columns: list[str], function: str) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise EvaluationError(f"{function} needs the columns {missing}; the data has "
-                              f"{list(df.columns)}.")
-
-
 def subgroup_performance(df: pd.DataFrame, *, outcome: str, prediction: str,
                          by: str | list[str]) -> pd.DataFrame:
     "Per subgroup: n, events, AUROC (DeLong CI), calibration-in-the-large and O/E (CI)."
@@ -416,14 +415,14 @@ def _predict(fit_predict: Callable, train: pd.DataFrame, test: pd.DataFrame) -> 
         raise EvaluationError(f"fit_predict returned {len(predicted)} predictions for "
                               f"{len(test)} rows; it must return one probability per row of "
                               "its second argument.")
-    return _check_probability(predicted, name="fit_predict(...)")
+    return check_probability(predicted, name="fit_predict(...)")
 
 
 def bootstrap_optimism(fit_predict: Callable, df: pd.DataFrame, *, outcome: str,
                        n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
     "Harrell's optimism-corrected AUROC, Brier score and calibration slope."
     _require_columns(df, [outcome], "bootstrap_optimism")
-    y = _check_outcome(df[outcome], name=outcome)
+    y = check_outcome(df[outcome], name=outcome)
     original = df.reset_index(drop=True)
     apparent = _optimism_metrics(y, _predict(fit_predict, original, original))
     rng = np.random.default_rng(seed)
@@ -444,12 +443,43 @@ def bootstrap_optimism(fit_predict: Callable, df: pd.DataFrame, *, outcome: str,
                          "corrected": [apparent[key] - mean_optimism[key] for key in apparent],
                          "n_boot": n_boot})
 
+# %% ../nbs/04a_evaluate.ipynb #c057b
+def stratified_folds(y, *, n_splits: int = 5, seed: int = 0) -> np.ndarray:
+    """Fold number (0..n_splits-1) of each row, stratified by the 0/1 outcome `y`: the events and then the
+    non-events, each in a seeded random order, dealt to the folds in turn."""
+    y = check_outcome(y, name="y", both_classes=False)
+    if isinstance(n_splits, bool) or not isinstance(n_splits, (int, np.integer)) or n_splits < 2:
+        raise ValueError(f"`n_splits` must be a whole number of at least 2, got {n_splits!r}.")
+    events = int(y.sum())
+    if min(events, len(y) - events) < n_splits:
+        raise EvaluationError(f"{n_splits} stratified folds need at least {n_splits} events and {n_splits} "
+                              f"non-events; got {events} and {len(y) - events}. Use fewer folds.")
+    rng = np.random.default_rng(seed)
+    folds = np.empty(len(y), dtype=int)
+    dealt = 0
+    for value in (1.0, 0.0):
+        rows = rng.permutation(np.flatnonzero(y == value))
+        folds[rows] = (dealt + np.arange(len(rows))) % n_splits
+        dealt += len(rows)
+    return folds
+
 # %% ../nbs/04a_evaluate.ipynb #c058
-def grouped_cross_validation(fit_predict: Callable, df: pd.DataFrame, *, outcome: str,
-                             group: str, prediction: str = "prediction") -> pd.DataFrame:
-    "Leave-one-group-out predictions: each group predicted by a model fitted on the others."
-    _require_columns(df, [outcome, group], "grouped_cross_validation")
-    _check_outcome(df[outcome], name=outcome, both_classes=False)
+def grouped_cross_validation(fit_predict: Callable, df: pd.DataFrame, *, outcome: str, group: str | None,
+                             prediction: str = "prediction", n_splits: int = 5, seed: int = 0) -> pd.DataFrame:
+    """Leave-one-group-out predictions: each group predicted by a model fitted on the others. With
+    `group=None`, `n_splits` folds stratified by the outcome (seeded), each predicted by a model fitted on
+    the others."""
+    _require_columns(df, [outcome] + ([group] if group is not None else []), "grouped_cross_validation")
+    y = check_outcome(df[outcome], name=outcome, both_classes=False)
+    if group is None:
+        folds = stratified_folds(y, n_splits=n_splits, seed=seed)
+        result = df[[outcome]].copy()
+        result["fold"] = folds
+        result[prediction] = np.nan
+        for fold in range(n_splits):
+            held_out = folds == fold
+            result.loc[held_out, prediction] = _predict(fit_predict, df[~held_out], df[held_out])
+        return result
     if df[group].isna().any():
         raise EvaluationError(f"`{group}` has {int(df[group].isna().sum())} missing values; "
                               "every row needs a group to be held out with.")
@@ -463,122 +493,3 @@ def grouped_cross_validation(fit_predict: Callable, df: pd.DataFrame, *, outcome
         held_out = (df[group] == level).to_numpy()
         result.loc[held_out, prediction] = _predict(fit_predict, df[~held_out], df[held_out])
     return result
-
-# %% ../nbs/04a_evaluate.ipynb #c062
-def _new_axes(ax, figsize):
-    if ax is None:
-        _, ax = plt.subplots(figsize=figsize)
-    return ax
-
-
-def _diagonal(ax, **kwargs) -> None:
-    "The reference diagonal, drawn once per Axes."
-    if not any(line.get_gid() == "diagonal" for line in ax.lines):
-        ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=0.8, gid="diagonal",
-                **kwargs)
-
-
-def plot_roc(y, p, *, ax=None, label: str | None = None, color=None, figsize=(3.5, 3.5)):
-    "ROC curve with the AUROC in the legend; returns the Axes."
-    curve = roc_curve(y, p)
-    auc = auroc(y, p)["estimate"]
-    ax = _new_axes(ax, figsize)
-    _diagonal(ax)
-    n_curves = sum(line.get_gid() == "roc" for line in ax.lines)
-    text = f"AUROC {auc:.2f}" if label is None else f"{label} (AUROC {auc:.2f})"
-    ax.plot(curve.false_positive_rate, curve.true_positive_rate, drawstyle="steps-post",
-            color=color or OKABE_ITO[n_curves % len(OKABE_ITO)], linewidth=1.2, label=text,
-            gid="roc")
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity", ylabel="Sensitivity",
-           aspect="equal")
-    ax.legend(loc="lower right", frameon=False)
-    return ax
-
-
-def plot_calibration(data, *, ax=None, label: str | None = None, histogram: bool = True,
-                     n_boot: int = 200, seed: int = 0, threshold: int = 11, color=None,
-                     figsize=(3.5, 3.5)):
-    """Smoothed calibration curve with its band and the diagonal; returns the Axes.
-
-    `data` is a `calibration_curve` DataFrame, or a `(y, p)` pair from which the curve is
-    computed and a histogram of the predictions is drawn along the bottom (bins holding
-    fewer than `threshold` patients are left out: the small-count rule).
-    """
-    predictions = None
-    if isinstance(data, pd.DataFrame):
-        _require_columns(data, ["predicted", "observed", "low", "high"], "plot_calibration")
-        curve = data
-    elif isinstance(data, (tuple, list)) and len(data) == 2:
-        y, predictions = _check_pair(*data)
-        curve = calibration_curve(y, predictions, n_boot=n_boot, seed=seed)
-    else:
-        raise TypeError("plot_calibration expects a calibration_curve DataFrame or a (y, p) "
-                        f"pair; got {type(data).__name__}.")
-    ax = _new_axes(ax, figsize)
-    colour = color or OKABE_ITO[0]
-    _diagonal(ax, label="Perfect calibration")
-    if curve["low"].notna().all():
-        ax.fill_between(curve.predicted, curve.low, curve.high, color=colour, alpha=0.2,
-                        linewidth=0)
-    ax.plot(curve.predicted, curve.observed, color=colour, linewidth=1.4,
-            label=label or "Smoothed calibration")
-    upper = float(max(curve.predicted.max(), np.nanmax(curve[["observed", "high"]].to_numpy())))
-    upper = min(1.0, 1.05 * upper)
-    if histogram and predictions is not None:
-        counts, edges = np.histogram(predictions, bins=40, range=(0, upper))
-        counts = np.where(counts < threshold, 0, counts)
-        if counts.max() > 0:
-            heights = 0.12 * upper * counts / counts.max()
-            ax.bar(edges[:-1], heights, width=np.diff(edges), align="edge", color="0.55",
-                   linewidth=0)
-    ax.set(xlim=(0, upper), ylim=(0, upper), xlabel="Predicted risk", ylabel="Observed risk",
-           aspect="equal")
-    ax.legend(loc="upper left", frameon=False)
-    return ax
-
-
-def plot_decision_curve(data: pd.DataFrame, *, ax=None, figsize=(4.5, 3.2)):
-    "Net benefit against threshold for each model column, treat all and treat none."
-    _require_columns(data, ["threshold", "treat_all", "treat_none"], "plot_decision_curve")
-    models = [c for c in data.columns if c not in ("threshold", "treat_all", "treat_none")]
-    if not models:
-        raise EvaluationError("plot_decision_curve found no model column besides threshold, "
-                              "treat_all and treat_none; pass the output of net_benefit.")
-    ax = _new_axes(ax, figsize)
-    for i, model in enumerate(models):
-        ax.plot(data.threshold, data[model], color=OKABE_ITO[i % 6], linewidth=1.4,
-                label=model)
-    ax.plot(data.threshold, data.treat_all, color="0.45", linewidth=1, label="Treat all")
-    ax.plot(data.threshold, data.treat_none, color="0", linewidth=1, linestyle=":",
-            label="Treat none")
-    top = float(np.nanmax(data[models + ["treat_all"]].to_numpy()))
-    ax.set(ylim=(-0.1 * top if top > 0 else -0.05, 1.1 * top if top > 0 else 0.05),
-           xlim=(data.threshold.min(), data.threshold.max()),
-           xlabel="Threshold probability", ylabel="Net benefit")
-    ax.legend(frameon=False)
-    return ax
-
-
-def plot_kaplan_meier(df: pd.DataFrame, *, duration: str, event: str, group: str | None = None,
-                      ax=None, ci: bool = True, xlabel: str = "Days",
-                      ylabel: str = "Survival probability", figsize=(4.5, 3.2)):
-    "Kaplan-Meier survival curves (one per level of `group`) with confidence bands."
-    from lifelines import KaplanMeierFitter
-
-    _require_columns(df, [duration, event] + ([group] if group else []), "plot_kaplan_meier")
-    times = _as_vector(df[duration], duration)
-    if np.isnan(times).any() or (times < 0).any():
-        raise EvaluationError(f"`{duration}` must hold non-negative times without missing "
-                              f"values; {int(np.isnan(times).sum() + (times < 0).sum())} rows "
-                              "break the rule.")
-    _check_outcome(df[event], name=event, both_classes=False)
-    ax = _new_axes(ax, figsize)
-    parts = [(None, df)] if group is None else list(df.groupby(group, observed=True, sort=True))
-    for i, (level, part) in enumerate(parts):
-        fitter = KaplanMeierFitter(label="All patients" if level is None else str(level))
-        fitter.fit(part[duration], part[event])
-        fitter.plot_survival_function(ax=ax, ci_show=ci, color=OKABE_ITO[i % len(OKABE_ITO)],
-                                      linewidth=1.2)
-    ax.set(ylim=(0, 1.02), xlabel=xlabel, ylabel=ylabel)
-    ax.legend(frameon=False)
-    return ax

@@ -209,6 +209,24 @@ def codebook_schema(codebook: dict, *, id_column: str | None = None) -> pa.DataF
     return pa.DataFrameSchema(columns, strict=False, name="codebook")
 
 # %% ../nbs/02a_flat.ipynb #c016
+def _rule_rows(frame: pd.DataFrame, criterion: dict, path) -> pd.Series:
+    "The rows that an exclusion rule drops (a missing value never matches a rule, so it is kept)."
+    rule = criterion.get("exclude")
+    if not isinstance(rule, str) or not rule.strip():
+        raise StudyError(f"cohort.criteria '{criterion.get('id')}': a flat table's exclusion needs `exclude:`, "
+                         "a condition on the table's columns, e.g. exclude: \"age < 18\".")
+    try:
+        dropped = frame.eval(rule, engine="python")
+    except Exception as error:   # pandas raises many kinds; the message names the rule, never the rows
+        raise StudyError(f"cohort.criteria '{criterion['id']}': the rule {rule!r} cannot be evaluated on the "
+                         f"columns of {Path(path).name} ({type(error).__name__}: {str(error)[:120]}). Write it "
+                         "with the codebook's column names, e.g. exclude: \"age < 18\".") from None
+    if not isinstance(dropped, pd.Series) or dropped.dtype != bool:
+        raise StudyError(f"cohort.criteria '{criterion['id']}': the rule {rule!r} must be a condition (true for "
+                         "the rows to exclude), such as \"age < 18\" or \"stay_hours < 4\".")
+    return dropped.fillna(False).astype(bool)
+
+
 _READERS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 _CLEANING_COLUMNS = ["variable", "label", "unit", "n_rows", "n_no_value", "n_wrong_type", "n_out_of_range",
                      "n_wrong_level", "n_missing", "n_valid", "n_wrong_unit"]
@@ -313,8 +331,11 @@ def _resolve(name, codebook: dict, role: str, argument: str, where: str) -> str:
     return found[0]
 
 
-def load_flat(path, codebook, *, id_column: str | None = None, outcome: str | None = None) -> Cohort:
-    "Read, validate and clean a flat analysis table (CSV/Parquet) as its `codebook` (path or dict) says."
+def load_flat(path, codebook, *, id_column: str | None = None, outcome: str | None = None,
+              criteria=()) -> Cohort:
+    """Read, validate and clean a flat analysis table (CSV/Parquet) as its `codebook` (path or dict) says.
+    `criteria` are the study's exclusions, `{id, label, type: rule, exclude: "age < 18"}`, applied in order
+    after the cleaning and counted in the flow."""
     path = Path(path).expanduser()
     if isinstance(codebook, (str, Path)):
         codebook_file = str(Path(codebook).expanduser())
@@ -422,14 +443,23 @@ def load_flat(path, codebook, *, id_column: str | None = None, outcome: str | No
                          "n_removed": n_before - n_after, "n_persons": n_after, "reason": reason})
             step_columns[step] = column
         keep = kept
+    for criterion in criteria or ():
+        dropped = _rule_rows(frame, criterion, path)
+        kept = keep & ~dropped
+        n_before, n_after = int(keep.sum()), int(kept.sum())
+        flow.append({"step": criterion["id"], "label": criterion["label"], "n_remaining": n_after,
+                     "n_removed": n_before - n_after, "n_persons": n_after, "reason": criterion["label"]})
+        step_columns[criterion["id"]] = criterion["exclude"]
+        keep = kept
     flow = pd.DataFrame(flow, columns=["step", "label", "n_remaining", "n_removed", "n_persons", "reason"])
     for column in ("n_remaining", "n_removed", "n_persons"):
         flow[column] = flow[column].astype("int64")
     if int(keep.sum()) == 0:
         last = flow.iloc[int(np.argmax(flow.n_remaining.to_numpy() == 0))]
         raise CohortError(f"The flat table {path} leaves an empty cohort: step '{last.step}' ({last.reason}) "
-                          f"removed all {int(last.n_removed):,} remaining rows. Check column "
-                          f"'{step_columns[last.step]}' and its codebook entry.")
+                          f"removed all {int(last.n_removed):,} remaining rows. Check "
+                          + (f"the rule '{step_columns[last.step]}'." if last.step in {c["id"] for c in criteria or ()}
+                             else f"column '{step_columns[last.step]}' and its codebook entry."))
 
     table = frame.loc[keep].reset_index(drop=True)
     for name, entry in codebook.items():

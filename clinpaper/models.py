@@ -21,9 +21,8 @@ from .core import ClinpaperError, CohortError, ConvergenceError
 # %% auto #0
 __all__ = ['LOCATION_PRIORS', 'SCALE_PRIORS', 'DEFAULT_PRIORS', 'PRIOR_MEANINGS', 'REPORTED_PARAMETERS', 'BACKENDS', 'prior_text',
            'resolve_priors', 'hdi', 'posterior_summary', 'check_convergence', 'convergence_message', 'NotFittedError',
-           'check_sampling_arguments', 'HierarchicalModel', 'HierarchicalLogistic', 'build_model',
-           'choose_parameterization', 'nutpie_backend', 'fit', 'summary', 'odds_ratios', 'median_odds_ratio', 'predict',
-           'methods_text']
+           'HierarchicalModel', 'prior_variable', 'choose_parameterization', 'check_sampling_arguments',
+           'nutpie_backend', 'sample_posterior', 'HierarchicalLogistic']
 
 # %% ../nbs/04_models.ipynb #c006
 LOCATION_PRIORS = {"Normal": ("mu", "sigma"), "StudentT": ("nu", "mu", "sigma")}
@@ -59,10 +58,12 @@ def prior_text(prior: dict) -> str:
     text = f"{label}({', '.join(_number(prior[name]) for name in names)})"
     return text + " on the variance" if prior["dist"] == "InverseGammaVariance" else text
 
-
-def resolve_priors(priors: dict | None, *, random_slopes: bool = False) -> dict:
-    "The default priors updated with `priors`, validated; a new dict."
-    allowed = ["intercept", "beta", "sigma_group"] + (["sigma_slope"] if random_slopes else [])
+# %% ../nbs/04_models.ipynb #c006c
+def resolve_priors(priors: dict | None, *, random_slopes: bool = False, grouped: bool = True) -> dict:
+    """The default priors updated with `priors`, validated; a new dict. Without a group
+    (`grouped=False`) there is no sigma_group."""
+    allowed = (["intercept", "beta"] + (["sigma_group"] if grouped else [])
+               + (["sigma_slope"] if random_slopes else []))
     priors = {} if priors is None else priors
     if not isinstance(priors, dict):
         raise TypeError(f"`priors` of HierarchicalLogistic must be a dict, got {type(priors).__name__}.")
@@ -71,7 +72,8 @@ def resolve_priors(priors: dict | None, *, random_slopes: bool = False) -> dict:
         raise ValueError(
             f"`priors` of HierarchicalLogistic has unknown parameter(s) {', '.join(map(repr, unknown))}. "
             f"The parameters with a prior are {', '.join(allowed)}"
-            + ("" if random_slopes else " (and sigma_slope with random_slopes)") + ".")
+            + (" (a model with group=None has no sigma_group)" if not grouped
+               else "" if random_slopes else " (and sigma_slope with random_slopes)") + ".")
     resolved = {}
     for name in allowed:
         override = dict(priors.get(name, {}))
@@ -122,7 +124,7 @@ def hdi(samples, *, prob: float = 0.95):
         return samples[start], samples[start + n_inside]
     return samples[start, columns], samples[start + n_inside, columns]
 
-
+# %% ../nbs/04_models.ipynb #c012b
 def posterior_summary(idata, *, var_names=None, hdi_prob: float = 0.95) -> pd.DataFrame:
     "Tidy posterior summary: parameter, mean, sd, hdi_low, hdi_high, r_hat, ess_bulk, ess_tail."
     import arviz as az
@@ -165,7 +167,7 @@ def check_convergence(idata, *, var_names=None, r_hat_max: float = 1.01, ess_min
     result.attrs["divergences_passed"] = divergences <= divergences_max
     return result
 
-
+# %% ../nbs/04_models.ipynb #c014a
 def convergence_message(table: pd.DataFrame, *, model: str = "The model",
                         divergences_max: int = 0) -> str | None:
     "The ConvergenceError message for a `check_convergence` table, or None when it passed."
@@ -203,17 +205,6 @@ def _show_codes(values) -> str:
     return f"{len(values)} distinct other values"
 
 # %% ../nbs/04_models.ipynb #c018
-def check_sampling_arguments(*, draws, tune, chains, target_accept, sampler) -> None:
-    "Raise ValueError, naming the argument, for sampler settings `fit` cannot use."
-    if sampler not in ("nutpie", "pymc"):
-        raise ValueError(f"`sampler` must be 'nutpie' or 'pymc', got {sampler!r}.")
-    for label, value, smallest in (("draws", draws, 1), ("tune", tune, 0), ("chains", chains, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < smallest:
-            raise ValueError(f"`{label}` must be a whole number of at least {smallest}, got {value!r}.")
-    if not 0 < target_accept < 1:
-        raise ValueError(f"`target_accept` must be between 0 and 1, got {target_accept!r}.")
-
-
 def _json_default(value):
     if isinstance(value, np.generic):
         return value.item()
@@ -249,8 +240,16 @@ class HierarchicalModel:
         return pd.DataFrame({"predictor": self.predictors, label: np.median(ratios, axis=0),
                              "low": np.quantile(ratios, tail, axis=0), "high": np.quantile(ratios, 1 - tail, axis=0)})
 
-    def _median_ratio(self, prob: float) -> dict:
+    def _require_group(self, what: str) -> None:
+        "Raise ValueError, saying why, when a model without a group is asked for `what`."
+        if self.group is None:
+            raise ValueError(f"{type(self).__name__} has no grouping (group=None), so it has no {what}: there is "
+                             f"no between-group variation in a single-level model. Fit it with `group=` a column "
+                             f"(e.g. the hospital) to estimate one.")
+
+    def _median_ratio(self, prob: float, *, what: str = "median ratio") -> dict:
         "Posterior median and equal-tailed interval of exp(sqrt(2) sigma_group z_0.75), per draw."
+        self._require_group(what)
         self._check_fitted()
         from scipy.stats import norm
 
@@ -259,8 +258,23 @@ class HierarchicalModel:
         return {"median": float(np.median(ratio)), "low": float(np.quantile(ratio, tail)),
                 "high": float(np.quantile(ratio, 1 - tail))}
 
+    def _group_effect_draws(self, df, rng):
+        """Draws x groups of the group effects, with a new effect drawn from Normal(0, sigma_group) (one per
+        draw, with `rng`) for each group of `df` not seen in fit; the column of each row of `df` in them;
+        and the new groups."""
+        effects = self._draws("group_effect")
+        levels = pd.Index(self.groups_)
+        codes = levels.get_indexer(df[self.group])
+        new_levels = pd.unique(df[self.group][codes < 0])
+        if len(new_levels):
+            new = rng.standard_normal((len(effects), len(new_levels))) * self._draws("sigma_group")[:, None]
+            effects = np.concatenate([effects, new], axis=1)
+            codes = np.where(codes < 0, len(levels) + pd.Index(new_levels).get_indexer(df[self.group]), codes)
+        return effects, codes, new_levels
+
     def group_effects(self, hdi_prob: float = 0.95) -> pd.DataFrame:
         "Per group: posterior mean and HDI of its effect (deviation from the average group, on the linear predictor)."
+        self._require_group("group effects")
         self._check_fitted()
         effects = self._draws("group_effect")
         low, high = hdi(effects, prob=hdi_prob)
@@ -325,199 +339,18 @@ class HierarchicalModel:
         model.predictor_means_ = pd.Series(document["predictor_means"], dtype=float)[model.predictors]
         return model
 
+# %% ../nbs/04_models.ipynb #c018b
+def prior_variable(name: str, prior: dict, **kwargs):
+    """The PyMC variable `name` distributed as `prior` (a dict of `resolve_priors`); call it inside a
+    `pm.Model`. `kwargs` (e.g. `dims=`) go to the distribution. With `InverseGammaVariance` the sampled
+    variable is `{name}_variance` and `name` is its square root, a deterministic."""
+    import pymc as pm
 
-class HierarchicalLogistic(HierarchicalModel):
-    """Bayesian logistic regression with random intercepts (and optional random slopes) by `group`.
-
-    `outcome` is a 0/1 column, or the number of events when `trials` names a column of
-    trials per row. `predictors` are numeric columns already on their analysis scale.
-    `random_slopes` lists predictors whose slope varies by group. `priors` overrides the
-    defaults (see `DEFAULT_PRIORS`)."""
-    REPORTED = REPORTED_PARAMETERS
-    PRIOR_MEANINGS = PRIOR_MEANINGS
-    POSITIONAL = ("outcome", "group", "predictors")
-    SETTINGS = ("trials", "random_slopes", "priors", "parameterization")
-    STATE = ("groups_", "n_obs_", "n_events_", "n_rows_model_", "collapsed_", "sampler_", "sampling_",
-             "timings_", "parameterization_")
-
-    def __init__(self, outcome: str, group: str, predictors, *, trials: str | None = None,
-                 random_slopes=None, priors: dict | None = None, parameterization: str = "auto"):
-        if isinstance(predictors, str):
-            predictors = [predictors]
-        self.outcome = outcome
-        self.group = group
-        self.predictors = list(predictors)
-        self.trials = trials
-        self.random_slopes = list(random_slopes or [])
-        self.priors = priors
-        self.parameterization = parameterization
-        if parameterization not in ("auto", "non-centered", "centered"):
-            raise ValueError(f"`parameterization` of HierarchicalLogistic must be 'auto', 'non-centered' or "
-                             f"'centered', got {parameterization!r}.")
-        if not self.predictors:
-            raise ValueError("`predictors` of HierarchicalLogistic is empty; give at least one column name.")
-        if len(set(self.predictors)) != len(self.predictors):
-            raise ValueError("`predictors` of HierarchicalLogistic lists a column twice.")
-        unknown = [name for name in self.random_slopes if name not in self.predictors]
-        if unknown:
-            raise ValueError(f"`random_slopes` of HierarchicalLogistic must be among the predictors; "
-                             f"{', '.join(map(repr, unknown))} is not. Add it to `predictors` first.")
-        self.priors_ = resolve_priors(priors, random_slopes=bool(self.random_slopes))
-
-    def __repr__(self):
-        extra = f", trials={self.trials!r}" if self.trials else ""
-        extra += f", random_slopes={self.random_slopes!r}" if self.random_slopes else ""
-        return (f"HierarchicalLogistic(outcome={self.outcome!r}, group={self.group!r}, "
-                f"predictors={self.predictors!r}{extra})")
-
-# %% ../nbs/04_models.ipynb #c020
-def _validate(self, df, *, for_fit: bool = True) -> None:
-    name = "HierarchicalLogistic"
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"{name} expects a pandas DataFrame, got {type(df).__name__}.")
-    needed = [self.group, *self.predictors]
-    if for_fit:
-        needed = [self.outcome, *needed] + ([self.trials] if self.trials else [])
-    missing = [column for column in needed if column not in df.columns]
-    if missing:
-        raise CohortError(f"{name}: the data lack the column(s) {', '.join(map(repr, missing))}; "
-                          f"it has {len(df.columns)} columns. Check the spelling or the analysis table.")
-    if len(df) == 0:
-        raise CohortError(f"{name} got an empty data frame (0 rows); check the cohort's inclusion criteria.")
-    for column in self.predictors:
-        if not (pd.api.types.is_numeric_dtype(df[column]) or pd.api.types.is_bool_dtype(df[column])):
-            raise CohortError(f"Predictor `{column}` of {name} must be numeric, got dtype "
-                              f"{df[column].dtype}; encode categories as 0/1 indicator columns.")
-    values = df[self.predictors].to_numpy(dtype=float)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        counts = bad.sum(axis=0)
-        where = ", ".join(f"`{c}` ({n:,})" for c, n in zip(self.predictors, counts) if n)
-        raise CohortError(f"{name}: {int(bad.any(axis=1).sum()):,} rows have missing or infinite "
-                          f"predictor values: {where}. Impute them or drop those rows before fitting.")
-    n_missing = int(df[self.group].isna().sum())
-    if n_missing:
-        raise CohortError(f"{name}: {n_missing:,} rows have no `{self.group}`; every row needs a group.")
-    if not for_fit:
-        return
-    if df[self.group].nunique() < 2:
-        raise CohortError(f"{name} needs at least 2 groups in `{self.group}` to estimate the between-group "
-                          f"SD, got 1. Use a single-level logistic regression for one group.")
-    outcome = df[self.outcome]
-    if not (pd.api.types.is_numeric_dtype(outcome) or pd.api.types.is_bool_dtype(outcome)):
-        raise CohortError(f"`outcome` of {name} must be numeric, got dtype {outcome.dtype}.")
-    outcome = outcome.astype(float)
-    n_missing = int(outcome.isna().sum())
-    if n_missing:
-        raise CohortError(f"`outcome` of {name}: {n_missing:,} rows have a missing `{self.outcome}`; "
-                          f"decide how to handle them (drop, or define the outcome) before fitting.")
-    if self.trials is None:
-        wrong = ~outcome.isin([0.0, 1.0])
-        if wrong.any():
-            raise CohortError(f"`outcome` of {name} must be a column of 0/1 values. Got "
-                              f"{_show_codes(outcome[wrong])} in {int(wrong.sum()):,} rows.")
-        return
-    trials = df[self.trials]
-    if not pd.api.types.is_numeric_dtype(trials):
-        raise CohortError(f"`trials` of {name} must be numeric, got dtype {trials.dtype}.")
-    trials = trials.astype(float)
-    if trials.isna().any():
-        raise CohortError(f"`trials` of {name}: {int(trials.isna().sum()):,} rows have a missing `{self.trials}`.")
-    wrong = (trials < 1) | (trials % 1 != 0)
-    if wrong.any():
-        raise CohortError(f"`trials` of {name} must hold whole numbers of at least 1; "
-                          f"{int(wrong.sum()):,} rows do not.")
-    wrong = (outcome < 0) | (outcome % 1 != 0)
-    if wrong.any():
-        raise CohortError(f"`outcome` of {name} must hold whole event counts of 0 or more when `trials` "
-                          f"is given; {int(wrong.sum()):,} rows do not.")
-    wrong = outcome > trials
-    if wrong.any():
-        raise CohortError(f"`outcome` of {name} must not exceed `trials`: {int(wrong.sum()):,} rows have "
-                          f"more events (`{self.outcome}`) than trials (`{self.trials}`).")
-
-
-HierarchicalLogistic._validate = _validate
-
-# %% ../nbs/04_models.ipynb #c022
-def _design(self, df, *, collapse="auto"):
-    "Model arrays: x (rows x predictors), group_idx, events, trials, and whether rows were collapsed."
-    x = df[self.predictors].to_numpy(dtype=float)
-    levels = pd.Index(pd.unique(df[self.group])).sort_values()
-    group_idx = levels.get_indexer(df[self.group])
-    events = df[self.outcome].to_numpy(dtype=float)
-    trials = df[self.trials].to_numpy(dtype=float) if self.trials else np.ones(len(df))
-    frame = pd.DataFrame(x, columns=[f"x{k}" for k in range(x.shape[1])])
-    frame["group_idx"] = group_idx
-    keys = ["group_idx", *frame.columns[:-1]]
-    n_unique = len(frame.drop_duplicates(keys))
-    if collapse == "auto":
-        collapse = n_unique <= 0.8 * len(frame)
-    collapsed = bool(collapse) and n_unique < len(frame)
-    if collapsed:
-        frame["events"], frame["trials"] = events, trials
-        frame = frame.groupby(keys, sort=True, as_index=False)[["events", "trials"]].sum()
-        x = frame[keys[1:]].to_numpy(dtype=float)
-        group_idx, events, trials = (frame[c].to_numpy() for c in ("group_idx", "events", "trials"))
-    return {"x": x, "group_idx": group_idx.astype("int64"), "events": events.astype("int64"),
-            "trials": trials.astype("int64"), "levels": levels, "collapsed": collapsed}
-
-
-def _prior_rv(pm, name, prior, **kwargs):
     params = {k: float(v) for k, v in prior.items() if k != "dist"}
     if prior["dist"] == "InverseGammaVariance":  # BUGS' dgamma(a, b) on the precision
         variance = pm.InverseGamma(f"{name}_variance", **params, **kwargs)
         return pm.Deterministic(name, variance ** 0.5, **kwargs)
     return getattr(pm, prior["dist"])(name, **params, **kwargs)
-
-
-def build_model(self, design: dict, *, predictor_means=None, parameterization: str | None = None):
-    """The PyMC model for `design` (from `_design`); variables named as in the text above.
-    `parameterization` defaults to the model's own, resolved with `choose_parameterization` when 'auto'."""
-    import pymc as pm
-    import pytensor.tensor as pt
-
-    parameterization = parameterization or self.parameterization
-    if parameterization == "auto":
-        parameterization = choose_parameterization(design)
-
-    x = design["x"]
-    means = x.mean(axis=0) if predictor_means is None else np.asarray(predictor_means)
-    binary = bool((design["trials"] == 1).all())
-    coords = {"predictor": self.predictors, "group": [str(g) for g in design["levels"]]}
-    if self.random_slopes:
-        coords["slope"] = self.random_slopes
-    with pm.Model(coords=coords) as model:
-        x_centered = pm.Data("x_centered", x - means, dims=("obs", "predictor"))
-        group_idx = pm.Data("group_idx", design["group_idx"], dims="obs")
-        intercept_centered = _prior_rv(pm, "intercept_centered", self.priors_["intercept"])
-        beta = _prior_rv(pm, "beta", self.priors_["beta"], dims="predictor")
-        intercept = pm.Deterministic("intercept", intercept_centered - pt.dot(means, beta))
-        sigma_group = _prior_rv(pm, "sigma_group", self.priors_["sigma_group"])
-        if parameterization == "non-centered":
-            z_group = pm.Normal("z_group", 0.0, 1.0, dims="group")
-            group_effect = pm.Deterministic("group_effect", sigma_group * z_group, dims="group")
-        else:
-            group_effect = pm.Normal("group_effect", 0.0, sigma_group, dims="group")
-        logit_p = intercept_centered + pt.dot(x_centered, beta) + group_effect[group_idx]
-        if self.random_slopes:
-            slope_idx = [self.predictors.index(name) for name in self.random_slopes]
-            sigma_slope = _prior_rv(pm, "sigma_slope", self.priors_["sigma_slope"], dims="slope")
-            if parameterization == "non-centered":
-                z_slope = pm.Normal("z_slope", 0.0, 1.0, dims=("group", "slope"))
-                group_slope = pm.Deterministic("group_slope", sigma_slope * z_slope, dims=("group", "slope"))
-            else:
-                group_slope = pm.Normal("group_slope", 0.0, sigma_slope, dims=("group", "slope"))
-            logit_p = logit_p + (x_centered[:, slope_idx] * group_slope[group_idx]).sum(axis=1)
-        if binary:
-            pm.Bernoulli("y", logit_p=logit_p, observed=design["events"], dims="obs")
-        else:
-            pm.Binomial("y", n=design["trials"], logit_p=logit_p, observed=design["events"], dims="obs")
-    return model
-
-
-HierarchicalLogistic._design = _design
-HierarchicalLogistic.build_model = build_model
 
 # %% ../nbs/04_models.ipynb #c024
 def choose_parameterization(design: dict, *, threshold: float = 0.25, share: float = 0.9) -> str:
@@ -533,6 +366,17 @@ def choose_parameterization(design: dict, *, threshold: float = 0.25, share: flo
     return "centered" if np.quantile(1 / np.sqrt(information), share) < threshold else "non-centered"
 
 # %% ../nbs/04_models.ipynb #c028
+def check_sampling_arguments(*, draws, tune, chains, target_accept, sampler) -> None:
+    "Raise ValueError, naming the argument, for sampler settings `fit` cannot use."
+    if sampler not in ("nutpie", "pymc"):
+        raise ValueError(f"`sampler` must be 'nutpie' or 'pymc', got {sampler!r}.")
+    for label, value, smallest in (("draws", draws, 1), ("tune", tune, 0), ("chains", chains, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < smallest:
+            raise ValueError(f"`{label}` must be a whole number of at least {smallest}, got {value!r}.")
+    if not 0 < target_accept < 1:
+        raise ValueError(f"`target_accept` must be between 0 and 1, got {target_accept!r}.")
+
+# %% ../nbs/04_models.ipynb #c028c
 BACKENDS = ("auto", "kernel", "jax", "numba")
 
 
@@ -545,19 +389,22 @@ def _pymc_backend() -> str:
     return "jax"
 
 
-def nutpie_backend(backend: str = "auto", *, random_slopes: bool = False) -> str:
+def nutpie_backend(backend: str = "auto", *, random_slopes: bool = False, grouped: bool = True) -> str:
     """The backend nutpie uses for a model: `backend` itself, or for 'auto' the kernel (random
-    intercepts only), else 'jax' when JAX is installed, else 'numba'."""
+    intercepts by a group only), else 'jax' when JAX is installed, else 'numba'."""
     if backend not in BACKENDS:
         raise ValueError(f"`backend` must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}.")
     if backend == "kernel" and random_slopes:
         raise ValueError("backend='kernel' covers random intercepts only; a model with random slopes "
                          "needs backend='jax' (or 'auto').")
+    if backend == "kernel" and not grouped:
+        raise ValueError("backend='kernel' covers models with random intercepts by a group; a model with "
+                         "group=None needs backend='jax' (or 'auto').")
     if backend != "auto":
         return backend
-    return _pymc_backend() if random_slopes else "kernel"
+    return _pymc_backend() if random_slopes or not grouped else "kernel"
 
-
+# %% ../nbs/04_models.ipynb #c028e
 def _compile_nutpie(model, backend, kernel=None):
     """nutpie's compiled model and the backend used. `kernel` is a function returning the kernel's
     nutpie model; a backend that fails falls back (kernel -> JAX -> numba), with a warning."""
@@ -579,12 +426,16 @@ def _compile_nutpie(model, backend, kernel=None):
     return nutpie.compile_pymc_model(model), "numba"
 
 
-def _sample(model, *, draws, tune, chains, seed, target_accept, sampler, progressbar, sampler_kwargs,
-            backend="auto", kernel=None):
-    """Sample `model`; returns (idata, sampler actually used, seconds compiling, seconds sampling,
-    nutpie backend or None). `kernel` (a function returning a nutpie model) serves backend 'kernel'."""
+def sample_posterior(model, *, draws: int = 1000, tune: int = 1000, chains: int = 4, seed: int = 0,
+                     target_accept: float = 0.9, sampler: str = "nutpie", progressbar: bool = False,
+                     sampler_kwargs: dict | None = None, backend: str = "auto", kernel=None):
+    """Sample the PyMC `model`: returns (idata, a dict with the sampler actually used, the nutpie backend
+    or None, and the seconds spent compiling and sampling). `kernel` (a function returning a nutpie
+    model) serves backend 'kernel'; 'auto' uses it when given. `sampler_kwargs` go to `nutpie.sample`
+    (or `pm.sample`)."""
     import pymc as pm
 
+    sampler_kwargs = dict(sampler_kwargs or {})
     start = time.perf_counter()
     if sampler == "nutpie":
         if backend == "auto":
@@ -603,157 +454,341 @@ def _sample(model, *, draws, tune, chains, seed, target_accept, sampler, progres
             idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,
                                   target_accept=target_accept, progress_bar=progressbar,
                                   save_warmup=False, **options)
-            return idata, "nutpie", compiled_at - start, time.perf_counter() - compiled_at, backend
+            return idata, {"sampler": "nutpie", "backend": backend, "compile_seconds": compiled_at - start,
+                           "sample_seconds": time.perf_counter() - compiled_at}
     idata = pm.sample(draws=draws, tune=tune, chains=chains, cores=min(chains, os.cpu_count() or 1),
                       random_seed=seed, target_accept=target_accept, progressbar=progressbar,
                       model=model, nuts_sampler="pymc", compute_convergence_checks=False,
                       **{k: v for k, v in sampler_kwargs.items() if k != "low_rank_modified_mass_matrix"})
-    return idata, "pymc", 0.0, time.perf_counter() - start, None
+    return idata, {"sampler": "pymc", "backend": None, "compile_seconds": 0.0,
+                   "sample_seconds": time.perf_counter() - start}
 
+# %% ../nbs/04_models.ipynb #c020
+class HierarchicalLogistic(HierarchicalModel):
+    """Bayesian logistic regression with random intercepts (and optional random slopes) by `group`.
 
-def fit(self, df: pd.DataFrame, *, draws: int = 1000, tune: int = 1000, chains: int = 4, seed: int = 0,
-        target_accept: float = 0.9, sampler: str = "nutpie", progressbar: bool | None = None,
-        collapse="auto", sampler_kwargs: dict | None = None, backend: str = "auto"):
-    """Sample the posterior for `df`; returns self. `collapse` ('auto', True, False) merges rows
-    with the same group and predictor values into binomial counts (same likelihood).
-    `backend` is what nutpie evaluates: 'kernel', 'jax', 'numba' or 'auto' (see above).
-    `sampler_kwargs` go to `nutpie.sample` (or `pm.sample`)."""
-    check_sampling_arguments(draws=draws, tune=tune, chains=chains, target_accept=target_accept, sampler=sampler)
-    backend = nutpie_backend(backend, random_slopes=bool(self.random_slopes))  # checks the value
-    self._validate(df)
-    if progressbar is None:
-        progressbar = sys.stderr.isatty()
-    design = self._design(df, collapse=collapse)
-    weights = design["trials"]
-    means = (design["x"] * weights[:, None]).sum(axis=0) / weights.sum()
-    parameterization = (choose_parameterization(design) if self.parameterization == "auto"
-                        else self.parameterization)
-    model = self.build_model(design, predictor_means=means, parameterization=parameterization)
+    `outcome` is a 0/1 column, or the number of events when `trials` names a column of
+    trials per row. `predictors` are numeric columns already on their analysis scale.
+    `group=None` fits a single-level logistic regression, without group effects.
+    `random_slopes` lists predictors whose slope varies by group. `priors` overrides the
+    defaults (see `DEFAULT_PRIORS`)."""
+    REPORTED = REPORTED_PARAMETERS
+    PRIOR_MEANINGS = PRIOR_MEANINGS
+    POSITIONAL = ("outcome", "group", "predictors")
+    SETTINGS = ("trials", "random_slopes", "priors", "parameterization")
+    STATE = ("groups_", "n_obs_", "n_events_", "n_rows_model_", "collapsed_", "sampler_", "sampling_",
+             "timings_", "parameterization_")
 
-    def kernel():
-        from clinpaper.kernel import nutpie_model
-        return nutpie_model(design, self.priors_, means=means, predictors=self.predictors,
-                            groups=design["levels"], centered=parameterization == "centered")
+    def __init__(self, outcome: str, group: str | None, predictors, *, trials: str | None = None,
+                 random_slopes=None, priors: dict | None = None, parameterization: str = "auto"):
+        if isinstance(predictors, str):
+            predictors = [predictors]
+        self.outcome = outcome
+        self.group = group
+        self.predictors = list(predictors)
+        self.trials = trials
+        self.random_slopes = list(random_slopes or [])
+        self.priors = priors
+        self.parameterization = parameterization
+        if parameterization not in ("auto", "non-centered", "centered"):
+            raise ValueError(f"`parameterization` of HierarchicalLogistic must be 'auto', 'non-centered' or "
+                             f"'centered', got {parameterization!r}.")
+        if not self.predictors:
+            raise ValueError("`predictors` of HierarchicalLogistic is empty; give at least one column name.")
+        if len(set(self.predictors)) != len(self.predictors):
+            raise ValueError("`predictors` of HierarchicalLogistic lists a column twice.")
+        unknown = [name for name in self.random_slopes if name not in self.predictors]
+        if unknown:
+            raise ValueError(f"`random_slopes` of HierarchicalLogistic must be among the predictors; "
+                             f"{', '.join(map(repr, unknown))} is not. Add it to `predictors` first.")
+        if group is None and self.random_slopes:
+            raise ValueError("`random_slopes` of HierarchicalLogistic vary by group, and a model with group=None "
+                             "has no group; give `group` a column or drop `random_slopes`.")
+        self.priors_ = resolve_priors(priors, random_slopes=bool(self.random_slopes), grouped=group is not None)
 
-    idata, used, compile_seconds, sample_seconds, used_backend = _sample(
-        model, draws=draws, tune=tune, chains=chains, seed=seed, target_accept=target_accept,
-        sampler=sampler, progressbar=progressbar, sampler_kwargs=dict(sampler_kwargs or {}), backend=backend,
-        kernel=None if self.random_slopes else kernel)
-    self.model_ = model
-    self.idata_ = idata
-    self.parameterization_ = parameterization
-    self.groups_ = list(design["levels"])
-    self.predictor_means_ = pd.Series(means, index=self.predictors)
-    self.n_obs_ = int(weights.sum())
-    self.n_events_ = int(design["events"].sum())
-    self.n_rows_model_ = len(design["events"])
-    self.collapsed_ = design["collapsed"]
-    self.sampler_ = used
-    self.sampling_ = {"draws": draws, "tune": tune, "chains": chains, "seed": seed,
-                      "target_accept": target_accept, "sampler": used, "backend": used_backend}
-    self.timings_ = {"compile_seconds": compile_seconds, "sample_seconds": sample_seconds}
-    return self
+    def __repr__(self):
+        extra = f", trials={self.trials!r}" if self.trials else ""
+        extra += f", random_slopes={self.random_slopes!r}" if self.random_slopes else ""
+        return (f"HierarchicalLogistic(outcome={self.outcome!r}, group={self.group!r}, "
+                f"predictors={self.predictors!r}{extra})")
 
+    def _validate(self, df, *, for_fit: bool = True) -> None:
+        "Raise CohortError (TypeError for a non-DataFrame) for data that `fit` or `predict` cannot use."
+        name = "HierarchicalLogistic"
+        if not isinstance(df, pd.DataFrame):
+            raise TypeError(f"{name} expects a pandas DataFrame, got {type(df).__name__}.")
+        needed = ([self.group] if self.group is not None else []) + self.predictors
+        if for_fit:
+            needed = [self.outcome, *needed] + ([self.trials] if self.trials else [])
+        missing = [column for column in needed if column not in df.columns]
+        if missing:
+            raise CohortError(f"{name}: the data lack the column(s) {', '.join(map(repr, missing))}; "
+                              f"it has {len(df.columns)} columns. Check the spelling or the analysis table.")
+        if len(df) == 0:
+            raise CohortError(f"{name} got an empty data frame (0 rows); check the cohort's inclusion criteria.")
+        for column in self.predictors:
+            if not (pd.api.types.is_numeric_dtype(df[column]) or pd.api.types.is_bool_dtype(df[column])):
+                raise CohortError(f"Predictor `{column}` of {name} must be numeric, got dtype "
+                                  f"{df[column].dtype}; encode categories as 0/1 indicator columns.")
+        values = df[self.predictors].to_numpy(dtype=float)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            counts = bad.sum(axis=0)
+            where = ", ".join(f"`{c}` ({n:,})" for c, n in zip(self.predictors, counts) if n)
+            raise CohortError(f"{name}: {int(bad.any(axis=1).sum()):,} rows have missing or infinite "
+                              f"predictor values: {where}. Impute them or drop those rows before fitting.")
+        if self.group is not None:
+            n_missing = int(df[self.group].isna().sum())
+            if n_missing:
+                raise CohortError(f"{name}: {n_missing:,} rows have no `{self.group}`; every row needs a group.")
+        if not for_fit:
+            return
+        if self.group is not None and df[self.group].nunique() < 2:
+            raise CohortError(f"{name} needs at least 2 groups in `{self.group}` to estimate the between-group "
+                              f"SD, got 1. For a single group, fit the single-level model (group=None).")
+        outcome = df[self.outcome]
+        if not (pd.api.types.is_numeric_dtype(outcome) or pd.api.types.is_bool_dtype(outcome)):
+            raise CohortError(f"`outcome` of {name} must be numeric, got dtype {outcome.dtype}.")
+        outcome = outcome.astype(float)
+        n_missing = int(outcome.isna().sum())
+        if n_missing:
+            raise CohortError(f"`outcome` of {name}: {n_missing:,} rows have a missing `{self.outcome}`; "
+                              f"decide how to handle them (drop, or define the outcome) before fitting.")
+        if self.trials is None:
+            wrong = ~outcome.isin([0.0, 1.0])
+            if wrong.any():
+                raise CohortError(f"`outcome` of {name} must be a column of 0/1 values. Got "
+                                  f"{_show_codes(outcome[wrong])} in {int(wrong.sum()):,} rows.")
+            return
+        trials = df[self.trials]
+        if not pd.api.types.is_numeric_dtype(trials):
+            raise CohortError(f"`trials` of {name} must be numeric, got dtype {trials.dtype}.")
+        trials = trials.astype(float)
+        if trials.isna().any():
+            raise CohortError(f"`trials` of {name}: {int(trials.isna().sum()):,} rows have a missing "
+                              f"`{self.trials}`.")
+        wrong = (trials < 1) | (trials % 1 != 0)
+        if wrong.any():
+            raise CohortError(f"`trials` of {name} must hold whole numbers of at least 1; "
+                              f"{int(wrong.sum()):,} rows do not.")
+        wrong = (outcome < 0) | (outcome % 1 != 0)
+        if wrong.any():
+            raise CohortError(f"`outcome` of {name} must hold whole event counts of 0 or more when `trials` "
+                              f"is given; {int(wrong.sum()):,} rows do not.")
+        wrong = outcome > trials
+        if wrong.any():
+            raise CohortError(f"`outcome` of {name} must not exceed `trials`: {int(wrong.sum()):,} rows have "
+                              f"more events (`{self.outcome}`) than trials (`{self.trials}`).")
 
-HierarchicalLogistic.fit = fit
+    def _design(self, df, *, collapse="auto"):
+        "Model arrays: x (rows x predictors), group_idx, events, trials, the group levels and whether rows were collapsed."
+        x = df[self.predictors].to_numpy(dtype=float)
+        if self.group is None:  # one implicit group: group_idx 0 everywhere, no levels
+            levels, group_idx = pd.Index([]), np.zeros(len(df), dtype="int64")
+        else:
+            levels = pd.Index(pd.unique(df[self.group])).sort_values()
+            group_idx = levels.get_indexer(df[self.group])
+        events = df[self.outcome].to_numpy(dtype=float)
+        trials = df[self.trials].to_numpy(dtype=float) if self.trials else np.ones(len(df))
+        frame = pd.DataFrame(x, columns=[f"x{k}" for k in range(x.shape[1])])
+        frame["group_idx"] = group_idx
+        keys = ["group_idx", *frame.columns[:-1]]
+        n_unique = len(frame.drop_duplicates(keys))
+        if collapse == "auto":
+            collapse = n_unique <= 0.8 * len(frame)
+        collapsed = bool(collapse) and n_unique < len(frame)
+        if collapsed:
+            frame["events"], frame["trials"] = events, trials
+            frame = frame.groupby(keys, sort=True, as_index=False)[["events", "trials"]].sum()
+            x = frame[keys[1:]].to_numpy(dtype=float)
+            group_idx, events, trials = (frame[c].to_numpy() for c in ("group_idx", "events", "trials"))
+        return {"x": x, "group_idx": group_idx.astype("int64"), "events": events.astype("int64"),
+                "trials": trials.astype("int64"), "levels": levels, "collapsed": collapsed}
 
-# %% ../nbs/04_models.ipynb #c040
-def summary(self, hdi_prob: float = 0.95, *, include_groups: bool = False) -> pd.DataFrame:
-    "Tidy posterior summary: intercept, beta[...], sigma_group (and group effects with `include_groups`)."
-    self._check_fitted()
-    names = self._reported()
-    if include_groups:
-        names += ["group_effect"] + (["group_slope"] if self.random_slopes else [])
-    return posterior_summary(self.idata_, var_names=names, hdi_prob=hdi_prob)
+    def build_model(self, design: dict, *, predictor_means=None, parameterization: str | None = None):
+        """The PyMC model for `design` (from `_design`); variables named as in the text above.
+        `parameterization` defaults to the model's own, resolved with `choose_parameterization` when 'auto'
+        (a model without a group has no group effects to parameterize)."""
+        import pymc as pm
+        import pytensor.tensor as pt
 
+        grouped = self.group is not None
+        parameterization = parameterization or self.parameterization
+        if grouped and parameterization == "auto":
+            parameterization = choose_parameterization(design)
 
-def odds_ratios(self, hdi_prob: float = 0.95) -> pd.DataFrame:
-    """Per predictor: odds_ratio (posterior median of exp(beta)) and the equal-tailed
-    `hdi_prob` credible interval, low and high."""
-    return self._ratios("odds_ratio", hdi_prob)
-
-
-def median_odds_ratio(self, prob: float = 0.95) -> dict:
-    "Posterior median and equal-tailed interval of the median odds ratio between groups."
-    return self._median_ratio(prob)
-
-
-HierarchicalLogistic.summary = summary
-HierarchicalLogistic.odds_ratios = odds_ratios
-HierarchicalLogistic.median_odds_ratio = median_odds_ratio
-
-# %% ../nbs/04_models.ipynb #c045
-def predict(self, df: pd.DataFrame, *, hdi_prob: float = 0.95, seed: int | None = None,
-            batch_rows: int = 2000) -> pd.DataFrame:
-    "Posterior mean, low and high (HDI) of P(outcome) for each row of `df`; index aligned with `df`."
-    self._check_fitted()
-    self._validate(df, for_fit=False)
-    seed = self.sampling_["seed"] if seed is None else seed
-    intercept = self._draws("intercept")
-    beta = self._draws("beta")
-    group_effect = self._draws("group_effect")
-    sigma_group = self._draws("sigma_group")
-    n_draws = len(intercept)
-    levels = pd.Index(self.groups_)
-    codes = levels.get_indexer(df[self.group])
-    new_levels = pd.unique(df[self.group][codes < 0])
-    rng = np.random.default_rng(seed)
-    effects = group_effect
-    if len(new_levels):
-        new_effects = rng.standard_normal((n_draws, len(new_levels))) * sigma_group[:, None]
-        effects = np.concatenate([group_effect, new_effects], axis=1)
-        codes = np.where(codes < 0, len(levels) + pd.Index(new_levels).get_indexer(df[self.group]), codes)
-    if self.random_slopes:
-        slopes = self._draws("group_slope")  # draws x groups x slopes
-        if len(new_levels):
-            sigma_slope = self._draws("sigma_slope")
-            new_slopes = rng.standard_normal((n_draws, len(new_levels), len(self.random_slopes)))
-            slopes = np.concatenate([slopes, new_slopes * sigma_slope[:, None, :]], axis=1)
-        slope_idx = [self.predictors.index(name) for name in self.random_slopes]
-    x = df[self.predictors].to_numpy(dtype=float)
-    mean, low, high = (np.empty(len(df)) for _ in range(3))
-    for start in range(0, len(df), batch_rows):
-        rows = slice(start, start + batch_rows)
-        logit = intercept[:, None] + beta @ x[rows].T + effects[:, codes[rows]]
+        x = design["x"]
+        means = x.mean(axis=0) if predictor_means is None else np.asarray(predictor_means)
+        binary = bool((design["trials"] == 1).all())
+        coords = {"predictor": self.predictors}
+        if grouped:
+            coords["group"] = [str(g) for g in design["levels"]]
         if self.random_slopes:
-            centered = x[rows][:, slope_idx] - self.predictor_means_.to_numpy()[slope_idx]
-            logit += np.einsum("sbk,bk->sb", slopes[:, codes[rows], :], centered)
-        probability = _expit(logit)
-        mean[rows] = probability.mean(axis=0)
-        low[rows], high[rows] = hdi(probability, prob=hdi_prob)
-    return pd.DataFrame({"mean": mean, "low": low, "high": high}, index=df.index)
+            coords["slope"] = self.random_slopes
+        with pm.Model(coords=coords) as model:
+            x_centered = pm.Data("x_centered", x - means, dims=("obs", "predictor"))
+            if grouped:
+                group_idx = pm.Data("group_idx", design["group_idx"], dims="obs")
+            intercept_centered = prior_variable("intercept_centered", self.priors_["intercept"])
+            beta = prior_variable("beta", self.priors_["beta"], dims="predictor")
+            pm.Deterministic("intercept", intercept_centered - pt.dot(means, beta))
+            logit_p = intercept_centered + pt.dot(x_centered, beta)
+            if grouped:
+                sigma_group = prior_variable("sigma_group", self.priors_["sigma_group"])
+                if parameterization == "non-centered":
+                    z_group = pm.Normal("z_group", 0.0, 1.0, dims="group")
+                    group_effect = pm.Deterministic("group_effect", sigma_group * z_group, dims="group")
+                else:
+                    group_effect = pm.Normal("group_effect", 0.0, sigma_group, dims="group")
+                logit_p = logit_p + group_effect[group_idx]
+            if self.random_slopes:
+                slope_idx = [self.predictors.index(name) for name in self.random_slopes]
+                sigma_slope = prior_variable("sigma_slope", self.priors_["sigma_slope"], dims="slope")
+                if parameterization == "non-centered":
+                    z_slope = pm.Normal("z_slope", 0.0, 1.0, dims=("group", "slope"))
+                    group_slope = pm.Deterministic("group_slope", sigma_slope * z_slope, dims=("group", "slope"))
+                else:
+                    group_slope = pm.Normal("group_slope", 0.0, sigma_slope, dims=("group", "slope"))
+                logit_p = logit_p + (x_centered[:, slope_idx] * group_slope[group_idx]).sum(axis=1)
+            if binary:
+                pm.Bernoulli("y", logit_p=logit_p, observed=design["events"], dims="obs")
+            else:
+                pm.Binomial("y", n=design["trials"], logit_p=logit_p, observed=design["events"], dims="obs")
+        return model
 
+    def fit(self, df: pd.DataFrame, *, draws: int = 1000, tune: int = 1000, chains: int = 4, seed: int = 0,
+            target_accept: float = 0.9, sampler: str = "nutpie", progressbar: bool | None = None,
+            collapse="auto", sampler_kwargs: dict | None = None, backend: str = "auto"):
+        """Sample the posterior for `df`; returns self. `collapse` ('auto', True, False) merges rows
+        with the same group and predictor values into binomial counts (same likelihood).
+        `backend` is what nutpie evaluates: 'kernel', 'jax', 'numba' or 'auto' (see `nutpie_backend`).
+        `sampler_kwargs` go to `nutpie.sample` (or `pm.sample`)."""
+        check_sampling_arguments(draws=draws, tune=tune, chains=chains, target_accept=target_accept,
+                                 sampler=sampler)
+        grouped = self.group is not None
+        backend = nutpie_backend(backend, random_slopes=bool(self.random_slopes), grouped=grouped)
+        self._validate(df)
+        if progressbar is None:
+            progressbar = sys.stderr.isatty()
+        design = self._design(df, collapse=collapse)
+        weights = design["trials"]
+        means = (design["x"] * weights[:, None]).sum(axis=0) / weights.sum()
+        parameterization = None
+        if grouped:
+            parameterization = (choose_parameterization(design) if self.parameterization == "auto"
+                                else self.parameterization)
+        model = self.build_model(design, predictor_means=means, parameterization=parameterization)
 
-HierarchicalLogistic.predict = predict
+        def kernel():
+            from clinpaper.kernel import nutpie_model
+            return nutpie_model(design, self.priors_, means=means, predictors=self.predictors,
+                                groups=design["levels"], centered=parameterization == "centered")
 
-# %% ../nbs/04_models.ipynb #c052
-def methods_text(self) -> str:
-    "A paragraph for a paper's Methods: model, priors and (once fitted) the sampler settings."
-    priors = self.priors_
-    slopes = ""
-    if self.random_slopes:
-        slopes = (f" and random slopes for {', '.join(self.random_slopes)} (independent, "
-                  f"between-{self.group} SDs {prior_text(priors['sigma_slope'])})")
-    likelihood = "binomial counts of events out of trials" if self.trials else "a binary outcome"
-    parameterization = getattr(self, "parameterization_", self.parameterization)
-    if parameterization == "auto":
-        parameterization = "centered or non-centered"
-    chosen = (f" (chosen from the data: centered when nine in ten {self.group}s' effects have a standard "
-              f"error below 0.25 on the log-odds scale)" if self.parameterization == "auto" else "")
-    text = (f"We fitted a Bayesian hierarchical logistic regression of {self.outcome} ({likelihood}) on "
-            f"{', '.join(self.predictors)}, with random intercepts by {self.group}{slopes}, in a {parameterization} "
-            f"parameterization{chosen}. Priors were weakly informative: {prior_text(priors['beta'])} for each "
-            f"coefficient (log odds ratio), {prior_text(priors['intercept'])} for the intercept with "
-            f"predictors centred at their means, and {prior_text(priors['sigma_group'])} for the "
-            f"between-{self.group} standard deviation.")
-    if hasattr(self, "sampling_"):
-        settings = self.sampling_
-        engine = ("nutpie's No-U-Turn sampler (with a low-rank modified mass matrix)"
-                  if settings["sampler"] == "nutpie" else "PyMC's No-U-Turn sampler")
-        if settings.get("backend") == "kernel":
-            engine += ", evaluating clinpaper's compiled log-density of the model"
-        text += self._sampling_text(engine)
-    return text
+        idata, sampled = sample_posterior(
+            model, draws=draws, tune=tune, chains=chains, seed=seed, target_accept=target_accept,
+            sampler=sampler, progressbar=progressbar, sampler_kwargs=sampler_kwargs, backend=backend,
+            kernel=kernel if grouped and not self.random_slopes else None)
+        self.model_ = model
+        self.idata_ = idata
+        self.parameterization_ = parameterization
+        self.groups_ = list(design["levels"])
+        self.predictor_means_ = pd.Series(means, index=self.predictors)
+        self.n_obs_ = int(weights.sum())
+        self.n_events_ = int(design["events"].sum())
+        self.n_rows_model_ = len(design["events"])
+        self.collapsed_ = design["collapsed"]
+        self.sampler_ = sampled["sampler"]
+        self.sampling_ = {"draws": draws, "tune": tune, "chains": chains, "seed": seed,
+                          "target_accept": target_accept, "sampler": sampled["sampler"],
+                          "backend": sampled["backend"]}
+        self.timings_ = {"compile_seconds": sampled["compile_seconds"],
+                         "sample_seconds": sampled["sample_seconds"]}
+        return self
 
+    def summary(self, hdi_prob: float = 0.95, *, include_groups: bool = False) -> pd.DataFrame:
+        "Tidy posterior summary: intercept, beta[...], sigma_group (and group effects with `include_groups`)."
+        self._check_fitted()
+        names = self._reported()
+        if include_groups:
+            self._require_group("group effects")
+            names += ["group_effect"] + (["group_slope"] if self.random_slopes else [])
+        return posterior_summary(self.idata_, var_names=names, hdi_prob=hdi_prob)
 
-HierarchicalLogistic.methods_text = methods_text
+    def odds_ratios(self, hdi_prob: float = 0.95) -> pd.DataFrame:
+        """Per predictor: odds_ratio (posterior median of exp(beta)) and the equal-tailed
+        `hdi_prob` credible interval, low and high."""
+        return self._ratios("odds_ratio", hdi_prob)
+
+    def median_odds_ratio(self, prob: float = 0.95) -> dict:
+        "Posterior median and equal-tailed interval of the median odds ratio between groups."
+        return self._median_ratio(prob, what="median odds ratio")
+
+    def predict(self, df: pd.DataFrame, *, hdi_prob: float = 0.95, seed: int | None = None,
+                batch_rows: int = 2000) -> pd.DataFrame:
+        "Posterior mean, low and high (HDI) of P(outcome) for each row of `df`; index aligned with `df`."
+        self._check_fitted()
+        self._validate(df, for_fit=False)
+        seed = self.sampling_["seed"] if seed is None else seed
+        intercept = self._draws("intercept")
+        beta = self._draws("beta")
+        rng = np.random.default_rng(seed)
+        if self.group is not None:
+            effects, codes, new_levels = self._group_effect_draws(df, rng)
+        if self.random_slopes:
+            slopes = self._draws("group_slope")  # draws x groups x slopes
+            if len(new_levels):
+                sigma_slope = self._draws("sigma_slope")
+                new_slopes = rng.standard_normal((len(intercept), len(new_levels), len(self.random_slopes)))
+                slopes = np.concatenate([slopes, new_slopes * sigma_slope[:, None, :]], axis=1)
+            slope_idx = [self.predictors.index(name) for name in self.random_slopes]
+        x = df[self.predictors].to_numpy(dtype=float)
+        mean, low, high = (np.empty(len(df)) for _ in range(3))
+        for start in range(0, len(df), batch_rows):
+            rows = slice(start, start + batch_rows)
+            logit = intercept[:, None] + beta @ x[rows].T
+            if self.group is not None:
+                logit = logit + effects[:, codes[rows]]
+            if self.random_slopes:
+                centered = x[rows][:, slope_idx] - self.predictor_means_.to_numpy()[slope_idx]
+                logit += np.einsum("sbk,bk->sb", slopes[:, codes[rows], :], centered)
+            probability = _expit(logit)
+            mean[rows] = probability.mean(axis=0)
+            low[rows], high[rows] = hdi(probability, prob=hdi_prob)
+        return pd.DataFrame({"mean": mean, "low": low, "high": high}, index=df.index)
+
+    def methods_text(self) -> str:
+        "A paragraph for a paper's Methods: model, priors and (once fitted) the sampler settings."
+        priors = self.priors_
+        likelihood = "binomial counts of events out of trials" if self.trials else "a binary outcome"
+        if self.group is None:
+            text = (f"We fitted a Bayesian logistic regression of {self.outcome} ({likelihood}) on "
+                    f"{', '.join(self.predictors)}, a single-level model without group effects. Priors were "
+                    f"weakly informative: {prior_text(priors['beta'])} for each coefficient (log odds ratio) and "
+                    f"{prior_text(priors['intercept'])} for the intercept with predictors centred at their means.")
+        else:
+            slopes = ""
+            if self.random_slopes:
+                slopes = (f" and random slopes for {', '.join(self.random_slopes)} (independent, "
+                          f"between-{self.group} SDs {prior_text(priors['sigma_slope'])})")
+            parameterization = getattr(self, "parameterization_", self.parameterization)
+            if parameterization == "auto":
+                parameterization = "centered or non-centered"
+            chosen = (f" (chosen from the data: centered when nine in ten {self.group}s' effects have a standard "
+                      f"error below 0.25 on the log-odds scale)" if self.parameterization == "auto" else "")
+            text = (f"We fitted a Bayesian hierarchical logistic regression of {self.outcome} ({likelihood}) on "
+                    f"{', '.join(self.predictors)}, with random intercepts by {self.group}{slopes}, in a "
+                    f"{parameterization} parameterization{chosen}. Priors were weakly informative: "
+                    f"{prior_text(priors['beta'])} for each coefficient (log odds ratio), "
+                    f"{prior_text(priors['intercept'])} for the intercept with predictors centred at their means, "
+                    f"and {prior_text(priors['sigma_group'])} for the between-{self.group} standard deviation.")
+        if hasattr(self, "sampling_"):
+            settings = self.sampling_
+            engine = ("nutpie's No-U-Turn sampler (with a low-rank modified mass matrix)"
+                      if settings["sampler"] == "nutpie" else "PyMC's No-U-Turn sampler")
+            backend = settings.get("backend")
+            if backend == "kernel":
+                engine += ", evaluating clinpaper's compiled log-density of the model"
+            elif backend in ("jax", "numba"):
+                engine += f", evaluating the PyMC model compiled with {'JAX' if backend == 'jax' else 'numba'}"
+            text += self._sampling_text(engine)
+        return text

@@ -19,7 +19,7 @@ from .report import Reporter
 
 # %% auto #0
 __all__ = ['DEFAULT_AGE_BANDS', 'study_codebook', 'check_study', 'PaperStudy', 'PaperFiles', 'PaperModelFrame', 'PaperChoices',
-           'band', 'PaperDisplay', 'Paper']
+           'band', 'PaperDisplay', 'methods_cohort', 'Paper']
 
 # %% ../nbs/06a_paper.ipynb #c005
 def study_codebook(study: dict) -> dict:
@@ -46,6 +46,8 @@ def _column_references(study: dict) -> list[tuple[str, str]]:
         found += [(f"describe.table_one.{key}[{i}]", c) for i, c in enumerate(table_one.get(key, []))]
     evaluation = study.get("evaluation") or {}
     found += [(f"evaluation.subgroups[{i}].column", s["column"]) for i, s in enumerate(evaluation.get("subgroups", []))]
+    if evaluation.get("kaplan_meier_by"):
+        found.append(("evaluation.kaplan_meier_by", evaluation["kaplan_meier_by"]))
     found += [(f"baselines.features[{i}]", c) for i, c in enumerate((study.get("baselines") or {}).get("features", []))]
     if study["outcome"].get("time"):
         found.append(("outcome.time", study["outcome"]["time"]))
@@ -101,6 +103,11 @@ class PaperStudy:
         return f"Paper({self.study['title']!r}, run {self.run_dir.resolve().name!r})"
 
     # the study's words ------------------------------------------------------------------
+    @staticmethod
+    def words(text: str) -> str:
+        "A label as running text: 'In-hospital death' -> 'in-hospital death'; 'COPD', 'CD4 decline' stay."
+        return _lower_first(text)
+
     @property
     def title(self) -> str:
         return self.study["title"]
@@ -256,6 +263,15 @@ class PaperModelFrame:
             frame[column] = (frame[column] - predictor.get("center", 0)) / predictor.get("scale", 1)
         return frame
 
+    def transformation(self, column: str) -> str:
+        "How a predictor enters the model, from the study's center and scale: '(age - 65) / 10', 'as recorded'."
+        spec = next(p for p in self.model_spec["predictors"] if p["column"] == column)
+        center, scale = spec.get("center", 0), spec.get("scale", 1)
+        text = f"{column} - {center:g}" if center else column
+        if scale != 1:
+            text = f"({text}) / {scale:g}" if center else f"{column} / {scale:g}"
+        return "as recorded" if text == column else text
+
     def predictor_unit(self, column: str) -> str:
         "The unit of a predictor's odds ratio as its label says ('Age (per 10 years)' -> 'per 10 years')."
         found = re.search(r"\((per [^)]*)\)", self.predictor_labels[column])
@@ -327,6 +343,14 @@ class PaperChoices:
         return [c for c, e in codebook.items() if e.get("role") == "feature" and c in data
                 and pd.api.types.is_numeric_dtype(data[c]) and c != self.time]
 
+    def kaplan_meier_by(self, data: pd.DataFrame) -> str | None:
+        "The binary column whose levels the Kaplan-Meier curves compare (`evaluation.kaplan_meier_by`)."
+        declared = (self.study.get("evaluation") or {}).get("kaplan_meier_by")
+        if declared:
+            return declared
+        binary = [c for c in self.predictors if c in data and set(data[c].dropna().unique()) <= {0, 1}]
+        return binary[0] if binary else None
+
     def runs(self, analysis: str) -> bool:
         "Whether a sensitivity analysis or baseline runs: the study's `sensitivity`/`baselines`, else all the data allow."
         from clinpaper.config import SENSITIVITY_ANALYSES
@@ -387,6 +411,57 @@ class PaperDisplay:
 
     def figure(self, name: str, fig, *, caption: str = ""):
         return self.report.figure(name, fig, caption=caption)
+
+# %% ../nbs/06a_paper.ipynb #c101
+_EVENT_NOUNS = {"visit": "visit", "drug": "drug exposure", "condition": "condition record"}
+
+
+def _concepts(ids) -> str:
+    ids = list(ids or [])
+    return f"concept{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}"
+
+
+def _outcome_window(outcome: dict) -> str:
+    window = outcome.get("window")
+    if window == "visit":
+        return "during the index visit, from its start to discharge"
+    if isinstance(window, dict):
+        return f"from day {window['start_day']} through day {window['end_day']} after the index date"
+    return ""
+
+
+def methods_cohort(study: dict) -> str:
+    "The Methods paragraph on the cohort, generated from the study file."
+    outcome = study["outcome"]
+    criteria = "; ".join(_lower_first(c["label"]) for c in (study.get("cohort") or {}).get("criteria") or [])
+    excluded = f" We excluded, in this order: {criteria}." if criteria else ""
+    if study["source"]["format"] == "flat":
+        return ("The data were a flat analysis table with one row per patient, checked against its codebook "
+                "(types, levels and plausible ranges); values outside their range were set to missing, and rows "
+                f"without the outcome were excluded.{excluded} The outcome was {_lower_first(outcome['label'])}.")
+    index = study["cohort"]["index"]
+    noun = _EVENT_NOUNS[index["event"]]
+    which = "first" if index["occurrence"] == "first" else "every"
+    if study["cohort"].get("exposures"):
+        drugs = " or ".join(f"{_lower_first(e['label'])} ({_concepts(e['concepts'])})"
+                            for e in study["cohort"]["exposures"])
+        start = f"The index date was each person's first exposure to {drugs}; the exposure group was the drug of that exposure."
+    else:
+        start = f"The index event was {'the first' if which == 'first' else 'every'} {noun} ({_concepts(index.get('concepts'))}) of each person."
+    window = _outcome_window(outcome)
+    parts = [start + excluded,
+             f"The outcome was {_lower_first(outcome['label'])}" + (f", {window}" if window else "") + "."]
+    features = study.get("features") or {}
+    if features.get("measurements"):
+        hours = features.get("measurement_window_hours", 24)
+        names = ", ".join(_lower_first(m["label"]) for m in features["measurements"])
+        parts.append(f"Measurements were summarised over the first {hours:g} hours after the index event "
+                     f"({names}); values outside prespecified plausible ranges were set to missing.")
+    if features.get("conditions"):
+        names = ", ".join(_lower_first(c["label"]) for c in features["conditions"])
+        parts.append(f"Conditions were taken from records up to the index date ({names}).")
+    parts.append("Concept sets were expanded to their descendants in the OMOP vocabulary.")
+    return " ".join(parts)
 
 # %% ../nbs/06a_paper.ipynb #c022
 class Paper(PaperStudy, PaperFiles, PaperModelFrame, PaperChoices, PaperDisplay):

@@ -5,6 +5,7 @@
 # %% ../nbs/06_report.ipynb #c001
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
@@ -20,9 +21,9 @@ import pandas as pd
 from .core import RunError, mask_count
 
 # %% auto #0
-__all__ = ['CHECKED_SECTIONS', 'to_jsonable', 'GlueRecord', 'read_results', 'Reporter', 'reglue', 'myst_to_pandoc',
-           'typed_numbers', 'check_typed_numbers', 'load_checklist', 'checklist_table', 'unreported_sections',
-           'notebook_markdown', 'render_manuscript']
+__all__ = ['CHECKED_SECTIONS', 'to_jsonable', 'GlueRecord', 'write_json_atomic', 'read_results', 'Reporter', 'reglue',
+           'myst_to_pandoc', 'glue_uses', 'glue_producers', 'typed_numbers', 'check_typed_numbers', 'load_checklist',
+           'checklist_table', 'unreported_sections', 'notebook_markdown', 'render_manuscript']
 
 # %% ../nbs/06_report.ipynb #c005
 def to_jsonable(value):
@@ -50,13 +51,15 @@ class GlueRecord(dict):
     "One entry of results.json."
 
 
-def _write_json_atomic(path: Path, data) -> None:
+def write_json_atomic(path, data) -> Path:
+    "Write `data` as indented JSON to `path` through a temporary file, so readers never see half a file."
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as handle:
         json.dump(data, handle, indent=2, sort_keys=True, ensure_ascii=False)
         handle.write("\n")
     os.replace(tmp, path)
+    return path
 
 
 def read_results(run_dir) -> dict:
@@ -83,7 +86,7 @@ class Reporter:
         results = read_results(self.run_dir)
         entry = to_jsonable({**entry, "notebook": self.notebook})
         results[name] = entry
-        _write_json_atomic(self.run_dir / "results.json", results)
+        write_json_atomic(self.run_dir / "results.json", results)
         if self.glue:
             from myst_nb import glue
             glue(name, shown, display=False)
@@ -269,6 +272,100 @@ def myst_to_pandoc(markdown: str, results: dict, *, run_dir=".", where: str = "m
                        f"{names}. Glue them in a notebook of the paper (Reporter.text/table/figure) "
                        "or fix the name.")
     return out
+
+# %% ../nbs/06_report.ipynb #g002
+_USE_ROLE = re.compile(r"\{glue(?::(?:text|any|md|math))?\}`([^`]+)`")
+_USE_DIRECTIVE = re.compile(r"^[ \t]*(?:`{3,}|:{3,})\{glue(?::(?:any|figure|md|math))?\}[ \t]+(\S+)",
+                            re.M)
+_CODE_FENCE = re.compile(r"^(`{3,})\{code-cell\}.*?^\1[ \t]*$", re.M | re.S)
+
+
+def _glue_key(text: str) -> str:
+    "The glue name of a role's or directive's argument: 'doc::name:fmt' -> 'name'."
+    return text.rpartition("::")[2].partition(":")[0].strip()
+
+
+def glue_uses(markdown: str) -> list[tuple[str, int]]:
+    "Every glue name that MyST Markdown uses, with its line number (code cells are skipped)."
+    text = _CODE_FENCE.sub(lambda match: "\n" * match.group().count("\n"), markdown)
+    uses = []
+    for pattern in (_USE_ROLE, _USE_DIRECTIVE):
+        for match in pattern.finditer(text):
+            uses.append((_glue_key(match.group(1)), text.count("\n", 0, match.start()) + 1))
+    return sorted(uses, key=lambda use: (use[1], use[0]))
+
+# %% ../nbs/06_report.ipynb #g004
+_PRODUCER_METHODS = {"text", "count", "number", "table", "figure"}
+_PRODUCER_OBJECTS = {"report", "paper", "reporter"}
+_NAME_LITERAL = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def _receiver(node) -> str | None:
+    "The last name of a call's receiver: `paper.report.text` -> 'report', `paper.count` -> 'paper'."
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return None
+
+
+def _name_pattern(node) -> str | None:
+    "A regular expression for a glue name built from literal parts and expressions, else None."
+    if isinstance(node, ast.JoinedStr):
+        parts = [re.escape(value.value) if isinstance(value, ast.Constant) else ".+"
+                 for value in node.values]
+        return "^" + "".join(parts) + "$" if any(isinstance(v, ast.Constant) for v in node.values) \
+            else None
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        left, right = _name_pattern(node.left), _name_pattern(node.right)
+        if left is None and right is None:
+            return None
+        return "^" + (left or "^.+$")[1:-1] + (right or "^.+$")[1:-1] + "$"
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return "^" + re.escape(node.value) + "$"
+    return None
+
+
+def _strip_magics(code: str) -> str:
+    "Notebook code as Python: IPython magics and shell lines become blank lines."
+    return "\n".join("" if line.lstrip().startswith(("%", "!")) else line
+                     for line in code.splitlines())
+
+
+def glue_producers(code: str) -> dict:
+    """The glue names that notebook code records: `names` (literal), `patterns` (regular
+    expressions from f-strings), `dynamic` (line numbers of calls whose name is known only at
+    run time) and `strings` (every name-like string literal of the code, which a dynamic call
+    may be given)."""
+    found = {"names": set(), "patterns": set(), "dynamic": [], "strings": set()}
+    try:
+        tree = ast.parse(_strip_magics(code))
+    except SyntaxError:
+        literal = re.compile(r"\b(?:report|paper|reporter)\.(?:text|count|number|table|figure)"
+                             r"\(\s*[\"']([A-Za-z]\w*)[\"']")
+        found["names"].update(literal.findall(code))
+        found["dynamic"].append(0)
+        found["strings"].update(re.findall(r"[\"']([A-Za-z][A-Za-z0-9_]*)[\"']", code))
+        return found
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                and _NAME_LITERAL.match(node.value):
+            found["strings"].add(node.value)
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr in _PRODUCER_METHODS
+                and _receiver(node.func.value) in _PRODUCER_OBJECTS):
+            continue
+        argument = node.args[0] if node.args else next(
+            (k.value for k in node.keywords if k.arg == "name"), None)
+        if argument is None:
+            continue
+        if isinstance(argument, ast.Constant) and isinstance(argument.value, str):
+            found["names"].add(argument.value)
+        elif (pattern := _name_pattern(argument)) is not None:
+            found["patterns"].add(pattern)
+        else:
+            found["dynamic"].append(node.lineno)
+    return found
 
 # %% ../nbs/06_report.ipynb #c020
 _NUMBER = re.compile(r"(?<![\w.])(?<![A-Za-z]-)\d+(?:[.,]\d+)*%?")

@@ -5,6 +5,8 @@
 # %% ../nbs/07_run.ipynb #c001
 from __future__ import annotations
 
+import copy
+import difflib
 import hashlib
 import importlib.metadata
 import json
@@ -16,36 +18,37 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
 
-from .config import load_study, source_path
-from .core import ClinpaperError, RunError, SourceError, StudyError
-from .report import _write_json_atomic, read_results, render_manuscript, to_jsonable
+from .config import EUNOMIA_PREFIX, eunomia_path, load_study, source_path
+from .core import (ClinpaperError, ProjectError, RunError, SourceError, StudyError,
+                            atomic_directory, find_project_root, project_root)
+from .report import (glue_producers, glue_uses, read_results, render_manuscript,
+                              to_jsonable, write_json_atomic)
 
 # %% auto #0
-__all__ = ['PACKAGES', 'FLAT_SUFFIXES', 'project_root', 'default_runs_dir', 'default_build_dir', 'fingerprint',
-           'package_versions', 'git_state', 'check_source_path', 'run_study', 'build_book']
+__all__ = ['PACKAGES', 'FLAT_SUFFIXES', 'NOTEBOOK_SUFFIXES', 'PAGE_SUFFIXES', 'default_runs_dir', 'default_build_dir',
+           'default_data_dir', 'fingerprint', 'package_versions', 'git_state', 'check_source_path', 'read_notebook',
+           'executed_name', 'check_before_run', 'find_study', 'resolve_source', 'run_study', 'merge_prose',
+           'build_book']
 
 # %% ../nbs/07_run.ipynb #c005
-def project_root(start=".") -> Path:
-    "The nearest folder at or above `start` that holds _toc.yml (else `start` itself)."
-    start = Path(start).resolve()
-    for folder in [start, *start.parents]:
-        if (folder / "_toc.yml").is_file():
-            return folder
-    return start
-
-
 def default_runs_dir(start=".") -> Path:
-    return project_root(start) / "book" / "_runs"
+    "ROOT/_runs of the paper project that holds `start`."
+    return project_root(start) / "_runs"
 
 
 def default_build_dir(start=".") -> Path:
-    return project_root(start) / "book" / "_build"
+    "ROOT/_build of the paper project that holds `start`."
+    return project_root(start) / "_build"
+
+
+def default_data_dir(start=".") -> Path:
+    "ROOT/_data of the paper project that holds `start` (data copies; never committed)."
+    return project_root(start) / "_data"
 
 # %% ../nbs/07_run.ipynb #c008
 def fingerprint(path) -> dict:
@@ -124,27 +127,232 @@ def check_source_path(path: Path, *, study_file: str = "study", flat: bool = Fal
                           "OMOP CDM DuckDB file or a folder of Parquet files.")
     return path
 
+# %% ../nbs/07_run.ipynb #r002
+NOTEBOOK_SUFFIXES = (".ipynb", ".md")
+
+
+def read_notebook(path):
+    "A notebook (nbformat v4) from an .ipynb file or a MyST Markdown notebook (.md)."
+    import nbformat
+    path = Path(path)
+    if path.suffix == ".md":
+        import jupytext
+        try:
+            notebook = jupytext.read(path, fmt="md:myst")
+        except Exception as error:   # jupytext raises several kinds for bad text
+            raise StudyError(f"{path}: not a MyST Markdown notebook ({error}).") from None
+        notebook.metadata.pop("jupytext", None)
+        notebook.metadata.setdefault("kernelspec", {"display_name": "python3",
+                                                    "language": "python", "name": "python3"})
+        for number, cell in enumerate(notebook.cells):
+            cell["id"] = f"cell-{number}"
+        return notebook
+    try:
+        return nbformat.read(str(path), as_version=4)
+    except Exception as error:   # nbformat raises JSON and validation errors
+        raise StudyError(f"{path}: not a Jupyter notebook ({error}).") from None
+
+
+def executed_name(entry) -> str:
+    "The name of a notebook in the run folder: 'manuscript.md' runs into 'manuscript.ipynb'."
+    return Path(entry).with_suffix(".ipynb").name
+
+# %% ../nbs/07_run.ipynb #r005
+PAGE_SUFFIXES = (".md", ".ipynb", ".rst")
+
+
+def _toc_files(toc: Path) -> list[str]:
+    "Every page of a Jupyter Book _toc.yml (its root and each `file:`), without suffix."
+    data = yaml.safe_load(Path(toc).read_text()) or {}
+    files = [str(data["root"])] if data.get("root") else []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "file" in node:
+                files.append(str(node["file"]))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk({key: value for key, value in data.items() if key != "root"})
+    return [file[:-len(Path(file).suffix)] if Path(file).suffix in PAGE_SUFFIXES else file
+            for file in files]
+
+
+def _page_uses(notebook, source: Path, root: Path) -> list[tuple[str, str]]:
+    "The glue names a notebook's Markdown uses, each with where: 'manuscript.md, line 12'."
+    shown = source.relative_to(root) if source.is_relative_to(root) else source
+    if source.suffix == ".md":
+        return [(name, f"{shown}, line {line}") for name, line in glue_uses(source.read_text())]
+    uses = []
+    for number, cell in enumerate(notebook.cells):
+        if cell.cell_type == "markdown":
+            uses += [(name, f"{shown}, cell {number + 1}") for name, _ in glue_uses(cell.source)]
+    return uses
+
+
+def _edit_distance(a: str, b: str) -> int:
+    "Edits (insert, delete, substitute, swap two neighbours) that turn `a` into `b`."
+    previous, row = None, list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        current = [i] + [0] * len(b)
+        for j, char_b in enumerate(b, 1):
+            current[j] = min(row[j] + 1, current[j - 1] + 1, row[j - 1] + (char_a != char_b))
+            if previous is not None and i > 1 and j > 1 and char_a == b[j - 2] and a[i - 2] == char_b:
+                current[j] = min(current[j], previous[j - 2] + 1)
+        previous, row = row, current
+    return row[-1]
+
+
+def _is_weak(pattern: str) -> bool:
+    "A pattern with hardly a literal letter (`^.+_.+$`) vouches for no name in particular."
+    return len(re.sub(r"[^A-Za-z0-9]", "", pattern.replace(".+", ""))) < 2
+
+
+def _made_by(name: str, producers: list[dict]) -> str | None:
+    "Whether some notebook makes `name`: None if so, else a near-miss literal name ('' if none)."
+    literal = {n for made in producers for n in made["names"]}
+    if name in literal:
+        return None
+    patterns = {p for made in producers for p in made["patterns"]}
+    if any(re.match(p, name) for p in patterns if not _is_weak(p)):
+        return None
+    dynamic = [made for made in producers if made["dynamic"]]
+    if any(name in made["strings"] for made in dynamic):
+        return None
+    near = [n for n in sorted(literal) if _edit_distance(name, n) <= (2 if len(name) >= 8 else 1)]
+    if dynamic or any(re.match(p, name) for p in patterns if _is_weak(p)):
+        return near[0] if near else None   # a run-time name, unless it is a literal's near miss
+    return near[0] if near else (difflib.get_close_matches(name, sorted(literal), n=1) or [""])[0]
+
+
+def check_before_run(config: dict, notebooks: dict, *, root) -> dict:
+    """Refuse a study, before any notebook runs, whose files are missing or whose pages use a glue
+    name that no notebook makes. `notebooks` maps each notebook's source path to its executed
+    name. Returns the uses and producers it read."""
+    root = Path(root)
+    study_file, study_dir = config.get("_file", "study file"), Path(config.get("_dir", "."))
+    problems = []
+    for key, named in (("checklist", config.get("checklist")),
+                       ("source.codebook", config["source"].get("codebook"))):
+        if named and not (study_dir / named).is_file():
+            problems.append(f"`{key}` names {study_dir / named}, which does not exist")
+    settings_file = root / "_config.yml"
+    if not settings_file.is_file():
+        problems.append(f"{settings_file} does not exist (the web book's settings)")
+    else:
+        settings = yaml.safe_load(settings_file.read_text()) or {}
+        for bib in settings.get("bibtex_bibfiles") or []:
+            if not (root / bib).is_file():
+                problems.append(f"{settings_file.name} names the bibliography {root / bib}, "
+                                "which does not exist")
+    toc = root / (config.get("toc") or "_toc.yml")
+    if not toc.is_file():
+        problems.append(f"{toc} does not exist (the web book's table of contents)")
+    else:
+        pages = {Path(executed).stem for executed in notebooks.values()}
+        for page in _toc_files(toc):
+            if page not in pages and not any((root / f"{page}{s}").is_file() for s in PAGE_SUFFIXES):
+                problems.append(f"{toc.name} lists `{page}`, which is neither a notebook of the "
+                                "study nor a page of the project")
+    uses, producers = [], []
+    for source in notebooks:
+        notebook = read_notebook(source)
+        uses += _page_uses(notebook, Path(source), root)
+        producers += [glue_producers(cell.source) for cell in notebook.cells
+                      if cell.cell_type == "code"]
+    unmade, nearest = {}, {}
+    for name, where in uses:
+        near = _made_by(name, producers)
+        if near is not None:
+            unmade.setdefault(name, []).append(where)
+            nearest[name] = near
+    for name, places in unmade.items():
+        hint = f"; did you mean `{nearest[name]}`?" if nearest[name] else ""
+        problems.append(f"glue name `{name}` ({'; '.join(places)}) is made by no notebook "
+                        f"of the study{hint}")
+    if problems:
+        listed = "\n".join(f"  - {p}" for p in problems)
+        raise StudyError(
+            f"{study_file}: {len(problems)} problem(s) found before running:\n{listed}\n"
+            "A glue name is made by a notebook's paper.text/count/number/table/figure call with "
+            "that name (literal, or an f-string such as f\"or_{column}\"); fix the name or the "
+            "file, then run again.")
+    return {"uses": uses, "producers": producers}
+
 # %% ../nbs/07_run.ipynb #c014
 def _notebook_error(error, notebook: str) -> RunError:
     "A short RunError from a papermill failure: the notebook and the error it raised."
     ename = getattr(error, "ename", type(error).__name__)
     evalue = getattr(error, "evalue", str(error))
     known = {"StudyError", "SourceError", "CohortError", "ConvergenceError", "RunError",
-             "ClinpaperError"}
+             "ClinpaperError", "ProjectError"}
     prefix = "" if ename in known else f"{ename}: "
     run_error = RunError(f"{notebook} failed: {prefix}{evalue}")
     run_error.ename, run_error.traceback = ename, getattr(error, "traceback", None)
     return run_error
 
 
-def run_study(study="book/study.yaml", *, cohort=None, name=None, out=None, overrides=(),
-              log=None) -> Path:
-    "Execute the study's notebooks on a cohort into OUT/NAME, atomically; return the run folder."
-    import papermill
+def find_study(study=None) -> Path:
+    "The study file: `study` if given, else study.yaml at the root of the project around the current folder."
+    if study is not None and str(study).strip():
+        return Path(study)
+    path = project_root(".") / "study.yaml"
+    if not path.is_file():
+        raise StudyError(f"{path}: no such study file; a paper project keeps its study in "
+                         "study.yaml at its root (or pass --study PATH).")
+    return path
+
+
+def resolve_source(config: dict, cohort=None, *, root) -> Path:
+    "The source of a run: `cohort` if given, else the study's; `eunomia:NAME` is copied into ROOT/_data."
+    text = "" if cohort is None else str(cohort).strip()
+    if not text:
+        text = str(config["source"]["path"])
+        if not text.startswith(EUNOMIA_PREFIX):
+            return source_path(config)
+    elif not text.startswith(EUNOMIA_PREFIX):
+        return Path(text).resolve()
+    return eunomia_path(text[len(EUNOMIA_PREFIX):], folder=Path(root) / "_data")
+
+
+def _study_notebooks(config: dict, study_file) -> tuple[dict, str]:
+    "{source path: executed name} of the study's notebooks, and the manuscript's executed name."
+    study_dir = Path(config["_dir"])
+    notebooks, problems = {}, []
+    for entry in config["notebooks"]:
+        path = study_dir / entry
+        if not path.is_file():
+            problems.append(f"{path} does not exist")
+        elif path.suffix not in NOTEBOOK_SUFFIXES:
+            problems.append(f"{entry} is neither a notebook (.ipynb) nor a MyST Markdown "
+                            "notebook (.md)")
+        elif executed_name(entry) in notebooks.values():
+            problems.append(f"{entry} would run into {executed_name(entry)}, like another notebook")
+        else:
+            notebooks[path] = executed_name(entry)
+    if problems:
+        raise StudyError(f"{study_file}: `notebooks` lists what cannot run: {'; '.join(problems)}.")
+    manuscript = executed_name(config.get("manuscript") or config["notebooks"][-1])
+    if manuscript not in notebooks.values():
+        raise StudyError(f"{study_file}: `manuscript` ({config['manuscript']}) is not one of "
+                         f"`notebooks` ({', '.join(config['notebooks'])}).")
+    return notebooks, manuscript
+
+
+def run_study(study=None, *, cohort=None, name=None, out=None, overrides=(), log=None) -> Path:
+    "Execute the study's notebooks on a cohort into OUT/NAME (default ROOT/_runs/NAME), atomically."
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
-    study_file = Path(study)
+    study_file = find_study(study)
     config = load_study(study_file, overrides)
-    source = check_source_path(source_path(config, cohort), study_file=str(study_file),
+    study_dir = Path(config["_dir"])
+    root = project_root(study_dir)
+    notebooks, manuscript = _study_notebooks(config, study_file)
+    check_before_run(config, notebooks, root=root)   # before any kernel starts
+    source = check_source_path(resolve_source(config, cohort, root=root),
+                               study_file=str(study_file),
                                flat=config["source"]["format"] == "flat")
     if config["source"]["format"] == "omop":
         from clinpaper.cohort import check_source, connect_source
@@ -152,23 +360,16 @@ def run_study(study="book/study.yaml", *, cohort=None, name=None, out=None, over
     name = name or source.stem
     if not name or "/" in name or name.startswith("."):
         raise StudyError(f"--name {name!r}: a run name must be a plain folder name.")
-    study_dir = Path(config["_dir"])
-    notebooks = [study_dir / nb for nb in config["notebooks"]]
-    absent = [str(nb) for nb in notebooks if not nb.is_file()]
-    if absent:
-        raise StudyError(f"{study_file}: notebooks listed in `notebooks` do not exist: "
-                         f"{', '.join(absent)}.")
-    runs = Path(out) if out else default_runs_dir(study_dir)
-    runs.mkdir(parents=True, exist_ok=True)
-    partial = runs / f".{name}.partial-{uuid.uuid4().hex[:8]}"
-    partial.mkdir()
+    runs = Path(out) if out else root / "_runs"
+    import nbformat
+    import papermill   # imported once the checks have passed: they take a fraction of a second
     started, timings = time.time(), {}
-    try:
+    with atomic_directory(runs / name) as partial, \
+            tempfile.TemporaryDirectory(prefix="clinpaper-run-") as work:
         resolved = {k: v for k, v in config.items() if not k.startswith("_")}
         resolved["source"] = {**resolved["source"], "path": str(source)}
-        for key in ("checklist",):   # files named relative to the study file
-            if resolved.get(key):
-                resolved[key] = str((study_dir / resolved[key]).resolve())
+        if resolved.get("checklist"):   # files named relative to the study file
+            resolved["checklist"] = str((study_dir / resolved["checklist"]).resolve())
         if resolved["source"].get("codebook"):
             resolved["source"]["codebook"] = str((study_dir / resolved["source"]["codebook"]).resolve())
         (partial / "study.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False,
@@ -186,58 +387,54 @@ def run_study(study="book/study.yaml", *, cohort=None, name=None, out=None, over
             "overrides": list(overrides),
             "source": {"path": str(source), "format": config["source"]["format"],
                        "fingerprint": fingerprint(source)},
-            "notebooks": [nb.name for nb in notebooks],
-            "manuscript": config.get("manuscript", notebooks[-1].name),
-            "project_root": str(project_root(study_dir)),
+            "notebooks": list(notebooks.values()),
+            "manuscript": manuscript,
+            "sources": {executed: _relative(path, root) for path, executed in notebooks.items()},
+            "project_root": str(root),
             "toc": config.get("toc"),
             "packages": package_versions(),
-            "git": git_state(study_dir),
+            "git": git_state(root),
             "platform": {"system": platform.system(), "machine": platform.machine(),
                          "cpus": os.cpu_count()},
             "status": "running",
         }
-        _write_json_atomic(partial / "manifest.json", to_jsonable(manifest))
+        write_json_atomic(partial / "manifest.json", to_jsonable(manifest))
         env_path = os.environ.get("PATH", "")
         os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env_path}"
         try:
-            for notebook in notebooks:
-                log(f"running {notebook.name} ...")
+            for path, executed in notebooks.items():
+                log(f"running {path.name} ...")
                 tick = time.time()
-                declared = papermill.inspect_notebook(str(notebook))
+                if path.suffix == ".md":   # a MyST Markdown notebook: papermill runs its .ipynb
+                    runnable = Path(work) / executed
+                    nbformat.write(read_notebook(path), str(runnable))
+                else:
+                    runnable = path
+                declared = papermill.inspect_notebook(str(runnable))
                 try:
                     papermill.execute_notebook(
-                        str(notebook), str(partial / notebook.name),
+                        str(runnable), str(partial / executed),
                         parameters={k: v for k, v in parameters.items() if k in declared},
                         cwd=str(partial), kernel_name="python3", progress_bar=False,
                         log_output=False, report_mode=False)
                 except papermill.PapermillExecutionError as error:
-                    raise _notebook_error(error, notebook.name) from None
-                timings[notebook.name] = round(time.time() - tick, 1)
-                log(f"  {notebook.name} done in {timings[notebook.name]:.1f} s")
+                    raise _notebook_error(error, path.name) from None
+                timings[executed] = round(time.time() - tick, 1)
+                log(f"  {path.name} done in {timings[executed]:.1f} s")
         finally:
             os.environ["PATH"] = env_path
         manifest["status"] = "finished"
         manifest["timings"] = {"notebooks": timings,
                                "total_seconds": round(time.time() - started, 1)}
         manifest["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        _write_json_atomic(partial / "manifest.json", to_jsonable(manifest))
-        _swap_into_place(partial, runs / name)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+        write_json_atomic(partial / "manifest.json", to_jsonable(manifest))
     log(f"run {name}: {runs / name}")
     return runs / name
 
 
-def _swap_into_place(new: Path, final: Path) -> None:
-    "Replace `final` with `new`; the old `final` is removed only once `new` is in place."
-    previous = None
-    if final.exists():
-        previous = final.with_name(f".{final.name}.previous-{uuid.uuid4().hex[:8]}")
-        os.replace(final, previous)
-    os.replace(new, final)
-    if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)
+def _relative(path, root) -> str:
+    path, root = Path(path).resolve(), Path(root).resolve()
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 # %% ../nbs/07_run.ipynb #c018
 def _read_manifest(run: Path) -> dict:
@@ -248,49 +445,162 @@ def _read_manifest(run: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _stage_book(run: Path, manifest: dict, stage: Path) -> Path:
-    root = Path(manifest.get("project_root") or project_root(run))
-    toc = root / (manifest.get("toc") or "_toc.yml")
-    config = root / "book" / "_config.yml"
-    for needed in (toc, config):
+def _is_injected(cell) -> bool:
+    return "injected-parameters" in cell.get("metadata", {}).get("tags", [])
+
+
+def _code_cells(notebook) -> list[str]:
+    return [cell.source for cell in notebook.cells
+            if cell.cell_type == "code" and not _is_injected(cell)]
+
+
+def _segments(notebook) -> list[list]:
+    "The cells between code cells: segment i holds the cells before the i-th code cell."
+    segments = [[]]
+    for cell in notebook.cells:
+        if cell.cell_type == "code" and not _is_injected(cell):
+            segments.append([])
+        else:
+            segments[-1].append(cell)
+    return segments
+
+
+def merge_prose(executed, source) -> tuple:
+    """The executed notebook of a run with the Markdown cells of its current `source`.
+    Returns (notebook, status): 'same' (the source's text is the run's), 'prose' (only Markdown
+    changed: the merged notebook), 'code' (a code cell changed: the executed notebook as run)."""
+    if _code_cells(executed) != _code_cells(source):
+        return executed, "code"
+    old, new = _segments(executed), _segments(source)
+    text = lambda cells: [(c.cell_type, c.source, c.get("metadata", {}).get("tags", []))
+                          for c in cells if not _is_injected(c)]
+    if [text(s) for s in old] == [text(s) for s in new]:
+        return executed, "same"
+    merged = copy.deepcopy(executed)
+    codes = [c for c in merged.cells if c.cell_type == "code" and not _is_injected(c)]
+    cells = []
+    for number, (before, after) in enumerate(zip(old, new)):
+        cells += [c for c in before if _is_injected(c)]   # papermill's parameters stay
+        cells += [copy.deepcopy(c) for c in after]
+        if number < len(codes):
+            cells.append(codes[number])
+    merged.cells = cells
+    return merged, "prose"
+
+# %% ../nbs/07_run.ipynb #r010
+def _stage_notebooks(run: Path, manifest: dict, root: Path, stage: Path, log) -> dict:
+    "Write the run's notebooks into the stage, with prose edited since the run; their glue uses."
+    import nbformat
+    name, sources = manifest["name"], manifest.get("sources") or {}
+    prose, uses = {}, []
+    for executed in manifest["notebooks"]:
+        notebook = nbformat.read(str(run / executed), as_version=4)
+        source = root / sources[executed] if executed in sources else None
+        status = "absent"
+        if source is not None and source.is_file():
+            notebook, status = merge_prose(notebook, read_notebook(source))
+            label = "manuscript" if executed == manifest["manuscript"] else Path(executed).stem
+            if status == "prose":
+                log(f"{label} prose taken from {sources[executed]} (edited after run {name})")
+            elif status == "code":
+                log(f"warning: code cells of {sources[executed]} changed after run {name}; the "
+                    f"build shows the run's copy. Rerun (`clinpaper run --name {name}`) to use "
+                    "them.")
+        prose[executed] = status
+        if status == "prose":
+            uses += [(glue, f"{where}, edited after run {name}")
+                     for glue, where in _page_uses(notebook, source, root)]
+        else:
+            uses += [(glue, where.replace(sources.get(executed, executed), f"{executed} of run {name}"))
+                     for glue, where in _page_uses(notebook, run / executed, run)]
+        if executed == manifest["manuscript"]:   # the manuscript page shows no code
+            for cell in notebook.cells:
+                tags = cell.get("metadata", {}).get("tags", [])
+                if _is_injected(cell) and "remove-cell" not in tags:
+                    cell.metadata["tags"] = [*tags, "remove-cell"]
+        nbformat.write(notebook, str(stage / executed))
+    return {"prose": prose, "uses": uses}
+
+
+def _add_reference(reference, stage: Path, toc: dict) -> dict:
+    "Copy a folder of notebooks (e.g. the library's nbs/) into the stage as a last toc part."
+    reference = Path(reference)
+    pages = sorted(p for p in reference.glob("*.ipynb") if not p.name.startswith(("_", ".")))
+    if not pages:
+        raise RunError(f"--reference {reference}: the folder holds no notebooks.")
+    (stage / "reference").mkdir()
+    for page in pages:
+        shutil.copy(page, stage / "reference" / page.name)
+    toc = copy.deepcopy(toc)
+    part = {"caption": "Library reference",
+            "chapters": [{"file": f"reference/{page.stem}"} for page in pages]}
+    if "parts" in toc:
+        toc["parts"].append(part)
+    else:
+        toc["parts"] = [{"caption": "Paper", "chapters": toc.pop("chapters", [])}, part]
+    return toc
+
+
+def _stage_book(run: Path, manifest: dict, root: Path, stage: Path, *, reference=None,
+                log=print) -> dict:
+    toc_file = root / (manifest.get("toc") or "_toc.yml")
+    config_file = root / "_config.yml"
+    for needed in (toc_file, config_file):
         if not needed.is_file():
             raise RunError(f"{needed}: missing; the book cannot be built without it.")
-    shutil.copy(toc, stage / "_toc.yml")
-    settings = yaml.safe_load(config.read_text())
+    toc = yaml.safe_load(toc_file.read_text()) or {}
+    if reference is not None:
+        toc = _add_reference(reference, stage, toc)
+    (stage / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
+    settings = yaml.safe_load(config_file.read_text()) or {}
     settings["title"] = manifest["study"]["config"].get("short_title") or \
         manifest["study"]["config"]["title"]
     (stage / "_config.yml").write_text(yaml.safe_dump(settings, sort_keys=False))
-    if (root / "book" / "references.bib").is_file():
-        shutil.copy(root / "book" / "references.bib", stage / "references.bib")
-    if (root / "book" / "_static").is_dir():
-        shutil.copytree(root / "book" / "_static", stage / "_static")
-    (stage / "book").mkdir()
-    for notebook in manifest["notebooks"]:
-        shutil.copy(run / notebook, stage / "book" / notebook)
-    _hide_injected_parameters(stage / "book" / manifest["manuscript"])
-    for page in (root / "book").glob("*.md"):
-        shutil.copy(page, stage / "book" / page.name)
-    if (root / "nbs").is_dir():
-        shutil.copytree(root / "nbs", stage / "nbs",
-                        ignore=shutil.ignore_patterns(".*", "_*", "*.py"))
-    return root
+    bibliography = []
+    for bib in settings.get("bibtex_bibfiles") or []:
+        if (root / bib).is_file():
+            (stage / bib).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(root / bib, stage / bib)
+            bibliography.append(root / bib)
+    if (root / "_static").is_dir():
+        shutil.copytree(root / "_static", stage / "_static")
+    staged = _stage_notebooks(run, manifest, root, stage, log)
+    produced = {Path(n).stem for n in manifest["notebooks"]}
+    for page in _toc_files(toc_file):   # pages of the project that no notebook makes
+        if page not in produced:
+            for suffix in PAGE_SUFFIXES:
+                if (root / f"{page}{suffix}").is_file():
+                    (stage / f"{page}{suffix}").parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(root / f"{page}{suffix}", stage / f"{page}{suffix}")
+                    break
+    return {**staged, "bibliography": bibliography}
 
 
-def _hide_injected_parameters(notebook: Path) -> None:
-    "The manuscript page shows no code: hide the cell papermill added with the parameters."
-    import nbformat
-    nb = nbformat.read(str(notebook), as_version=4)
-    for cell in nb.cells:
-        tags = cell.get("metadata", {}).get("tags", [])
-        if "injected-parameters" in tags and "remove-cell" not in tags:
-            cell.metadata["tags"] = [*tags, "remove-cell"]
-    nbformat.write(nb, str(notebook))
+def _check_glue_recorded(uses, results: dict, name: str) -> None:
+    "Refuse, before Sphinx runs, pages that use glue names the run did not record."
+    missing = {}
+    for glue, where in uses:
+        if glue not in results:
+            missing.setdefault(glue, []).append(where)
+    if missing:
+        listed = "\n".join(f"  - `{glue}` ({'; '.join(places)})" for glue, places in missing.items())
+        raise RunError(f"run {name!r} did not record the glue name(s) that the pages use:\n"
+                       f"{listed}\nFix the name, or rerun (`clinpaper run --name {name}`) if a "
+                       "notebook now makes it.")
 
 
-def build_book(name: str, *, runs=None, out=None, log=None) -> dict:
-    "Render run NAME into OUT/NAME/html (web book), manuscript.docx and manuscript.pdf."
+def _project_of_run(run: Path, manifest: dict) -> Path:
+    "The project a run belongs to: the one its manifest names, else the one around the current folder."
+    named = manifest.get("project_root")
+    if named and find_project_root(named) == Path(named).resolve():
+        return Path(named).resolve()
+    return find_project_root(run) or project_root(".")
+
+
+def build_book(name: str, *, runs=None, out=None, reference=None, log=None) -> dict:
+    "Render run NAME into OUT/NAME (default ROOT/_build/NAME): html/index.html, manuscript.docx and .pdf."
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
-    runs = Path(runs) if runs else default_runs_dir()
+    runs = Path(runs) if runs else default_runs_dir(".")
     run = runs / name
     if not run.is_dir():
         known = sorted(p.name for p in runs.glob("*") if p.is_dir() and not p.name.startswith(".")) \
@@ -299,14 +609,13 @@ def build_book(name: str, *, runs=None, out=None, log=None) -> dict:
                        + (f"Runs there: {', '.join(known)}." if known else
                           "Make one with `clinpaper run`."))
     manifest = _read_manifest(run)
-    out = Path(out) if out else default_build_dir(manifest.get("project_root") or ".")
-    out.mkdir(parents=True, exist_ok=True)
-    partial = out / f".{name}.partial-{uuid.uuid4().hex[:8]}"
-    partial.mkdir()
-    try:
+    root = _project_of_run(run, manifest)
+    out = Path(out) if out else root / "_build"
+    with atomic_directory(out / name) as partial:
         stage = partial / "_source"
         stage.mkdir()
-        root = _stage_book(run, manifest, stage)
+        staged = _stage_book(run, manifest, root, stage, reference=reference, log=log)
+        _check_glue_recorded(staged["uses"], read_results(run), name)
         log("building the web book ...")
         result = subprocess.run(
             [str(Path(sys.executable).parent / "jupyter-book"), "build", str(stage),
@@ -321,15 +630,15 @@ def build_book(name: str, *, runs=None, out=None, log=None) -> dict:
         shutil.move(str(stage / "_build" / "html"), str(partial / "html"))
         log("rendering the manuscript (DOCX, PDF) ...")
         study = manifest["study"]["config"]
-        bib = root / "book" / "references.bib"
-        render_manuscript(run / manifest["manuscript"], run, partial, title=study["title"],
+        bibliography = staged["bibliography"]
+        render_manuscript(stage / manifest["manuscript"], run, partial, title=study["title"],
                           authors=study.get("authors", []),
-                          bibliography=bib if bib.is_file() else None)
+                          bibliography=bibliography[0] if bibliography else None)
+        write_json_atomic(partial / "build.json", {
+            "run": name, "run_dir": str(run.resolve()), "project_root": str(root),
+            "prose": staged["prose"], "reference": str(reference) if reference else None,
+            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         shutil.rmtree(stage)
-        _swap_into_place(partial, out / name)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     final = out / name
     return {"html": final / "html" / "index.html", "docx": final / "manuscript.docx",
             "pdf": final / "manuscript.pdf"}

@@ -12,12 +12,11 @@ import numpy as np
 import pandas as pd
 
 from .core import CohortError
-from .models import (HierarchicalModel, _prior_rv, _sample, check_sampling_arguments, hdi,
-                              posterior_summary, prior_text)
+from .models import (HierarchicalModel, check_sampling_arguments, hdi, posterior_summary, prior_text,
+                              prior_variable, sample_posterior)
 
 # %% auto #0
-__all__ = ['SURVIVAL_PRIORS', 'SURVIVAL_PRIOR_MEANINGS', 'resolve_survival_priors', 'HierarchicalSurvival', 'build_model', 'fit',
-           'summary', 'hazard_ratios', 'median_hazard_ratio', 'predict', 'methods_text']
+__all__ = ['SURVIVAL_PRIORS', 'SURVIVAL_PRIOR_MEANINGS', 'resolve_survival_priors', 'HierarchicalSurvival']
 
 # %% ../nbs/04b_survival.ipynb #c005
 SURVIVAL_PRIORS = {
@@ -75,6 +74,21 @@ def resolve_survival_priors(priors: dict | None, *, baseline: str = "weibull") -
         resolved[name] = prior
     return resolved
 
+# %% ../nbs/04b_survival.ipynb #c011b
+def _default_cuts(durations, events, n_intervals: int) -> list[float]:
+    "Cut points at the quantiles of the event times (interior ones only, distinct, positive)."
+    times = np.asarray(durations, dtype=float)[np.asarray(events) == 1]
+    cuts = np.unique(np.quantile(times, np.arange(1, n_intervals) / n_intervals))
+    return [float(c) for c in cuts if c > 0]
+
+
+def _exposure(durations, cuts):
+    "Time at risk of each row in each interval [0, c1), [c1, c2), ..., [cJ, inf): rows x intervals."
+    edges = np.concatenate([[0.0], np.asarray(cuts, dtype=float)])
+    upper = np.concatenate([edges[1:], [np.inf]])
+    t = np.asarray(durations, dtype=float)[:, None]
+    return np.clip(np.minimum(t, upper) - edges, 0.0, None)
+
 # %% ../nbs/04b_survival.ipynb #c008
 class HierarchicalSurvival(HierarchicalModel):
     """Bayesian proportional-hazards model with a log-normal frailty by `group`.
@@ -120,297 +134,246 @@ class HierarchicalSurvival(HierarchicalModel):
         return (f"HierarchicalSurvival(duration={self.duration!r}, event={self.event!r}, group={self.group!r}, "
                 f"predictors={self.predictors!r}, baseline={self.baseline!r})")
 
-# %% ../nbs/04b_survival.ipynb #c010
-def _validate(self, df, *, for_fit: bool = True) -> None:
-    name = "HierarchicalSurvival"
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"{name} expects a pandas DataFrame, got {type(df).__name__}.")
-    needed = ([self.duration, self.event] if for_fit else []) + [self.group, *self.predictors]
-    missing = [column for column in needed if column not in df.columns]
-    if missing:
-        raise CohortError(f"{name}: the data lack the column(s) {', '.join(map(repr, missing))}; "
-                          f"it has {len(df.columns)} columns. Check the spelling or the analysis table.")
-    if len(df) == 0:
-        raise CohortError(f"{name} got an empty data frame (0 rows); check the cohort's inclusion criteria.")
-    for column in self.predictors + ([self.duration, self.event] if for_fit else []):
-        if not (pd.api.types.is_numeric_dtype(df[column]) or pd.api.types.is_bool_dtype(df[column])):
-            raise CohortError(f"Column `{column}` of {name} must be numeric, got dtype {df[column].dtype}"
-                              + ("; encode categories as 0/1 indicator columns." if column in self.predictors else "."))
-    values = df[self.predictors].to_numpy(dtype=float)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        where = ", ".join(f"`{c}` ({n:,})" for c, n in zip(self.predictors, bad.sum(axis=0)) if n)
-        raise CohortError(f"{name}: {int(bad.any(axis=1).sum()):,} rows have missing or infinite predictor "
-                          f"values: {where}. Impute them or drop those rows before fitting.")
-    n_missing = int(df[self.group].isna().sum())
-    if n_missing:
-        raise CohortError(f"{name}: {n_missing:,} rows have no `{self.group}`; every row needs a group.")
-    if not for_fit:
-        return
-    if df[self.group].nunique() < 2:
-        raise CohortError(f"{name} needs at least 2 groups in `{self.group}` to estimate the frailty SD, got 1.")
-    duration = df[self.duration].astype(float)
-    wrong = ~(np.isfinite(duration) & (duration > 0))
-    if wrong.any():
-        raise CohortError(f"`duration` of {name} (`{self.duration}`) must hold positive, finite times; "
-                          f"{int(wrong.sum()):,} rows have a missing, zero, negative or infinite time. "
-                          f"Give same-day events a small positive time (e.g. 0.5 days) or drop those rows.")
-    event = df[self.event].astype(float)
-    wrong = ~event.isin([0.0, 1.0])
-    if wrong.any():
-        raise CohortError(f"`event` of {name} (`{self.event}`) must be 1 (event) or 0 (censored); "
-                          f"{int(wrong.sum()):,} rows are missing or hold other values.")
-    if event.sum() == 0:
-        raise CohortError(f"`event` of {name} (`{self.event}`) has no events in {len(df):,} rows; "
-                          f"a hazard cannot be estimated without events.")
+    def _validate(self, df, *, for_fit: bool = True) -> None:
+        "Raise CohortError (TypeError for a non-DataFrame) for data that `fit` or `predict` cannot use."
+        name = "HierarchicalSurvival"
+        if not isinstance(df, pd.DataFrame):
+            raise TypeError(f"{name} expects a pandas DataFrame, got {type(df).__name__}.")
+        needed = ([self.duration, self.event] if for_fit else []) + [self.group, *self.predictors]
+        missing = [column for column in needed if column not in df.columns]
+        if missing:
+            raise CohortError(f"{name}: the data lack the column(s) {', '.join(map(repr, missing))}; "
+                              f"it has {len(df.columns)} columns. Check the spelling or the analysis table.")
+        if len(df) == 0:
+            raise CohortError(f"{name} got an empty data frame (0 rows); check the cohort's inclusion criteria.")
+        for column in self.predictors + ([self.duration, self.event] if for_fit else []):
+            if not (pd.api.types.is_numeric_dtype(df[column]) or pd.api.types.is_bool_dtype(df[column])):
+                raise CohortError(f"Column `{column}` of {name} must be numeric, got dtype {df[column].dtype}"
+                                  + ("; encode categories as 0/1 indicator columns." if column in self.predictors else "."))
+        values = df[self.predictors].to_numpy(dtype=float)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            where = ", ".join(f"`{c}` ({n:,})" for c, n in zip(self.predictors, bad.sum(axis=0)) if n)
+            raise CohortError(f"{name}: {int(bad.any(axis=1).sum()):,} rows have missing or infinite predictor "
+                              f"values: {where}. Impute them or drop those rows before fitting.")
+        n_missing = int(df[self.group].isna().sum())
+        if n_missing:
+            raise CohortError(f"{name}: {n_missing:,} rows have no `{self.group}`; every row needs a group.")
+        if not for_fit:
+            return
+        if df[self.group].nunique() < 2:
+            raise CohortError(f"{name} needs at least 2 groups in `{self.group}` to estimate the frailty SD, got 1.")
+        duration = df[self.duration].astype(float)
+        wrong = ~(np.isfinite(duration) & (duration > 0))
+        if wrong.any():
+            raise CohortError(f"`duration` of {name} (`{self.duration}`) must hold positive, finite times; "
+                              f"{int(wrong.sum()):,} rows have a missing, zero, negative or infinite time. "
+                              f"Give same-day events a small positive time (e.g. 0.5 days) or drop those rows.")
+        event = df[self.event].astype(float)
+        wrong = ~event.isin([0.0, 1.0])
+        if wrong.any():
+            raise CohortError(f"`event` of {name} (`{self.event}`) must be 1 (event) or 0 (censored); "
+                              f"{int(wrong.sum()):,} rows are missing or hold other values.")
+        if event.sum() == 0:
+            raise CohortError(f"`event` of {name} (`{self.event}`) has no events in {len(df):,} rows; "
+                              f"a hazard cannot be estimated without events.")
 
-
-HierarchicalSurvival._validate = _validate
-
-# %% ../nbs/04b_survival.ipynb #c012
-def _default_cuts(durations, events, n_intervals: int) -> list[float]:
-    "Cut points at the quantiles of the event times (interior ones only, distinct, positive)."
-    times = np.asarray(durations, dtype=float)[np.asarray(events) == 1]
-    cuts = np.unique(np.quantile(times, np.arange(1, n_intervals) / n_intervals))
-    return [float(c) for c in cuts if c > 0]
-
-
-def _exposure(durations, cuts):
-    "Time at risk of each row in each interval [0, c1), [c1, c2), ..., [cJ, inf): rows x intervals."
-    edges = np.concatenate([[0.0], np.asarray(cuts, dtype=float)])
-    upper = np.concatenate([edges[1:], [np.inf]])
-    t = np.asarray(durations, dtype=float)[:, None]
-    return np.clip(np.minimum(t, upper) - edges, 0.0, None)
-
-
-def _design(self, df, *, time_scale=None, cuts=None):
-    x = df[self.predictors].to_numpy(dtype=float)
-    levels = pd.Index(pd.unique(df[self.group])).sort_values()
-    group_idx = levels.get_indexer(df[self.group]).astype("int64")
-    duration = df[self.duration].to_numpy(dtype=float)
-    event = df[self.event].to_numpy(dtype=float)
-    if time_scale is None:
-        time_scale = float(np.median(duration[event == 1]))
-    design = {"x": x, "group_idx": group_idx, "levels": levels, "time_scale": time_scale,
-              "duration": duration / time_scale, "event": event, "n_obs": len(df)}
-    if self.baseline == "weibull":
-        return design
-    if cuts is None:
-        cuts = self.cuts if self.cuts is not None else _default_cuts(duration, event, self.n_intervals)
-    scaled_cuts = np.asarray(cuts, dtype=float) / time_scale
-    exposure = _exposure(duration / time_scale, scaled_cuts)
-    n_intervals = exposure.shape[1]
-    interval_of_event = (np.searchsorted(scaled_cuts, duration / time_scale, side="right"))
-    events = np.zeros_like(exposure)
-    events[np.arange(len(df)), interval_of_event] = event
-    frame = pd.DataFrame(np.repeat(x, n_intervals, axis=0), columns=[f"x{k}" for k in range(x.shape[1])])
-    frame["group_idx"] = np.repeat(group_idx, n_intervals)
-    frame["interval_idx"] = np.tile(np.arange(n_intervals), len(df))
-    frame["events"], frame["exposure"] = events.ravel(), exposure.ravel()
-    frame = frame[frame["exposure"] > 0]
-    keys = ["group_idx", "interval_idx", *[f"x{k}" for k in range(x.shape[1])]]
-    frame = frame.groupby(keys, sort=True, as_index=False)[["events", "exposure"]].sum()
-    design.update({"cuts": [float(c) for c in cuts], "x": frame[keys[2:]].to_numpy(dtype=float),
-                   "group_idx": frame["group_idx"].to_numpy("int64"),
-                   "interval_idx": frame["interval_idx"].to_numpy("int64"),
-                   "events_pw": frame["events"].to_numpy(), "exposure": frame["exposure"].to_numpy(),
-                   "n_intervals": n_intervals, "x_rows": x})
-    return design
-
-
-def build_model(self, design: dict, *, predictor_means):
-    "The PyMC model for `design`; variables named as in the text above."
-    import pymc as pm
-    import pytensor.tensor as pt
-
-    means = np.asarray(predictor_means, dtype=float)
-    coords = {"predictor": self.predictors, "group": [str(g) for g in design["levels"]]}
-    if self.baseline == "piecewise":
-        coords["interval"] = [f"[{a:g}, {b:g})" for a, b in
-                              zip([0.0, *design["cuts"]], [*design["cuts"], np.inf])]
-    with pm.Model(coords=coords) as model:
-        x_centered = pm.Data("x_centered", design["x"] - means, dims=("obs", "predictor"))
-        group_idx = pm.Data("group_idx", design["group_idx"], dims="obs")
-        beta = _prior_rv(pm, "beta", self.priors_["beta"], dims="predictor")
-        sigma_group = _prior_rv(pm, "sigma_group", self.priors_["sigma_group"])
-        z_group = pm.Normal("z_group", 0.0, 1.0, dims="group")
-        group_effect = pm.Deterministic("group_effect", sigma_group * z_group, dims="group")
-        eta = pt.dot(x_centered, beta) + group_effect[group_idx]
+    def _design(self, df, *, time_scale=None, cuts=None):
+        "Model arrays: one row per patient (Weibull), or per hospital, predictor values and interval (piecewise)."
+        x = df[self.predictors].to_numpy(dtype=float)
+        levels = pd.Index(pd.unique(df[self.group])).sort_values()
+        group_idx = levels.get_indexer(df[self.group]).astype("int64")
+        duration = df[self.duration].to_numpy(dtype=float)
+        event = df[self.event].to_numpy(dtype=float)
+        if time_scale is None:
+            time_scale = float(np.median(duration[event == 1]))
+        design = {"x": x, "group_idx": group_idx, "levels": levels, "time_scale": time_scale,
+                  "duration": duration / time_scale, "event": event, "n_obs": len(df)}
         if self.baseline == "weibull":
-            intercept = _prior_rv(pm, "intercept", self.priors_["intercept"])
-            log_shape = _prior_rv(pm, "log_shape", self.priors_["log_shape"])
-            shape = pm.Deterministic("shape", pt.exp(log_shape))
-            log_t = np.log(design["duration"])
-            linear = intercept + eta
-            loglik = design["event"] * (log_shape + (shape - 1) * log_t + linear) \
-                - pt.exp(shape * log_t + linear)
-            pm.Potential("loglik", loglik.sum())
+            return design
+        if cuts is None:
+            cuts = self.cuts if self.cuts is not None else _default_cuts(duration, event, self.n_intervals)
+        scaled_cuts = np.asarray(cuts, dtype=float) / time_scale
+        exposure = _exposure(duration / time_scale, scaled_cuts)
+        n_intervals = exposure.shape[1]
+        interval_of_event = (np.searchsorted(scaled_cuts, duration / time_scale, side="right"))
+        events = np.zeros_like(exposure)
+        events[np.arange(len(df)), interval_of_event] = event
+        frame = pd.DataFrame(np.repeat(x, n_intervals, axis=0), columns=[f"x{k}" for k in range(x.shape[1])])
+        frame["group_idx"] = np.repeat(group_idx, n_intervals)
+        frame["interval_idx"] = np.tile(np.arange(n_intervals), len(df))
+        frame["events"], frame["exposure"] = events.ravel(), exposure.ravel()
+        frame = frame[frame["exposure"] > 0]
+        keys = ["group_idx", "interval_idx", *[f"x{k}" for k in range(x.shape[1])]]
+        frame = frame.groupby(keys, sort=True, as_index=False)[["events", "exposure"]].sum()
+        design.update({"cuts": [float(c) for c in cuts], "x": frame[keys[2:]].to_numpy(dtype=float),
+                       "group_idx": frame["group_idx"].to_numpy("int64"),
+                       "interval_idx": frame["interval_idx"].to_numpy("int64"),
+                       "events_pw": frame["events"].to_numpy(), "exposure": frame["exposure"].to_numpy(),
+                       "n_intervals": n_intervals, "x_rows": x})
+        return design
+
+
+    def build_model(self, design: dict, *, predictor_means):
+        "The PyMC model for `design`; variables named as in the text above."
+        import pymc as pm
+        import pytensor.tensor as pt
+
+        means = np.asarray(predictor_means, dtype=float)
+        coords = {"predictor": self.predictors, "group": [str(g) for g in design["levels"]]}
+        if self.baseline == "piecewise":
+            coords["interval"] = [f"[{a:g}, {b:g})" for a, b in
+                                  zip([0.0, *design["cuts"]], [*design["cuts"], np.inf])]
+        with pm.Model(coords=coords) as model:
+            x_centered = pm.Data("x_centered", design["x"] - means, dims=("obs", "predictor"))
+            group_idx = pm.Data("group_idx", design["group_idx"], dims="obs")
+            beta = prior_variable("beta", self.priors_["beta"], dims="predictor")
+            sigma_group = prior_variable("sigma_group", self.priors_["sigma_group"])
+            z_group = pm.Normal("z_group", 0.0, 1.0, dims="group")
+            group_effect = pm.Deterministic("group_effect", sigma_group * z_group, dims="group")
+            eta = pt.dot(x_centered, beta) + group_effect[group_idx]
+            if self.baseline == "weibull":
+                intercept = prior_variable("intercept", self.priors_["intercept"])
+                log_shape = prior_variable("log_shape", self.priors_["log_shape"])
+                shape = pm.Deterministic("shape", pt.exp(log_shape))
+                log_t = np.log(design["duration"])
+                linear = intercept + eta
+                loglik = design["event"] * (log_shape + (shape - 1) * log_t + linear) \
+                    - pt.exp(shape * log_t + linear)
+                pm.Potential("loglik", loglik.sum())
+            else:
+                interval_idx = pm.Data("interval_idx", design["interval_idx"], dims="obs")
+                log_baseline = prior_variable("log_baseline", self.priors_["intercept"], dims="interval")
+                log_rate = log_baseline[interval_idx] + eta + np.log(design["exposure"])
+                pm.Poisson("y", mu=pt.exp(log_rate), observed=design["events_pw"], dims="obs")
+        return model
+
+    def fit(self, df: pd.DataFrame, *, draws: int = 1000, tune: int = 1000, chains: int = 4, seed: int = 0,
+            target_accept: float = 0.9, sampler: str = "nutpie", progressbar: bool | None = None,
+            sampler_kwargs: dict | None = None):
+        "Sample the posterior for `df`; returns self."
+        check_sampling_arguments(draws=draws, tune=tune, chains=chains, target_accept=target_accept, sampler=sampler)
+        self._validate(df)
+        if progressbar is None:
+            progressbar = sys.stderr.isatty()
+        design = self._design(df)
+        means = df[self.predictors].to_numpy(dtype=float).mean(axis=0)
+        model = self.build_model(design, predictor_means=means)
+        idata, sampled = sample_posterior(model, draws=draws, tune=tune, chains=chains, seed=seed,
+                                          target_accept=target_accept, sampler=sampler, progressbar=progressbar,
+                                          sampler_kwargs=sampler_kwargs)
+        used = sampled["sampler"]
+        self.model_, self.idata_ = model, idata
+        self.groups_ = list(design["levels"])
+        self.predictor_means_ = pd.Series(means, index=self.predictors)
+        self.time_scale_ = design["time_scale"]
+        self.cuts_ = design.get("cuts")
+        self.n_obs_ = int(len(df))
+        self.n_events_ = int(df[self.event].sum())
+        self.sampler_ = used
+        self.sampling_ = {"draws": draws, "tune": tune, "chains": chains, "seed": seed,
+                          "target_accept": target_accept, "sampler": used}
+        self.timings_ = {"compile_seconds": sampled["compile_seconds"], "sample_seconds": sampled["sample_seconds"]}
+        return self
+
+    def summary(self, hdi_prob: float = 0.95, *, include_groups: bool = False) -> pd.DataFrame:
+        "Tidy posterior summary: baseline (intercept and shape, or log_baseline), beta[...], sigma_group."
+        self._check_fitted()
+        names = self._reported() + (["group_effect"] if include_groups else [])
+        return posterior_summary(self.idata_, var_names=names, hdi_prob=hdi_prob)
+
+
+    def hazard_ratios(self, hdi_prob: float = 0.95) -> pd.DataFrame:
+        "Per predictor: hazard_ratio (posterior median of exp(beta)) and the equal-tailed interval, low and high."
+        return self._ratios("hazard_ratio", hdi_prob)
+
+
+    def median_hazard_ratio(self, prob: float = 0.95) -> dict:
+        "Posterior median and interval of the median hazard ratio between two random groups, exp(sqrt(2) sigma z_0.75)."
+        return self._median_ratio(prob, what="median hazard ratio")
+
+    def _eta_draws(self, df, seed):
+        "Linear predictor (without the baseline) for each draw x row, new groups drawn from the frailty."
+        beta = self._draws("beta")
+        group_effect, codes, _ = self._group_effect_draws(df, np.random.default_rng(seed))
+        x = df[self.predictors].to_numpy(dtype=float) - self.predictor_means_.to_numpy()
+        return x @ beta.T + group_effect[:, codes].T  # rows x draws
+
+
+    def _cumulative_hazard(self, eta, t):
+        "Cumulative hazard at time t (original units) for eta (rows x draws)."
+        scaled = t / self.time_scale_
+        if self.baseline == "weibull":
+            shape = self._draws("shape")
+            return np.exp(self._draws("intercept") + eta + shape * np.log(scaled))
+        rates = np.exp(self._draws("log_baseline"))  # draws x intervals
+        exposure = _exposure([scaled], np.asarray(self.cuts_) / self.time_scale_)[0]
+        return np.exp(eta) * (rates @ exposure)
+
+
+    def _median_time(self, eta):
+        "Median survival time (original units) for eta (rows x draws)."
+        log2 = math.log(2)
+        if self.baseline == "weibull":
+            shape = self._draws("shape")
+            return self.time_scale_ * (log2 / np.exp(self._draws("intercept") + eta)) ** (1 / shape)
+        edges = np.concatenate([[0.0], np.asarray(self.cuts_) / self.time_scale_])
+        widths = np.diff(edges)
+        rates = np.exp(self._draws("log_baseline"))
+        at_edges = np.concatenate([np.zeros((len(rates), 1)), np.cumsum(rates[:, :-1] * widths, axis=1)], axis=1)
+        result = np.full(eta.shape, np.inf)
+        scale = np.exp(eta)
+        for m in range(len(edges) - 1, -1, -1):  # the last edge whose cumulative hazard is below log 2
+            start = at_edges[:, m] * scale
+            reached = (start < log2) & np.isinf(result)
+            time = edges[m] + (log2 - start) / (rates[:, m] * scale)
+            if m < len(edges) - 1:
+                reached &= time <= edges[m + 1]
+            result = np.where(reached, time, result)
+        return result * self.time_scale_
+
+
+    def predict(self, df: pd.DataFrame, *, times=None, hdi_prob: float = 0.95, seed: int | None = None) -> pd.DataFrame:
+        """Survival probability at each of `times` (long form: index of `df`, time, mean, low, high),
+        or, without `times`, the median survival time (median, low, high)."""
+        self._check_fitted()
+        self._validate(df, for_fit=False)
+        seed = self.sampling_["seed"] if seed is None else seed
+        eta = self._eta_draws(df, seed)
+        if times is None:
+            median = self._median_time(eta)
+            low, high = hdi(np.where(np.isfinite(median), median, np.inf).T, prob=hdi_prob)
+            return pd.DataFrame({"median": np.median(median, axis=1), "low": low, "high": high}, index=df.index)
+        times = np.atleast_1d(np.asarray(times, dtype=float))
+        if (times < 0).any() or not np.isfinite(times).all():
+            raise ValueError("`times` of HierarchicalSurvival.predict must be finite and not negative.")
+        parts = []
+        for t in times:
+            survival = np.exp(-self._cumulative_hazard(eta, t)) if t > 0 else np.ones_like(eta)
+            low, high = hdi(survival.T, prob=hdi_prob)
+            parts.append(pd.DataFrame({"time": t, "mean": survival.mean(axis=1), "low": low, "high": high},
+                                      index=df.index))
+        return pd.concat(parts)
+
+    def methods_text(self) -> str:
+        "A paragraph for a paper's Methods: model, priors and (once fitted) the sampler settings."
+        priors = self.priors_
+        if self.baseline == "weibull":
+            baseline = (f"a Weibull baseline hazard (proportional-hazards form; {prior_text(priors['log_shape'])} "
+                        f"for the log shape, {prior_text(priors['intercept'])} for the log baseline hazard)")
         else:
-            interval_idx = pm.Data("interval_idx", design["interval_idx"], dims="obs")
-            log_baseline = _prior_rv(pm, "log_baseline", self.priors_["intercept"], dims="interval")
-            log_rate = log_baseline[interval_idx] + eta + np.log(design["exposure"])
-            pm.Poisson("y", mu=pt.exp(log_rate), observed=design["events_pw"], dims="obs")
-    return model
-
-
-HierarchicalSurvival._design = _design
-HierarchicalSurvival.build_model = build_model
-
-# %% ../nbs/04b_survival.ipynb #c016
-def fit(self, df: pd.DataFrame, *, draws: int = 1000, tune: int = 1000, chains: int = 4, seed: int = 0,
-        target_accept: float = 0.9, sampler: str = "nutpie", progressbar: bool | None = None,
-        sampler_kwargs: dict | None = None):
-    "Sample the posterior for `df`; returns self."
-    check_sampling_arguments(draws=draws, tune=tune, chains=chains, target_accept=target_accept, sampler=sampler)
-    self._validate(df)
-    if progressbar is None:
-        progressbar = sys.stderr.isatty()
-    design = self._design(df)
-    means = df[self.predictors].to_numpy(dtype=float).mean(axis=0)
-    model = self.build_model(design, predictor_means=means)
-    sampled = _sample(model, draws=draws, tune=tune, chains=chains, seed=seed, target_accept=target_accept,
-                      sampler=sampler, progressbar=progressbar, sampler_kwargs=dict(sampler_kwargs or {}))
-    idata, used, compile_seconds, sample_seconds = sampled[:4]  # (a fifth item, the nutpie backend, may follow)
-    self.model_, self.idata_ = model, idata
-    self.groups_ = list(design["levels"])
-    self.predictor_means_ = pd.Series(means, index=self.predictors)
-    self.time_scale_ = design["time_scale"]
-    self.cuts_ = design.get("cuts")
-    self.n_obs_ = int(len(df))
-    self.n_events_ = int(df[self.event].sum())
-    self.sampler_ = used
-    self.sampling_ = {"draws": draws, "tune": tune, "chains": chains, "seed": seed,
-                      "target_accept": target_accept, "sampler": used}
-    self.timings_ = {"compile_seconds": compile_seconds, "sample_seconds": sample_seconds}
-    return self
-
-
-HierarchicalSurvival.fit = fit
-
-# %% ../nbs/04b_survival.ipynb #c020
-def summary(self, hdi_prob: float = 0.95, *, include_groups: bool = False) -> pd.DataFrame:
-    "Tidy posterior summary: baseline (intercept and shape, or log_baseline), beta[...], sigma_group."
-    self._check_fitted()
-    names = self._reported() + (["group_effect"] if include_groups else [])
-    return posterior_summary(self.idata_, var_names=names, hdi_prob=hdi_prob)
-
-
-def hazard_ratios(self, hdi_prob: float = 0.95) -> pd.DataFrame:
-    "Per predictor: hazard_ratio (posterior median of exp(beta)) and the equal-tailed interval, low and high."
-    return self._ratios("hazard_ratio", hdi_prob)
-
-
-def median_hazard_ratio(self, prob: float = 0.95) -> dict:
-    "Posterior median and interval of the median hazard ratio between two random groups, exp(sqrt(2) sigma z_0.75)."
-    return self._median_ratio(prob)
-
-
-HierarchicalSurvival.summary = summary
-HierarchicalSurvival.hazard_ratios = hazard_ratios
-HierarchicalSurvival.median_hazard_ratio = median_hazard_ratio
-
-# %% ../nbs/04b_survival.ipynb #c026
-def _eta_draws(self, df, seed):
-    "Linear predictor (without the baseline) for each draw x row, new groups drawn from the frailty."
-    beta = self._draws("beta")
-    group_effect = self._draws("group_effect")
-    sigma_group = self._draws("sigma_group")
-    levels = pd.Index(self.groups_)
-    codes = levels.get_indexer(df[self.group])
-    new_levels = pd.unique(df[self.group][codes < 0])
-    if len(new_levels):
-        rng = np.random.default_rng(seed)
-        new = rng.standard_normal((len(beta), len(new_levels))) * sigma_group[:, None]
-        group_effect = np.concatenate([group_effect, new], axis=1)
-        codes = np.where(codes < 0, len(levels) + pd.Index(new_levels).get_indexer(df[self.group]), codes)
-    x = df[self.predictors].to_numpy(dtype=float) - self.predictor_means_.to_numpy()
-    return x @ beta.T + group_effect[:, codes].T  # rows x draws
-
-
-def _cumulative_hazard(self, eta, t):
-    "Cumulative hazard at time t (original units) for eta (rows x draws)."
-    scaled = t / self.time_scale_
-    if self.baseline == "weibull":
-        shape = self._draws("shape")
-        return np.exp(self._draws("intercept") + eta + shape * np.log(scaled))
-    rates = np.exp(self._draws("log_baseline"))  # draws x intervals
-    exposure = _exposure([scaled], np.asarray(self.cuts_) / self.time_scale_)[0]
-    return np.exp(eta) * (rates @ exposure)
-
-
-def _median_time(self, eta):
-    "Median survival time (original units) for eta (rows x draws)."
-    log2 = math.log(2)
-    if self.baseline == "weibull":
-        shape = self._draws("shape")
-        return self.time_scale_ * (log2 / np.exp(self._draws("intercept") + eta)) ** (1 / shape)
-    edges = np.concatenate([[0.0], np.asarray(self.cuts_) / self.time_scale_])
-    widths = np.diff(edges)
-    rates = np.exp(self._draws("log_baseline"))
-    at_edges = np.concatenate([np.zeros((len(rates), 1)), np.cumsum(rates[:, :-1] * widths, axis=1)], axis=1)
-    result = np.full(eta.shape, np.inf)
-    scale = np.exp(eta)
-    for m in range(len(edges) - 1, -1, -1):  # the last edge whose cumulative hazard is below log 2
-        start = at_edges[:, m] * scale
-        reached = (start < log2) & np.isinf(result)
-        time = edges[m] + (log2 - start) / (rates[:, m] * scale)
-        if m < len(edges) - 1:
-            reached &= time <= edges[m + 1]
-        result = np.where(reached, time, result)
-    return result * self.time_scale_
-
-
-def predict(self, df: pd.DataFrame, *, times=None, hdi_prob: float = 0.95, seed: int | None = None) -> pd.DataFrame:
-    """Survival probability at each of `times` (long form: index of `df`, time, mean, low, high),
-    or, without `times`, the median survival time (median, low, high)."""
-    self._check_fitted()
-    self._validate(df, for_fit=False)
-    seed = self.sampling_["seed"] if seed is None else seed
-    eta = self._eta_draws(df, seed)
-    if times is None:
-        median = self._median_time(eta)
-        low, high = hdi(np.where(np.isfinite(median), median, np.inf).T, prob=hdi_prob)
-        return pd.DataFrame({"median": np.median(median, axis=1), "low": low, "high": high}, index=df.index)
-    times = np.atleast_1d(np.asarray(times, dtype=float))
-    if (times < 0).any() or not np.isfinite(times).all():
-        raise ValueError("`times` of HierarchicalSurvival.predict must be finite and not negative.")
-    parts = []
-    for t in times:
-        survival = np.exp(-self._cumulative_hazard(eta, t)) if t > 0 else np.ones_like(eta)
-        low, high = hdi(survival.T, prob=hdi_prob)
-        parts.append(pd.DataFrame({"time": t, "mean": survival.mean(axis=1), "low": low, "high": high},
-                                  index=df.index))
-    return pd.concat(parts)
-
-
-HierarchicalSurvival._eta_draws = _eta_draws
-HierarchicalSurvival._cumulative_hazard = _cumulative_hazard
-HierarchicalSurvival._median_time = _median_time
-HierarchicalSurvival.predict = predict
-
-# %% ../nbs/04b_survival.ipynb #c030
-def methods_text(self) -> str:
-    "A paragraph for a paper's Methods: model, priors and (once fitted) the sampler settings."
-    priors = self.priors_
-    if self.baseline == "weibull":
-        baseline = (f"a Weibull baseline hazard (proportional-hazards form; {prior_text(priors['log_shape'])} "
-                    f"for the log shape, {prior_text(priors['intercept'])} for the log baseline hazard)")
-    else:
-        cuts = getattr(self, "cuts_", None) or self.cuts
-        where = (f"cut at {', '.join(f'{c:g}' for c in cuts)}" if cuts else
-                 f"cut at the quantiles of the event times")
-        baseline = (f"a piecewise-constant baseline hazard ({len(cuts) + 1 if cuts else self.n_intervals} "
-                    f"intervals {where}; {prior_text(priors['intercept'])} for each log baseline hazard), "
-                    "fitted with the equivalent Poisson likelihood")
-    text = (f"We fitted a Bayesian proportional-hazards model of time to {self.event} ({self.duration}, "
-            f"right-censored) on {', '.join(self.predictors)}, with {baseline} and a log-normal frailty by "
-            f"{self.group} in a non-centered parameterization. Priors were {prior_text(priors['beta'])} for each "
-            f"log hazard ratio and {prior_text(priors['sigma_group'])} for the between-{self.group} standard "
-            f"deviation of the log frailty.")
-    if hasattr(self, "sampling_"):
-        engine = "nutpie's No-U-Turn sampler" if self.sampler_ == "nutpie" else "PyMC's No-U-Turn sampler"
-        text += self._sampling_text(engine)
-    return text
-
-
-HierarchicalSurvival.methods_text = methods_text
+            cuts = getattr(self, "cuts_", None) or self.cuts
+            where = (f"cut at {', '.join(f'{c:g}' for c in cuts)}" if cuts else
+                     f"cut at the quantiles of the event times")
+            baseline = (f"a piecewise-constant baseline hazard ({len(cuts) + 1 if cuts else self.n_intervals} "
+                        f"intervals {where}; {prior_text(priors['intercept'])} for each log baseline hazard), "
+                        "fitted with the equivalent Poisson likelihood")
+        text = (f"We fitted a Bayesian proportional-hazards model of time to {self.event} ({self.duration}, "
+                f"right-censored) on {', '.join(self.predictors)}, with {baseline} and a log-normal frailty by "
+                f"{self.group} in a non-centered parameterization. Priors were {prior_text(priors['beta'])} for each "
+                f"log hazard ratio and {prior_text(priors['sigma_group'])} for the between-{self.group} standard "
+                f"deviation of the log frailty.")
+        if hasattr(self, "sampling_"):
+            engine = "nutpie's No-U-Turn sampler" if self.sampler_ == "nutpie" else "PyMC's No-U-Turn sampler"
+            text += self._sampling_text(engine)
+        return text

@@ -1,13 +1,14 @@
-"""clinpaper.checks across modules: baselines against independent fits, grouped folds, and the
-checks on a fitted HierarchicalLogistic (inputs unchanged, tables of the house shape)."""
+"""clinpaper.checks across modules: baselines against independent fits, grouped folds, the checks
+on a fitted HierarchicalLogistic (inputs unchanged, tables of the house shape), and the same checks
+for a single-level model (group=None)."""
 import logging
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from clinpaper.checks import (cox_baseline, glm_baseline, grouped_folds, lightgbm_cv, observed_expected_by_group,
-                              posterior_predictive_check, prior_predictive)
+from clinpaper.checks import (cox_baseline, glm_baseline, grouped_folds, lightgbm_cv, loo_compare,
+                              observed_expected_by_group, posterior_predictive_check, prior_predictive)
 from clinpaper.core import CohortError
 from clinpaper.models import HierarchicalLogistic
 
@@ -85,3 +86,62 @@ def test_checks_refuse_other_models(cohort):
         posterior_predictive_check(object(), cohort)
     with pytest.raises(TypeError, match="needs outcome="):
         prior_predictive(HierarchicalLogistic, cohort)
+
+
+# --- without a group -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def single(cohort):
+    return HierarchicalLogistic("death", None, ["male", "sepsis"]).fit(cohort, draws=300, tune=300, chains=2, seed=1)
+
+
+def test_group_checks_need_a_grouping_for_a_single_level_model(cohort, single):
+    before = cohort.copy()
+    with pytest.raises(ValueError, match=r"the model has no group \(group=None\)"):
+        posterior_predictive_check(single, cohort)
+    with pytest.raises(ValueError, match="Pass `group=` a column"):
+        observed_expected_by_group(single, cohort)
+    risk = single.predict(cohort)["mean"]
+    fifths = cohort.assign(fifth=pd.qcut(risk.rank(method="first"), 5, labels=False))
+    ppc = posterior_predictive_check(single, fifths, group="fifth", n_draws=200, seed=1)
+    oe = observed_expected_by_group(single, fifths, group="fifth", n_draws=200, seed=1)
+    assert ppc["observed"].tolist() == fifths.groupby("fifth")["death"].sum().tolist() == oe["observed"].tolist()
+    assert np.allclose(oe["smr"], 1.0)  # no group effects: the model-based ratio is 1
+    assert np.allclose(oe["expected"], single.predict(fifths).groupby(fifths["fifth"])["mean"].sum(), rtol=0.02)
+    prior = prior_predictive(single, cohort, draws=30, seed=1)
+    assert len(prior) == 30 and set(prior["group"]) == {"All"}
+    assert np.allclose(prior["observed_rate"], cohort["death"].mean())
+    pd.testing.assert_frame_equal(cohort, before)
+
+
+def test_loo_compare_without_a_group_reports_the_one_model(cohort, single):
+    import statsmodels.api as sm
+    table = loo_compare(cohort, outcome="death", group=None, predictors=["male", "sepsis"], hierarchical=single,
+                        n_draws=600)
+    assert table["model"].tolist() == ["single-level"] and table.loc[0, "weight"] == 1.0
+    glm = sm.GLM(cohort["death"], sm.add_constant(cohort[["male", "sepsis"]]), family=sm.families.Binomial()).fit()
+    assert abs(table.loc[0, "elpd_loo"] - (glm.llf - 3)) < 1.5 and abs(table.loc[0, "p_loo"] - 3) < 1.0
+    with pytest.raises(ValueError, match="fitted on the same groups"):
+        loo_compare(cohort, outcome="death", group="hospital", predictors=["male", "sepsis"], hierarchical=single)
+
+
+def test_cox_baseline_without_group_matches_lifelines(cohort):
+    from lifelines import CoxPHFitter
+    plain = cox_baseline(cohort, duration="los", event="death", predictors=["male", "sepsis"])
+    clustered = cox_baseline(cohort, duration="los", event="death", predictors=["male", "sepsis"], group="hospital")
+    reference = CoxPHFitter().fit(cohort[["los", "death", "male", "sepsis"]], "los", "death").summary
+    np.testing.assert_allclose(plain["hazard_ratio"], reference["exp(coef)"], rtol=1e-10)
+    np.testing.assert_allclose(plain["low"], reference["exp(coef) lower 95%"], rtol=1e-10)
+    np.testing.assert_allclose(clustered["hazard_ratio"], plain["hazard_ratio"], rtol=1e-10)
+    assert not np.allclose(clustered["low"], plain["low"])
+
+
+def test_lightgbm_cv_without_group_uses_seeded_stratified_folds(cohort):
+    first = lightgbm_cv(cohort, outcome="death", features=["male", "sepsis"], group=None, seed=2, n_splits=3)
+    second = lightgbm_cv(cohort, outcome="death", features=["male", "sepsis"], group=None, seed=2, n_splits=3)
+    pd.testing.assert_frame_equal(first["predictions"], second["predictions"])
+    per_fold = first["predictions"].groupby("fold")["outcome"].agg(["sum", "size"])
+    assert per_fold["sum"].max() - per_fold["sum"].min() <= 1 and per_fold["size"].max() - per_fold["size"].min() <= 1
+    assert first["predictions"]["group"].isna().all() and 0.5 < first["auroc"]["estimate"] < 1
+    third = lightgbm_cv(cohort, outcome="death", features=["male", "sepsis"], group=None, seed=3, n_splits=3)
+    assert not np.array_equal(third["predictions"]["fold"], first["predictions"]["fold"])

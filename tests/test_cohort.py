@@ -12,7 +12,7 @@ import yaml
 from clinpaper.cohort import CRITERIA, Cohort, build_cohort, connect_source, register_criterion, source_table
 from clinpaper.core import CohortError, SourceError, StudyError
 
-STUDY_FILE = Path(__file__).resolve().parents[1] / "book" / "study.yaml"
+STUDY_FILE = Path(__file__).resolve().parents[1] / "clinpaper" / "templates" / "hospital-variation" / "study.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +207,32 @@ def test_bad_study_and_source(study, omop, tmp_path):
 def test_source_table_lower_cases_columns(omop):
     con = connect_source(omop)
     assert source_table(con, "DEATH").columns[:2] == ("person_id", "death_date")
+
+
+@pytest.mark.parametrize("table", ["visit_occurrence", "person"])
+def test_group_of_a_condition_indexed_study_comes_from_the_visit_or_the_person(study, omop, table):
+    "A condition record has no care site: the group is read from its visit, or from the person."
+    condition_study = copy.deepcopy(study)
+    condition_study["cohort"] = {"index": {"event": "condition", "concepts": [132797], "occurrence": "first"},
+                                 "criteria": []}
+    condition_study["outcome"] = {"id": "death_in_hospital", "label": "Death", "type": "death",
+                                  "window": {"start_day": 0, "end_day": 30}}
+    condition_study["group"] = {**condition_study["group"], "table": table}
+    condition_study["features"] = {"demographics": ["age", "sex"]}
+    built = build_cohort(condition_study, omop)
+    link = ("join visit_occurrence g using (visit_occurrence_id)" if table == "visit_occurrence"
+            else "join person g using (person_id)")
+    con = duckdb.connect(str(omop), read_only=True)
+    expected = dict(con.execute(f"""
+        with ranked as (
+            select co.*, row_number() over (partition by co.person_id
+                                            order by co.condition_start_date, co.condition_occurrence_id) as r
+            from condition_occurrence co
+            join concept_ancestor ca on ca.descendant_concept_id = co.condition_concept_id
+                                    and ca.ancestor_concept_id = 132797)
+        select g.care_site_id, count(*) from ranked {link}
+        where r = 1 and g.care_site_id is not null group by 1""").fetchall())
+    con.close()
+    got = built.table["hospital"].value_counts().to_dict()
+    assert {int(k): int(v) for k, v in got.items()} == expected
+    assert sum(expected.values()) > 20

@@ -199,6 +199,13 @@ def test_errors_keep_an_earlier_page(two_runs, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_command_line_defaults_inside_the_project(paper, external_run):
+    "From a folder of the project, runs are found in _runs/ and the page goes to _build/."
+    done = clinpaper("compare", "first", "external", cwd=paper["project"] / "_data")
+    page = paper["project"] / "_build" / "compare_first_vs_external" / "index.html"
+    assert page.is_file() and f"comparison: {page}" in done.stdout
+
+
 def test_command_line(two_runs, tmp_path):
     if "compare" not in clinpaper("--help").stdout:
         pytest.skip("the CLI has no compare subcommand yet")

