@@ -408,6 +408,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'clinpaper.paper.PaperStudy': ('paper.html#paperstudy', 'clinpaper/paper.py'),
                                  'clinpaper.paper.PaperStudy.__init__': ('paper.html#paperstudy.__init__', 'clinpaper/paper.py'),
                                  'clinpaper.paper.PaperStudy.__repr__': ('paper.html#paperstudy.__repr__', 'clinpaper/paper.py'),
+                                 'clinpaper.paper.PaperStudy.glue_id': ('paper.html#paperstudy.glue_id', 'clinpaper/paper.py'),
                                  'clinpaper.paper.PaperStudy.group': ('paper.html#paperstudy.group', 'clinpaper/paper.py'),
                                  'clinpaper.paper.PaperStudy.group_label': ('paper.html#paperstudy.group_label', 'clinpaper/paper.py'),
                                  'clinpaper.paper.PaperStudy.group_plural': ('paper.html#paperstudy.group_plural', 'clinpaper/paper.py'),
@@ -496,7 +497,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'clinpaper.run.merge_prose': ('run.html#merge_prose', 'clinpaper/run.py'),
                                'clinpaper.run.package_versions': ('run.html#package_versions', 'clinpaper/run.py'),
                                'clinpaper.run.read_notebook': ('run.html#read_notebook', 'clinpaper/run.py'),
-                               'clinpaper.run.resolve_source': ('run.html#resolve_source', 'clinpaper/run.py'),
                                'clinpaper.run.run_study': ('run.html#run_study', 'clinpaper/run.py')},
             'clinpaper.survival': { 'clinpaper.survival.HierarchicalSurvival': ( 'survival.html#hierarchicalsurvival',
                                                                                  'clinpaper/survival.py'),
@@ -551,4 +551,5 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'clinpaper.synth._write_small_tables': ('synth.html#_write_small_tables', 'clinpaper/synth.py'),
                                  'clinpaper.synth._year_month_day': ('synth.html#_year_month_day', 'clinpaper/synth.py'),
                                  'clinpaper.synth.completed_years': ('synth.html#completed_years', 'clinpaper/synth.py'),
-                                 'clinpaper.synth.synthesize': ('synth.html#synthesize', 'clinpaper/synth.py')}}}
+                                 'clinpaper.synth.synthesize': ('synth.html#synthesize', 'clinpaper/synth.py'),
+                                 'clinpaper.synth.synthesize_flat': ('synth.html#synthesize_flat', 'clinpaper/synth.py')}}}

