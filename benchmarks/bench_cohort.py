@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "_out"
-STUDY = ROOT / "book" / "study.yaml"
+STUDY = ROOT / "clinpaper" / "templates" / "hospital-variation" / "study.yaml"
 
 
 def peak_rss_bytes() -> int:

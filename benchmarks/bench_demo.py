@@ -20,10 +20,10 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 
 
-def timed(*args):
+def timed(*args, cwd=None):
     tick = time.perf_counter()
     subprocess.run([str(BIN / "clinpaper"), *map(str, args)], check=True,
-                   stdout=subprocess.DEVNULL)
+                   stdout=subprocess.DEVNULL, cwd=cwd)
     return time.perf_counter() - tick
 
 
@@ -34,12 +34,14 @@ def main():
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="clinpaper-bench-"))
+    timed("new", "paper", "--template", "hospital-variation", cwd=work)   # the demo, as a user makes it
+    project = work / "paper"
     cohort = work / "demo.duckdb"
     synth = timed("synth", "--out", cohort, "--patients", args.patients, "--sites", args.sites,
                   "--seed", args.seed)
     truth = json.loads(cohort.with_suffix(".truth.json").read_text())
-    run = timed("run", "--cohort", cohort, "--name", "bench", "--out", work / "runs")
-    build = timed("build", "bench", "--runs", work / "runs", "--out", work / "builds")
+    run = timed("run", "--cohort", cohort, "--name", "bench", "--out", work / "runs", cwd=project)
+    build = timed("build", "bench", "--runs", work / "runs", "--out", work / "builds", cwd=project)
     manifest = json.loads((work / "runs" / "bench" / "manifest.json").read_text())
     results = json.loads((work / "runs" / "bench" / "results.json").read_text())
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")

@@ -183,7 +183,7 @@ def _estimates_section(run_a, run_b, threshold) -> pd.DataFrame:
              if not _is_count_like(n, texts_a.get(n), texts_b.get(n))
              and not _PERFORMANCE_NAME.search(n)]
     first = [n for n in names if n.startswith("or_")]
-    first += [n for n in ("sigma_hospital", "median_odds_ratio") if n in names]
+    first += [n for n in ("sigma_group", "sigma_hospital", "median_odds_ratio") if n in names]
     ordered = first + sorted(n for n in names if n not in first)
     data = pd.DataFrame(_value_rows(ordered, texts_a, texts_b, threshold), columns=_VALUE_COLUMNS)
     return _with_note(data, "" if len(data) else "Neither run recorded an estimate.")

@@ -116,7 +116,8 @@ STUDY_SCHEMA = {
     "analysis": {
         "exposure": Field(str),              # the analysis column that holds the exposure group
         "treated": Field(str),               # the exposure id compared with the others
-        "weighting": Field(str, choices=("overlap", "iptw")),
+        "weighting": Field(str, choices=("overlap", "iptw", "iptw_stabilized")),
+        "trim": Field(list, items=NUMBER, required=False),   # [low, high]: scores outside get weight 0
         "covariates": Field(list, items=str),
         "_optional": True,
     },

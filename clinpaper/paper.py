@@ -18,8 +18,9 @@ from .core import RunError, StudyError, format_interval, mask_count
 from .report import Reporter
 
 # %% auto #0
-__all__ = ['DEFAULT_AGE_BANDS', 'study_codebook', 'check_study', 'PaperStudy', 'PaperFiles', 'PaperModelFrame', 'PaperChoices',
-           'band', 'PaperDisplay', 'methods_cohort', 'Paper']
+__all__ = ['DEFAULT_AGE_BANDS', 'METRIC_LABELS', 'METRIC_DIGITS', 'SOFTWARE_NAMES', 'study_codebook', 'check_study', 'PaperStudy',
+           'PaperFiles', 'PaperModelFrame', 'PaperChoices', 'band', 'PaperDisplay', 'PaperManuscript', 'methods_cohort',
+           'Paper']
 
 # %% ../nbs/06a_paper.ipynb #c005
 def study_codebook(study: dict) -> dict:
@@ -328,6 +329,7 @@ class PaperChoices:
                 declared.append({"column": "age", "label": f"{self.label('age')}, years", "bands": DEFAULT_AGE_BANDS})
             if self.group and self.group in data:
                 declared.append({"column": self.group, "label": self.group_label})
+        codebook = self.codebook()
         found = []
         for subgroup in declared:
             column = subgroup["column"]
@@ -336,7 +338,13 @@ class PaperChoices:
                 values = band(values, subgroup["bands"])
             elif column == self.group:
                 values = self.group_label + " " + values.astype(str)
-            found.append((column, subgroup["label"], values.astype(str)))
+            elif (codebook.get(column) or {}).get("type") == "binary":
+                values = values.map({0: "No", 1: "Yes"}).fillna("Missing")
+            values = values.astype(str)
+            # natural order: 'Hospital 2' before 'Hospital 10', '18-49' before '50-64'
+            levels = sorted(values.unique(), key=_natural_key)
+            found.append((column, subgroup["label"], pd.Series(pd.Categorical(values, categories=levels),
+                                                                index=values.index)))
         return found
 
     def baseline_features(self, data: pd.DataFrame) -> list[str]:
@@ -373,6 +381,11 @@ class PaperChoices:
         if analysis in ("pooling", "observed_expected"):
             return wanted and self.group is not None
         return wanted
+
+
+def _natural_key(text: str) -> list:
+    "'Hospital 10' sorts after 'Hospital 2'; 'Missing' last."
+    return [text == "Missing"] + [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
 def band(values: pd.Series, lower_limits) -> pd.Series:
@@ -416,6 +429,71 @@ class PaperDisplay:
 
     def figure(self, name: str, fig, *, caption: str = ""):
         return self.report.figure(name, fig, caption=caption)
+
+# %% ../nbs/06a_paper.ipynb #c111
+METRIC_LABELS = {"auroc": "AUROC", "auprc": "AUPRC", "brier": "Brier score",
+                 "scaled_brier": "Scaled Brier score", "calibration_intercept": "Calibration intercept",
+                 "calibration_slope": "Calibration slope", "observed_expected": "Observed/expected",
+                 "ici": "ICI", "e50": "E50", "e90": "E90"}
+METRIC_DIGITS = {"auroc": 3, "auprc": 3, "brier": 4, "ici": 4, "e50": 4, "e90": 4}
+SOFTWARE_NAMES = {"python": "Python", "pymc": "PyMC", "nutpie": "nutpie", "arviz": "ArviZ",
+                  "duckdb": "DuckDB", "ibis-framework": "Ibis", "pandas": "pandas",
+                  "statsmodels": "statsmodels", "lifelines": "lifelines", "lightgbm": "LightGBM",
+                  "papermill": "papermill", "jupyter-book": "Jupyter Book"}
+
+
+class PaperManuscript:
+    "Shown tables and the manuscript's front and back matter (mixed into Paper)."
+
+    def performance_table(self, summary: pd.DataFrame) -> pd.DataFrame:
+        "A tidy performance summary (evaluate.performance_summary) as shown: metric, estimate (95% CI), CI method."
+        shown = summary[summary["metric"].isin(METRIC_LABELS)]
+        return pd.DataFrame({
+            "Metric": shown["metric"].map(METRIC_LABELS).to_list(),
+            "Estimate (95% CI)": [
+                self.interval(r.estimate, r.low, r.high, digits=METRIC_DIGITS.get(r.metric, 2), label="95% CI")
+                if np.isfinite(r.low) else f"{r.estimate:.{METRIC_DIGITS.get(r.metric, 2)}f}"
+                for r in shown.itertuples()],
+            "CI method": shown["method"].to_list()})
+
+    def record_metric(self, prefix: str, summary: pd.DataFrame, metric: str, digits: int = 2) -> str:
+        "Glue one metric of a performance summary as `PREFIX_METRIC`: estimate (95% CI)."
+        row = summary.set_index("metric").loc[metric]
+        return self.text(f"{prefix}_{metric}", float(row["estimate"]),
+                         self.interval(row["estimate"], row["low"], row["high"], digits=digits, label="95% CI"))
+
+    def record_manuscript_matter(self, *, software=("python", "pymc", "nutpie", "arviz", "duckdb",
+                                                    "ibis-framework", "pandas", "papermill", "jupyter-book")) -> None:
+        "Record the title page, the software sentence, the checklist table and the reproducibility table."
+        import json
+        from clinpaper.report import checklist_table, load_checklist
+        from clinpaper.run import package_versions
+        versions = package_versions(tuple(n for n in software if n != "python") + ("clinpaper",))
+        named = [f"{SOFTWARE_NAMES.get(n, n)} {versions[n]}" for n in software if versions.get(n)]
+        self.text("software", versions, ", ".join(named[:-1]) + f" and {named[-1]}" if len(named) > 1 else "".join(named))
+        self.text("title", self.study["title"])
+        self.text("short_title", self.study.get("short_title", self.study["title"]))
+        self.text("authors", ", ".join(self.study.get("authors", [])) or "For the authors to fill")
+        if self.study.get("checklist"):
+            checklist = load_checklist(Path(self.study["_dir"]) / self.study["checklist"])
+            self.text("checklist_name", checklist["name"])
+            self.table("table_checklist", checklist_table(checklist), caption=f"{checklist['name']} checklist.")
+        manifest_file = self.run_dir / "manifest.json"
+        if not manifest_file.is_file():
+            raise RunError(f"{manifest_file}: no manifest; the manuscript runs inside a run made by `clinpaper run`.")
+        manifest = json.loads(manifest_file.read_text())
+        shown = lambda value: "not set" if value is None else str(value)
+        git = manifest.get("git") or {}
+        facts = [("Data source", Path(manifest["source"]["path"]).name),
+                 ("Data fingerprint (SHA-256)", manifest["source"]["fingerprint"]["sha256"]),
+                 ("Study file (SHA-256)", manifest["study"]["sha256"]),
+                 ("Random seed", shown(manifest["seed"])),
+                 ("Parameters", ", ".join(f"{k}={shown(v)}" for k, v in manifest["parameters"].items())),
+                 ("Code version (git commit)", (git["commit"][:12] if git.get("commit") else "not under git")
+                  + (" with uncommitted changes" if git.get("dirty") else "")),
+                 ("Python packages", ", ".join(f"{k} {v}" for k, v in manifest["packages"].items() if v))]
+        self.table("table_reproducibility", pd.DataFrame(facts, columns=["Item", "Value"]),
+                   caption="What this run was made of.")
 
 # %% ../nbs/06a_paper.ipynb #c101
 _EVENT_NOUNS = {"visit": "visit", "drug": "drug exposure", "condition": "condition record"}
@@ -469,5 +547,5 @@ def methods_cohort(study: dict) -> str:
     return " ".join(parts)
 
 # %% ../nbs/06a_paper.ipynb #c022
-class Paper(PaperStudy, PaperFiles, PaperModelFrame, PaperChoices, PaperDisplay):
+class Paper(PaperStudy, PaperFiles, PaperModelFrame, PaperChoices, PaperDisplay, PaperManuscript):
     "The study, the run folder and the display policy of one paper notebook (`Paper.open(run_dir, study_path)`)."

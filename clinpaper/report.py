@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import math
 import os
@@ -22,8 +23,9 @@ from .core import RunError, mask_count
 
 # %% auto #0
 __all__ = ['CHECKED_SECTIONS', 'to_jsonable', 'GlueRecord', 'write_json_atomic', 'read_results', 'Reporter', 'reglue',
-           'myst_to_pandoc', 'glue_uses', 'glue_producers', 'typed_numbers', 'check_typed_numbers', 'load_checklist',
-           'checklist_table', 'unreported_sections', 'notebook_markdown', 'render_manuscript']
+           'myst_to_pandoc', 'glue_uses', 'glue_producers', 'library_glue_producers', 'typed_numbers',
+           'check_typed_numbers', 'load_checklist', 'checklist_table', 'unreported_sections', 'notebook_markdown',
+           'render_manuscript']
 
 # %% ../nbs/06_report.ipynb #c005
 def to_jsonable(value):
@@ -335,28 +337,24 @@ def _strip_magics(code: str) -> str:
                      for line in code.splitlines())
 
 
-def glue_producers(code: str) -> dict:
-    """The glue names that notebook code records: `names` (literal), `patterns` (regular
-    expressions from f-strings), `dynamic` (line numbers of calls whose name is known only at
-    run time) and `strings` (every name-like string literal of the code, which a dynamic call
-    may be given)."""
-    found = {"names": set(), "patterns": set(), "dynamic": [], "strings": set()}
-    try:
-        tree = ast.parse(_strip_magics(code))
-    except SyntaxError:
-        literal = re.compile(r"\b(?:report|paper|reporter)\.(?:text|count|number|table|figure)"
-                             r"\(\s*[\"']([A-Za-z]\w*)[\"']")
-        found["names"].update(literal.findall(code))
-        found["dynamic"].append(0)
-        found["strings"].update(re.findall(r"[\"']([A-Za-z][A-Za-z0-9_]*)[\"']", code))
-        return found
+def _producers_of(tree, receivers) -> dict:
+    "The glue names that an AST records through `text`/`count`/... calls on `receivers`."
+    found = {"names": set(), "patterns": set(), "dynamic": [], "strings": set(), "calls": set()}
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) \
                 and _NAME_LITERAL.match(node.value):
             found["strings"].add(node.value)
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                and node.func.attr in _PRODUCER_METHODS
-                and _receiver(node.func.value) in _PRODUCER_OBJECTS):
+        if not isinstance(node, ast.Call):
+            continue
+        called = node.func.attr if isinstance(node.func, ast.Attribute) else \
+            node.func.id if isinstance(node.func, ast.Name) else None
+        on_paper = isinstance(node.func, ast.Attribute) and _receiver(node.func.value) in receivers
+        given_paper = any(_receiver(arg) in receivers for arg in
+                          [*node.args, *(k.value for k in node.keywords)])
+        if called and called not in _PRODUCER_METHODS and (on_paper or given_paper):
+            found["calls"].add(called)   # paper.record_...() or describe(paper): may record more
+        if not (isinstance(node.func, ast.Attribute) and called in _PRODUCER_METHODS
+                and _receiver(node.func.value) in receivers):
             continue
         argument = node.args[0] if node.args else next(
             (k.value for k in node.keywords if k.arg == "name"), None)
@@ -368,6 +366,75 @@ def glue_producers(code: str) -> dict:
             found["patterns"].add(pattern)
         else:
             found["dynamic"].append(node.lineno)
+    return found
+
+
+def glue_producers(code: str) -> dict:
+    """The glue names that notebook code records: `names` (literal), `patterns` (regular
+    expressions from f-strings), `dynamic` (line numbers of calls whose name is known only at
+    run time), `strings` (every name-like string literal of the code, which a dynamic call
+    may be given) and `calls` (the functions and methods it calls, which may record more)."""
+    try:
+        tree = ast.parse(_strip_magics(code))
+    except SyntaxError:
+        literal = re.compile(r"\b(?:report|paper|reporter)\.(?:text|count|number|table|figure)"
+                             r"\(\s*[\"']([A-Za-z]\w*)[\"']")
+        return {"names": set(literal.findall(code)), "patterns": set(), "dynamic": [0],
+                "strings": set(re.findall(r"[\"']([A-Za-z][A-Za-z0-9_]*)[\"']", code)),
+                "calls": set()}
+    return _producers_of(tree, _PRODUCER_OBJECTS)
+
+# %% ../nbs/06_report.ipynb #g007
+@functools.lru_cache(maxsize=1)
+def _library_modules() -> dict:
+    "{path: source text} of the installed package's modules."
+    import clinpaper
+    package = Path(clinpaper.__file__).resolve().parent
+    return {module: module.read_text() for module in sorted(package.glob("*.py"))
+            if not module.name.startswith("_")}   # _modidx.py: nbdev's index, no code
+
+
+@functools.lru_cache(maxsize=None)
+def _function_nodes(module: Path) -> dict:
+    "{name: [FunctionDef, ...]} of one module (parsed once, only when a notebook needs it)."
+    try:
+        tree = ast.parse(_library_modules()[module])
+    except SyntaxError:
+        return {}
+    nodes = {}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            nodes.setdefault(node.name, []).append(node)
+    return nodes
+
+
+@functools.lru_cache(maxsize=None)
+def _function_glue(name: str) -> dict:
+    "The glue producers of every library function or method called `name`, merged."
+    merged = {"names": set(), "patterns": set(), "dynamic": [], "strings": set(), "calls": set()}
+    for module, text in _library_modules().items():
+        if f"def {name}(" not in text:
+            continue
+        for node in _function_nodes(module).get(name, []):
+            made = _producers_of(node, _PRODUCER_OBJECTS | {"self"})
+            for key in ("names", "patterns", "strings", "calls"):
+                merged[key] |= made[key]
+            merged["dynamic"] += made["dynamic"]
+    return merged
+
+
+def library_glue_producers(calls) -> list[dict]:
+    "The glue producers of the library functions named in `calls`, and of those they call in turn."
+    seen, pending, found = set(), sorted(calls), []
+    while pending:
+        name = pending.pop()
+        if name in seen or name in _PRODUCER_METHODS or name.startswith("__"):
+            continue
+        seen.add(name)
+        made = _function_glue(name)
+        if made["names"] or made["patterns"] or made["dynamic"]:
+            found.append(made)
+        pending += sorted(made["calls"] - seen)
     return found
 
 # %% ../nbs/06_report.ipynb #c020

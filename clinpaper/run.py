@@ -24,10 +24,12 @@ from pathlib import Path
 import yaml
 
 from .config import load_study, source_path
-from .core import (ClinpaperError, ProjectError, RunError, SourceError, StudyError,
-                            atomic_directory, find_project_root, project_root)
-from .report import (glue_producers, glue_uses, read_results, render_manuscript,
-                              to_jsonable, write_json_atomic)
+from .core import (
+    ClinpaperError, ProjectError, RunError, SourceError, StudyError, atomic_directory,
+    find_project_root, project_root)
+from .report import (
+    glue_producers, glue_uses, library_glue_producers, read_results, render_manuscript,
+    to_jsonable, write_json_atomic)
 
 # %% auto #0
 __all__ = ['PACKAGES', 'FLAT_SUFFIXES', 'NOTEBOOK_SUFFIXES', 'PAGE_SUFFIXES', 'default_runs_dir', 'default_build_dir',
@@ -262,6 +264,8 @@ def check_before_run(config: dict, notebooks: dict, *, root) -> dict:
         uses += _page_uses(notebook, Path(source), root)
         producers += [glue_producers(cell.source) for cell in notebook.cells
                       if cell.cell_type == "code"]
+    # the library functions the notebooks call may record glue names themselves
+    producers += library_glue_producers({call for made in producers for call in made["calls"]})
     unmade, nearest = {}, {}
     for name, where in uses:
         near = _made_by(name, producers)
@@ -469,7 +473,10 @@ def merge_prose(executed, source) -> tuple:
     cells = []
     for number, (before, after) in enumerate(zip(old, new)):
         cells += [c for c in before if _is_injected(c)]   # papermill's parameters stay
-        cells += [copy.deepcopy(c) for c in after]
+        for place, cell in enumerate(after):
+            cell = copy.deepcopy(cell)
+            cell["id"] = f"prose-{number}-{place}"   # unique beside the run's code cells
+            cells.append(cell)
         if number < len(codes):
             cells.append(codes[number])
     merged.cells = cells

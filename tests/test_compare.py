@@ -47,14 +47,14 @@ def table(run, name):
 def test_cohort_differences_are_b_minus_a(two_runs):
     a, b = results(two_runs / "A"), results(two_runs / "B")
     cohort = compare_runs(two_runs / "A", two_runs / "B")["cohort"].set_index("name")
-    for name in ("n_patients", "n_deaths", "n_index_events"):
+    for name in ("n_patients", "n_events", "n_index_events"):
         difference = b[name]["value"] - a[name]["value"]
         assert abs(difference) >= 11          # large enough to be shown
         assert cohort.loc[name, "difference"] == difference
         assert cohort.loc[name, "change"] == f"{difference:+,}"
         assert cohort.loc[name, ["A", "B"]].tolist() == [a[name]["text"], b[name]["text"]]
-    mortality = b["mortality_percent"]["value"] - a["mortality_percent"]["value"]
-    assert cohort.loc["mortality_percent", "difference"] == pytest.approx(mortality)
+    percent = b["outcome_percent"]["value"] - a["outcome_percent"]["value"]
+    assert cohort.loc["outcome_percent", "difference"] == pytest.approx(percent)
     # every masked count of either run stays masked, without a difference
     for name in cohort.index:
         if a.get(name, {}).get("text", "").startswith("<") or \
@@ -88,7 +88,7 @@ def test_flow_table_one_and_estimates_side_by_side(two_runs):
     estimates = sections["estimates"].set_index("name")
     odds = sorted(name for name in a if name.startswith("or_"))
     assert odds and list(estimates.index[:len(odds)]) == odds
-    for name in odds + ["sigma_hospital", "median_odds_ratio"]:
+    for name in odds + ["sigma_group", "median_odds_ratio"]:
         assert estimates.loc[name, ["A", "B"]].tolist() == [a[name]["text"], b[name]["text"]]
         assert estimates.loc[name, "difference"] == pytest.approx(b[name]["value"] - a[name]["value"])
     # B ran with another seed: the methods text differs in it, and the change says so

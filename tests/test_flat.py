@@ -16,7 +16,7 @@ from clinpaper.core import CohortError, SourceError, StudyError
 from clinpaper.describe import flow_table, table_one
 from clinpaper.flat import codebook_schema, load_codebook, load_flat
 
-STUDY_FILE = Path(__file__).resolve().parents[1] / "book" / "study.yaml"
+STUDY_FILE = Path(__file__).resolve().parents[1] / "clinpaper" / "templates" / "hospital-variation" / "study.yaml"
 
 
 @pytest.fixture(scope="module")

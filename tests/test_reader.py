@@ -111,7 +111,7 @@ def test_html_manuscript_shows_glued_values(paper):
     html = paper["builds"] / "first" / "html" / "manuscript.html"
     text = squash(BeautifulSoup(html.read_text(), "html.parser").get_text(" "))
     results = results_of(paper)
-    for name in ("n_patients", "n_deaths", "mortality_percent", "or_sepsis", "apparent_auroc",
+    for name in ("n_patients", "n_events", "outcome_percent", "or_sepsis", "apparent_auroc",
                  "cv_auroc", "median_odds_ratio"):
         assert squash(results[name]["text"]) in text, name
     assert not PLACEHOLDERS.search(BeautifulSoup(html.read_text(), "html.parser")
@@ -136,7 +136,7 @@ def test_docx_as_word_would_show_it(paper):
     assert not PLACEHOLDERS.search(text), PLACEHOLDERS.search(text)
     assert not PLACEHOLDERS.search(cells)
     results = results_of(paper)
-    for name in ("n_patients", "n_deaths", "or_sepsis", "apparent_auroc"):
+    for name in ("n_patients", "n_events", "or_sepsis", "apparent_auroc"):
         assert results[name]["text"] in text, name
     # the main figures carry numbered captions, in order: Figure 1., Figure 2., ...
     captions = [p.text for p in document.paragraphs if p.style.name == "Image Caption"]
@@ -159,5 +159,5 @@ def test_pdf_pages_render_and_hold_the_values(paper, tmp_path):
         assert ImageStat.Stat(Image.open(image).convert("L")).stddev[0] > 5, image.name
     text = squash("".join(page.extract_text() for page in reader.pages))
     results = results_of(paper)
-    for name in ("n_patients", "n_deaths", "or_sepsis", "apparent_auroc", "median_odds_ratio"):
+    for name in ("n_patients", "n_events", "or_sepsis", "apparent_auroc", "median_odds_ratio"):
         assert squash(results[name]["text"]) in text, name

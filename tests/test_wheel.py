@@ -20,7 +20,7 @@ from conftest import BIN, ROOT, TEMPLATES, clinpaper, new_project
 pytestmark = pytest.mark.slow
 # the wheel test's own small settings, applied to whichever the study declares: few draws, and a
 # convergence gate loose enough for them (this test is about packaging, not about estimates)
-QUICK = {"draws": 300, "tune": 300, "chains": 2, "bootstrap": 50, "r_hat_max": 1.05, "ess_min": 100}
+QUICK = {"draws": 500, "tune": 500, "chains": 2, "bootstrap": 50, "r_hat_max": 1.05, "ess_min": 50}
 TEMPLATE_NAMES = sorted(p.name for p in TEMPLATES.iterdir()
                         if p.is_dir() and (p / "template.yaml").is_file())
 
