@@ -392,6 +392,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'clinpaper.paper.PaperFiles.label': ('paper.html#paperfiles.label', 'clinpaper/paper.py'),
                                  'clinpaper.paper.PaperFiles.load_model': ('paper.html#paperfiles.load_model', 'clinpaper/paper.py'),
                                  'clinpaper.paper.PaperFiles.model_dir': ('paper.html#paperfiles.model_dir', 'clinpaper/paper.py'),
+                                 'clinpaper.paper.PaperFiles.names': ('paper.html#paperfiles.names', 'clinpaper/paper.py'),
                                  'clinpaper.paper.PaperFiles.other_run': ('paper.html#paperfiles.other_run', 'clinpaper/paper.py'),
                                  'clinpaper.paper.PaperFiles.predictions': ('paper.html#paperfiles.predictions', 'clinpaper/paper.py'),
                                  'clinpaper.paper.PaperFiles.save_analysis': ('paper.html#paperfiles.save_analysis', 'clinpaper/paper.py'),

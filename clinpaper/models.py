@@ -153,7 +153,7 @@ def check_convergence(idata, *, var_names=None, r_hat_max: float = 1.01, ess_min
     for parameter, row in table.iterrows():
         problems = []
         if not np.isfinite(row["r_hat"]) or row["r_hat"] > r_hat_max:
-            problems.append(f"r_hat {row['r_hat']:.2f} > {r_hat_max:g}")
+            problems.append(f"r_hat {row['r_hat']:.3f} > {r_hat_max:g}")
         for column in ("ess_bulk", "ess_tail"):
             if not np.isfinite(row[column]) or row[column] < ess_min:
                 problems.append(f"{column} {row[column]:.0f} < {ess_min:g}")
@@ -756,31 +756,37 @@ class HierarchicalLogistic(HierarchicalModel):
             low[rows], high[rows] = hdi(probability, prob=hdi_prob)
         return pd.DataFrame({"mean": mean, "low": low, "high": high}, index=df.index)
 
-    def methods_text(self) -> str:
-        "A paragraph for a paper's Methods: model, priors and (once fitted) the sampler settings."
+    def methods_text(self, *, names: dict | None = None, group_plural: str | None = None) -> str:
+        """A paragraph for a paper's Methods: model, priors and (once fitted) the sampler settings.
+        `names` gives the words of the outcome, the group and each predictor (default: their column
+        names); `group_plural` the group's plural (default: its name + 's')."""
         priors = self.priors_
+        names = dict(names or {})
+        outcome, group = names.get(self.outcome, self.outcome), names.get(self.group, self.group)
+        groups = group_plural or f"{group}s"
+        predictors = ", ".join(names.get(p, p) for p in self.predictors)
         likelihood = "binomial counts of events out of trials" if self.trials else "a binary outcome"
         if self.group is None:
-            text = (f"We fitted a Bayesian logistic regression of {self.outcome} ({likelihood}) on "
-                    f"{', '.join(self.predictors)}, a single-level model without group effects. Priors were "
+            text = (f"We fitted a Bayesian logistic regression of {outcome} ({likelihood}) on "
+                    f"{predictors}, a single-level model without group effects. Priors were "
                     f"weakly informative: {prior_text(priors['beta'])} for each coefficient (log odds ratio) and "
                     f"{prior_text(priors['intercept'])} for the intercept with predictors centred at their means.")
         else:
             slopes = ""
             if self.random_slopes:
-                slopes = (f" and random slopes for {', '.join(self.random_slopes)} (independent, "
-                          f"between-{self.group} SDs {prior_text(priors['sigma_slope'])})")
+                slopes = (f" and random slopes for {', '.join(names.get(s, s) for s in self.random_slopes)} "
+                          f"(independent, between-{group} SDs {prior_text(priors['sigma_slope'])})")
             parameterization = getattr(self, "parameterization_", self.parameterization)
             if parameterization == "auto":
                 parameterization = "centered or non-centered"
-            chosen = (f" (chosen from the data: centered when nine in ten {self.group}s' effects have a standard "
+            chosen = (f" (chosen from the data: centered when nine in ten {groups}' effects have a standard "
                       f"error below 0.25 on the log-odds scale)" if self.parameterization == "auto" else "")
-            text = (f"We fitted a Bayesian hierarchical logistic regression of {self.outcome} ({likelihood}) on "
-                    f"{', '.join(self.predictors)}, with random intercepts by {self.group}{slopes}, in a "
+            text = (f"We fitted a Bayesian hierarchical logistic regression of {outcome} ({likelihood}) on "
+                    f"{predictors}, with random intercepts by {group}{slopes}, in a "
                     f"{parameterization} parameterization{chosen}. Priors were weakly informative: "
                     f"{prior_text(priors['beta'])} for each coefficient (log odds ratio), "
                     f"{prior_text(priors['intercept'])} for the intercept with predictors centred at their means, "
-                    f"and {prior_text(priors['sigma_group'])} for the between-{self.group} standard deviation.")
+                    f"and {prior_text(priors['sigma_group'])} for the between-{group} standard deviation.")
         if hasattr(self, "sampling_"):
             settings = self.sampling_
             engine = ("nutpie's No-U-Turn sampler (with a low-rank modified mass matrix)"

@@ -223,6 +223,17 @@ class PaperFiles:
         path = self.run_dir / "data" / "codebook.yaml"
         return yaml.safe_load(path.read_text()) if path.is_file() else study_codebook(self.study)
 
+    @property
+    def names(self) -> dict:
+        "Column -> its words in running text (codebook labels, the model's predictor labels, the outcome, the group)."
+        names = {c: _lower_first(e.get("label") or c) for c, e in self.codebook().items()}
+        names.update({c: _lower_first(label) for c, label in
+                      ({p["column"]: p["label"] for p in (self.study.get("model") or {}).get("predictors", [])}).items()})
+        names[self.outcome] = _lower_first(self.outcome_label)
+        if self.group:
+            names[self.group] = _lower_first(self.group_label)
+        return names
+
     def label(self, column: str) -> str:
         "A column's label from the codebook (the column name when it has none)."
         return (self.codebook().get(column) or {}).get("label") or column

@@ -355,9 +355,13 @@ class HierarchicalSurvival(HierarchicalModel):
                                       index=df.index))
         return pd.concat(parts)
 
-    def methods_text(self) -> str:
-        "A paragraph for a paper's Methods: model, priors and (once fitted) the sampler settings."
+    def methods_text(self, *, names: dict | None = None) -> str:
+        """A paragraph for a paper's Methods: model, priors and (once fitted) the sampler settings.
+        `names` gives the words of the event, the duration, the group and each predictor."""
         priors = self.priors_
+        names = dict(names or {})
+        event, duration = names.get(self.event, self.event), names.get(self.duration, self.duration)
+        group, predictors = names.get(self.group, self.group), ", ".join(names.get(p, p) for p in self.predictors)
         if self.baseline == "weibull":
             baseline = (f"a Weibull baseline hazard (proportional-hazards form; {prior_text(priors['log_shape'])} "
                         f"for the log shape, {prior_text(priors['intercept'])} for the log baseline hazard)")
@@ -368,10 +372,10 @@ class HierarchicalSurvival(HierarchicalModel):
             baseline = (f"a piecewise-constant baseline hazard ({len(cuts) + 1 if cuts else self.n_intervals} "
                         f"intervals {where}; {prior_text(priors['intercept'])} for each log baseline hazard), "
                         "fitted with the equivalent Poisson likelihood")
-        text = (f"We fitted a Bayesian proportional-hazards model of time to {self.event} ({self.duration}, "
-                f"right-censored) on {', '.join(self.predictors)}, with {baseline} and a log-normal frailty by "
-                f"{self.group} in a non-centered parameterization. Priors were {prior_text(priors['beta'])} for each "
-                f"log hazard ratio and {prior_text(priors['sigma_group'])} for the between-{self.group} standard "
+        text = (f"We fitted a Bayesian proportional-hazards model of time to {event} ({duration}, "
+                f"right-censored) on {predictors}, with {baseline} and a log-normal frailty by "
+                f"{group} in a non-centered parameterization. Priors were {prior_text(priors['beta'])} for each "
+                f"log hazard ratio and {prior_text(priors['sigma_group'])} for the between-{group} standard "
                 f"deviation of the log frailty.")
         if hasattr(self, "sampling_"):
             engine = "nutpie's No-U-Turn sampler" if self.sampler_ == "nutpie" else "PyMC's No-U-Turn sampler"
