@@ -163,7 +163,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'clinpaper.config._check': ('config.html#_check', 'clinpaper/config.py'),
                                   'clinpaper.config._describe': ('config.html#_describe', 'clinpaper/config.py'),
                                   'clinpaper.config._is_instance': ('config.html#_is_instance', 'clinpaper/config.py'),
-                                  'clinpaper.config._project_root': ('config.html#_project_root', 'clinpaper/config.py'),
                                   'clinpaper.config._study_rules': ('config.html#_study_rules', 'clinpaper/config.py'),
                                   'clinpaper.config._type_name': ('config.html#_type_name', 'clinpaper/config.py'),
                                   'clinpaper.config.apply_overrides': ('config.html#apply_overrides', 'clinpaper/config.py'),

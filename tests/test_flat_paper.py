@@ -96,7 +96,8 @@ def test_lung_trial_paper_from_yaml_and_markdown_only(tmp_path):
     (project / "codebook.yaml").write_text(yaml.safe_dump(LUNG_CODEBOOK, sort_keys=False))
     study = yaml.safe_load((project / "study.yaml").read_text())
     (project / "study.yaml").write_text(yaml.safe_dump(lung_study(study), sort_keys=False))
-    clinpaper("run", "--name", "lung", "-p", "draws=1000", "-p", "ess_min=200", cwd=project)
+    clinpaper("run", "--name", "lung", "-p", "draws=600", "-p", "tune=600", "-p", "chains=2",
+              "-p", "ess_min=100", "-p", "bootstrap=50", cwd=project)
 
     results = json.loads((project / "_runs" / "lung" / "results.json").read_text())
     # the cohort against pandas on the package's own data: institution recorded, then the rules

@@ -11,11 +11,7 @@ import duckdb
 import pytest
 from bs4 import BeautifulSoup
 
-from conftest import ROOT, clinpaper, new_project
-
-# a quick run: a small posterior is enough to check the paper's plumbing, not its estimates
-QUICK = ["-p", "draws=300", "-p", "tune=300", "-p", "chains=2", "-p", "bootstrap=20",
-         "-p", "ess_min=100", "-p", "r_hat_max=1.05"]
+from conftest import ROOT
 
 # The study's cohort, written again in SQL from its definition (study_eunomia.yaml): the first
 # celecoxib or diclofenac exposure of each person (with descendant concepts), aged 18 or more,
@@ -67,20 +63,20 @@ def squash(text: str) -> str:
     return re.sub(r"\s+", "", text).replace("\u00ad", "")
 
 
+pytestmark = pytest.mark.xdist_group("wheel")   # the wheel test's prediction paper, made once
+
+
 @pytest.fixture(scope="module")
-def eunomia_paper(tmp_path_factory):
-    "The prediction paper on Eunomia: scaffolded, run (run `first`) and built from its own folder."
-    project = new_project(tmp_path_factory.mktemp("prediction") / "gi_bleed_risk", "prediction",
-                          "--source", "eunomia")
+def eunomia_paper(template_paper):
+    """The prediction paper on Eunomia: scaffolded by the wheel's `clinpaper new`, run (`first`,
+    with the session's quick settings) and built from its own folder (conftest.template_paper)."""
+    made = template_paper("prediction", "eunomia")
+    project, run, manifest = made["project"], made["run"], made["manifest"]
     assert not project.resolve().is_relative_to(ROOT)
-    clinpaper("run", "--name", "first", *QUICK, cwd=project)
-    built = clinpaper("build", "first", cwd=project)
-    run = project / "_runs" / "first"
-    manifest = json.loads((run / "manifest.json").read_text())
     with duckdb.connect(manifest["source"]["path"], read_only=True) as con:
         row = con.sql(COUNTS_SQL).fetchall()[0]
-    return {"project": project, "run": run, "build": project / "_build" / "first",
-            "stdout": built.stdout, "results": json.loads((run / "results.json").read_text()),
+    return {"project": project, "run": run, "build": made["build"],
+            "stdout": made["build_stdout"], "results": made["results"],
             "sql": dict(zip(("n_index_events", "n_patients", "n_events"), row))}
 
 
