@@ -169,7 +169,8 @@ def _split_directive(body: str) -> tuple[dict, str]:
 
 
 def _pipe_table(data: pd.DataFrame) -> str:
-    return data.to_markdown(index=False, tablefmt="pipe")
+    "A pipe table of the cells exactly as shown: '1.000' stays '1.000' (no parsing of numbers)."
+    return data.astype(str).to_markdown(index=False, tablefmt="pipe", disable_numparse=True)
 
 
 def _format_value(entry: dict, fmt: str | None, key: str) -> str:
