@@ -276,7 +276,7 @@ def check_before_run(config: dict, notebooks: dict, *, root) -> dict:
         hint = f"; did you mean `{nearest[name]}`?" if nearest[name] else ""
         problems.append(f"glue name `{name}` ({'; '.join(places)}) is made by no notebook "
                         f"of the study{hint}")
-    if not any("codebook" in p for p in problems):
+    if "outcome" in config and not any("codebook" in p for p in problems):
         # every column the study's choices name (predictors, Table 1, subgroups, baselines, the
         # follow-up time) must be a column of the analysis table that the study makes
         from clinpaper.paper import check_study
