@@ -311,6 +311,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'clinpaper.models.HierarchicalModel': ('models.html#hierarchicalmodel', 'clinpaper/models.py'),
                                   'clinpaper.models.HierarchicalModel._check_fitted': ( 'models.html#hierarchicalmodel._check_fitted',
                                                                                         'clinpaper/models.py'),
+                                  'clinpaper.models.HierarchicalModel._check_frame': ( 'models.html#hierarchicalmodel._check_frame',
+                                                                                       'clinpaper/models.py'),
                                   'clinpaper.models.HierarchicalModel._draws': ( 'models.html#hierarchicalmodel._draws',
                                                                                  'clinpaper/models.py'),
                                   'clinpaper.models.HierarchicalModel._group_effect_draws': ( 'models.html#hierarchicalmodel._group_effect_draws',

@@ -225,6 +225,18 @@ class HierarchicalModel:
         if not hasattr(self, "idata_"):
             raise NotFittedError(f"{type(self).__name__} is not fitted yet, call fit first.")
 
+    def _check_frame(self, df, needed) -> None:
+        "The checks every model's data share: a DataFrame, the `needed` columns, at least one row."
+        name = type(self).__name__
+        if not isinstance(df, pd.DataFrame):
+            raise TypeError(f"{name} expects a pandas DataFrame, got {type(df).__name__}.")
+        missing = [column for column in needed if column not in df.columns]
+        if missing:
+            raise CohortError(f"{name}: the data lack the column(s) {', '.join(map(repr, missing))}; "
+                              f"it has {len(df.columns)} columns. Check the spelling or the analysis table.")
+        if len(df) == 0:
+            raise CohortError(f"{name} got an empty data frame (0 rows); check the cohort's inclusion criteria.")
+
     def _draws(self, name):
         "Posterior draws of `name` stacked as (draws, ...) numpy array."
         return self.idata_.posterior[name].stack(sample=("chain", "draw")).transpose("sample", ...).values
@@ -515,17 +527,10 @@ class HierarchicalLogistic(HierarchicalModel):
     def _validate(self, df, *, for_fit: bool = True) -> None:
         "Raise CohortError (TypeError for a non-DataFrame) for data that `fit` or `predict` cannot use."
         name = "HierarchicalLogistic"
-        if not isinstance(df, pd.DataFrame):
-            raise TypeError(f"{name} expects a pandas DataFrame, got {type(df).__name__}.")
         needed = ([self.group] if self.group is not None else []) + self.predictors
         if for_fit:
             needed = [self.outcome, *needed] + ([self.trials] if self.trials else [])
-        missing = [column for column in needed if column not in df.columns]
-        if missing:
-            raise CohortError(f"{name}: the data lack the column(s) {', '.join(map(repr, missing))}; "
-                              f"it has {len(df.columns)} columns. Check the spelling or the analysis table.")
-        if len(df) == 0:
-            raise CohortError(f"{name} got an empty data frame (0 rows); check the cohort's inclusion criteria.")
+        self._check_frame(df, needed)
         for column in self.predictors:
             if not (pd.api.types.is_numeric_dtype(df[column]) or pd.api.types.is_bool_dtype(df[column])):
                 raise CohortError(f"Predictor `{column}` of {name} must be numeric, got dtype "

@@ -137,15 +137,7 @@ class HierarchicalSurvival(HierarchicalModel):
     def _validate(self, df, *, for_fit: bool = True) -> None:
         "Raise CohortError (TypeError for a non-DataFrame) for data that `fit` or `predict` cannot use."
         name = "HierarchicalSurvival"
-        if not isinstance(df, pd.DataFrame):
-            raise TypeError(f"{name} expects a pandas DataFrame, got {type(df).__name__}.")
-        needed = ([self.duration, self.event] if for_fit else []) + [self.group, *self.predictors]
-        missing = [column for column in needed if column not in df.columns]
-        if missing:
-            raise CohortError(f"{name}: the data lack the column(s) {', '.join(map(repr, missing))}; "
-                              f"it has {len(df.columns)} columns. Check the spelling or the analysis table.")
-        if len(df) == 0:
-            raise CohortError(f"{name} got an empty data frame (0 rows); check the cohort's inclusion criteria.")
+        self._check_frame(df, ([self.duration, self.event] if for_fit else []) + [self.group, *self.predictors])
         for column in self.predictors + ([self.duration, self.event] if for_fit else []):
             if not (pd.api.types.is_numeric_dtype(df[column]) or pd.api.types.is_bool_dtype(df[column])):
                 raise CohortError(f"Column `{column}` of {name} must be numeric, got dtype {df[column].dtype}"
