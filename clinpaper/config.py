@@ -47,6 +47,8 @@ STUDY_SCHEMA = {
     "manuscript": Field(str, required=False),
     "toc": Field(str, required=False),
     "checklist": Field(str, required=False),   # reporting checklist YAML, relative to the file
+    # the manuscript's page size (PDF and DOCX); default a4
+    "paper_size": Field(str, required=False, choices=("a4", "letter")),
     # the paper's design (written by `clinpaper new`): decides which sections the paper needs
     "design": Field(str, required=False, choices=("hospital-variation", "prediction", "comparative")),
     "source": {
