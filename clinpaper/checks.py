@@ -15,8 +15,8 @@ from .core import CohortError
 from .models import HierarchicalLogistic, sample_posterior
 
 # %% auto #0
-__all__ = ['prior_predictive', 'posterior_predictive_check', 'observed_expected_by_group', 'loo_compare', 'glm_baseline',
-           'cox_baseline', 'grouped_folds', 'lightgbm_cv']
+__all__ = ['prior_predictive', 'posterior_predictive_check', 'expected_risk', 'observed_expected_by_group', 'loo_compare',
+           'loo_summary', 'glm_baseline', 'cox_baseline', 'grouped_folds', 'lightgbm_cv']
 
 # %% ../nbs/04c_checks.ipynb #c005
 def _thin(n_total: int, n_draws: int | None) -> np.ndarray:
@@ -68,6 +68,15 @@ def _expit(x):
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
+def _levels(values: pd.Series) -> pd.Index:
+    "The distinct groups of a column in natural order: numbers by value, 'Hospital 2' before 'Hospital 10'."
+    from clinpaper.paper import _natural_key
+    unique = pd.unique(values)
+    if pd.api.types.is_numeric_dtype(values):
+        return pd.Index(unique).sort_values()
+    return pd.Index(sorted(unique, key=lambda value: _natural_key(str(value))))
+
+
 def _group_sums(values, codes, n_groups):
     "Sum the rows of `values` (rows x draws) within each group code: groups x draws."
     out = np.zeros((n_groups, values.shape[1]))
@@ -114,7 +123,7 @@ def prior_predictive(model, df: pd.DataFrame, *, draws: int = 200, seed: int = 0
     if model.group is None:  # one group: the whole cohort
         levels, codes = pd.Index(["All"]), np.zeros(len(df), dtype=int)
     else:
-        levels = pd.Index(pd.unique(df[model.group])).sort_values()
+        levels = _levels(df[model.group])
         codes = levels.get_indexer(df[model.group])
     priors_ = model.priors_
     intercept = _prior_draws(priors_["intercept"], draws, rng)
@@ -151,7 +160,7 @@ def posterior_predictive_check(model, df: pd.DataFrame, *, group: str | None = N
     if model.outcome not in df.columns:
         raise CohortError(f"posterior_predictive_check needs the outcome column `{model.outcome}`.")
     rng = np.random.default_rng(seed)
-    levels = pd.Index(pd.unique(df[by])).sort_values()
+    levels = _levels(df[by])
     codes = levels.get_indexer(df[by])
     replicated = np.zeros((len(levels), fixed.shape[1]))
     for start in range(0, len(df), 5000):
@@ -168,6 +177,26 @@ def posterior_predictive_check(model, df: pd.DataFrame, *, group: str | None = N
                          "rate_low": low / n, "rate_high": high / n, "p_value": p_value})
 
 # %% ../nbs/04c_checks.ipynb #c019
+def _marginal_risk(fixed: np.ndarray, sigma: np.ndarray, n_nodes: int) -> np.ndarray:
+    "Risk (rows x draws) in a group chosen at random: expit(fixed + sigma z), z ~ N(0, 1) integrated out (Gauss-Hermite)."
+    nodes, weights = np.polynomial.hermite_e.hermegauss(n_nodes)
+    weights = weights / weights.sum()
+    risk = np.zeros(fixed.shape)
+    for node, weight in zip(nodes, weights):
+        risk += weight * _expit(fixed + sigma * node)
+    return risk
+
+
+def expected_risk(model, df: pd.DataFrame, *, n_draws: int | None = 1000, n_nodes: int = 32) -> pd.Series:
+    """Each patient's expected risk without their group's own effect: the population-level part of a fitted
+    HierarchicalLogistic with the group effect integrated out over the between-group distribution, averaged
+    over the posterior; index aligned with `df`. A group's sum is its `expected` in `observed_expected_by_group`."""
+    fixed, _, sigma = _logistic_draws(model, df, n_draws=n_draws)
+    risk = np.concatenate([_marginal_risk(fixed[start:start + 2000], sigma, n_nodes).mean(axis=1)
+                           for start in range(0, len(df), 2000)]) if len(df) else np.zeros(0)
+    return pd.Series(risk, index=df.index, name="expected_risk")
+
+
 def observed_expected_by_group(model, df: pd.DataFrame, *, group: str | None = None, n_draws: int | None = 1000,
                                prob: float = 0.95, seed: int = 0, n_nodes: int = 32) -> pd.DataFrame:
     """Per group (of `group`, else of the model's group): n, observed, expected (mean and interval), oe with
@@ -176,18 +205,13 @@ def observed_expected_by_group(model, df: pd.DataFrame, *, group: str | None = N
     by = _check_group(model, df, group, "observed_expected_by_group")
     if model.outcome not in df.columns:
         raise CohortError(f"observed_expected_by_group needs the outcome column `{model.outcome}`.")
-    nodes, weights = np.polynomial.hermite_e.hermegauss(n_nodes)
-    weights = weights / weights.sum()
-    levels = pd.Index(pd.unique(df[by])).sort_values()
+    levels = _levels(df[by])
     codes = levels.get_indexer(df[by])
     expected = np.zeros((len(levels), fixed.shape[1]))
     predicted = np.zeros_like(expected)
     for start in range(0, len(df), 2000):
         rows = slice(start, start + 2000)
-        marginal = np.zeros(fixed[rows].shape)
-        for node, weight in zip(nodes, weights):
-            marginal += weight * _expit(fixed[rows] + sigma * node)
-        expected += _group_sums(marginal, codes[rows], len(levels))
+        expected += _group_sums(_marginal_risk(fixed[rows], sigma, n_nodes), codes[rows], len(levels))
         predicted += _group_sums(_expit(fixed[rows] + effects[rows]), codes[rows], len(levels))
     n = np.bincount(codes, minlength=len(levels))
     observed = np.bincount(codes, weights=df[model.outcome].to_numpy(dtype=float), minlength=len(levels))
@@ -288,6 +312,21 @@ def loo_compare(df: pd.DataFrame, *, outcome: str, group: str | None, predictors
     table["n_draws"] = [results[name].posterior.sizes["draw"] for name in table["model"]]
     return table[["model", "rank", "elpd_loo", "se", "p_loo", "elpd_diff", "dse", "weight", "warning",
                   "pareto_k_high", "n_draws"]]
+
+# %% ../nbs/04c_checks.ipynb #c025d
+def loo_summary(table: pd.DataFrame, names: dict | None = None) -> dict:
+    """The best model of a `loo_compare` table and each model's ELPD difference from it: {'best': model,
+    'best_name': its name in `names`, 'differences': {model: {'difference': elpd - best elpd (<= 0), 'se': ...}}}."""
+    missing = [c for c in ("model", "elpd_loo", "dse") if c not in table.columns]
+    if missing:
+        raise ValueError(f"loo_summary needs a loo_compare table; the columns {missing} are missing.")
+    names = dict(names or {})
+    ranked = table.sort_values("elpd_loo", ascending=False).reset_index(drop=True)
+    best, best_elpd = ranked.loc[0, "model"], float(ranked.loc[0, "elpd_loo"])
+    differences = {row.model: {"difference": float(row.elpd_loo) - best_elpd,
+                               "se": 0.0 if row.model == best else float(row.dse)}
+                   for row in ranked.itertuples()}
+    return {"best": best, "best_name": names.get(best, best), "differences": differences}
 
 # %% ../nbs/04c_checks.ipynb #c027
 def _require(df, columns, function):

@@ -401,7 +401,22 @@ def subgroup_performance(df: pd.DataFrame, *, outcome: str, prediction: str,
         row.update(observed_expected=oe["estimate"], observed_expected_low=oe["low"],
                    observed_expected_high=oe["high"])
         rows.append(row)
-    return pd.DataFrame(rows)
+    return _natural_rows(pd.DataFrame(rows), [c for c in by if _is_text(df[c])])
+
+
+def _is_text(column: pd.Series) -> bool:
+    "Names rather than numbers or an ordered category: the levels sorted as text by groupby."
+    return not (isinstance(column.dtype, pd.CategoricalDtype) or pd.api.types.is_numeric_dtype(column)
+                or pd.api.types.is_bool_dtype(column))
+
+
+def _natural_rows(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    "`table` with its rows in the natural order of the text `columns` ('Hospital 2' before 'Hospital 10'), stably."
+    if not columns or table.empty:
+        return table
+    from clinpaper.paper import _natural_key
+    order = sorted(range(len(table)), key=lambda i: [_natural_key(str(table[c].iloc[i])) for c in columns])
+    return table.iloc[order].reset_index(drop=True)
 
 # %% ../nbs/04a_evaluate.ipynb #c054
 def _optimism_metrics(y: np.ndarray, p: np.ndarray) -> dict:

@@ -18,9 +18,9 @@ from .describe import flow_table
 from .evaluate import auroc, calibration_curve, check_outcome, roc_curve
 
 # %% auto #0
-__all__ = ['OKABE_ITO', 'set_style', 'save_figure', 'plot_forest', 'plot_caterpillar', 'plot_flow', 'plot_roc',
-           'plot_calibration', 'plot_decision_curve', 'plot_kaplan_meier', 'plot_prior_predictive',
-           'plot_posterior_predictive', 'plot_observed_expected']
+__all__ = ['OKABE_ITO', 'MAX_LABELLED_ROWS', 'set_style', 'save_figure', 'group_height', 'plot_forest', 'plot_caterpillar',
+           'plot_flow', 'plot_roc', 'plot_calibration', 'plot_decision_curve', 'plot_kaplan_meier',
+           'plot_prior_predictive', 'plot_posterior_predictive', 'plot_observed_expected']
 
 # %% ../nbs/05_figures.ipynb #c005
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442",
@@ -73,20 +73,90 @@ def _new_axes(ax, figsize):
         _, ax = plt.subplots(figsize=figsize)
     return ax
 
+# %% ../nbs/05_figures.ipynb #c008e
+def _log_ticks(low: float, high: float, *, most: int = 7) -> list[float]:
+    "Readable ticks of a log axis from `low` to `high` (> 0): powers of two, decades when wider, round steps when narrower."
+    if not (np.isfinite(low) and np.isfinite(high)) or low <= 0 or high <= low:
+        raise ValueError(f"a log axis needs 0 < low < high; got low={low!r}, high={high!r}.")
+    for base, widest in ((2.0, 2.0 ** 10), (10.0, np.inf)):
+        if high / low > widest:
+            continue
+        powers = np.arange(np.ceil(np.log(low) / np.log(base) - 1e-9),
+                           np.floor(np.log(high) / np.log(base) + 1e-9) + 1)
+        step = int(np.ceil(len(powers) / most))
+        powers = powers[powers % step == 0]   # thinned, keeping 1 (the power 0)
+        if len(powers) >= 3:
+            return [float(base ** k) for k in powers]
+        break
+    ticks = matplotlib.ticker.MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]).tick_values(low, high)
+    return [float(t) for t in np.round(ticks, 10) if low <= t <= high and t > 0]
+
+
+def _log_axis(ax, values, *, axis: str = "x") -> None:
+    "Put `axis` of `ax` on a log scale spanning `values` and 1, with `_log_ticks` labelled plainly (0.5, 1, 2)."
+    values = np.asarray(values, dtype=float).ravel()
+    values = values[np.isfinite(values) & (values > 0)]
+    low, high = min(values.min(initial=1.0), 1.0), max(values.max(initial=1.0), 1.0)
+    pad = max((high / low) ** 0.05, 1.1)
+    low, high = low / pad, high * pad
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+    (ax.set_xlim if axis == "x" else ax.set_ylim)(low, high)
+    target.set_major_locator(matplotlib.ticker.FixedLocator(_log_ticks(low, high)))
+    target.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    target.set_minor_locator(matplotlib.ticker.NullLocator())
+
+# %% ../nbs/05_figures.ipynb #c008h
+MAX_LABELLED_ROWS = 40
+
+
+def group_height(n_rows: int, *, max_labels: int = MAX_LABELLED_ROWS) -> float:
+    "Height in inches of a figure with one row per group: 0.12 a row, no taller than at `max_labels` rows."
+    return 0.8 + 0.12 * min(max(n_rows, 3), max_labels)
+
+
+def _label_rows(ax, labels, x, *, max_labels: int = MAX_LABELLED_ROWS, n_extreme: int = 5,
+                groups: str = "groups") -> None:
+    """Label the ranked rows 0..n-1 of `ax` (row i drawn at x[i]): every row when there are at most
+    `max_labels`, else only the `n_extreme` lowest and highest, each with a leader line to its point."""
+    labels = [str(label) for label in labels]
+    n_rows = len(labels)
+    ax.set_ylim(-0.7, n_rows - 0.3)
+    if n_rows <= max_labels:
+        ax.set_yticks(np.arange(n_rows), labels)
+        return
+    ax.set_yticks([])
+    ax.set_ylabel(f"{n_rows:,} {groups}, ranked")
+    size = matplotlib.font_manager.FontProperties(size=matplotlib.rcParams["ytick.labelsize"]).get_size_in_points()
+    points_per_row = ax.get_window_extent().height * 72 / ax.figure.dpi / n_rows
+    spacing = max(1.0, 1.5 * size / points_per_row)   # rows between two labels, so that they do not overlap
+    leader = {"arrowstyle": "-", "color": "0.6", "linewidth": 0.5, "shrinkA": 1, "shrinkB": 2}
+    for i in range(min(n_extreme, n_rows // 2)):
+        # the highest rows are named in the empty top-left corner, the lowest in the bottom-right one
+        for row, text_y, text_x, align in ((n_rows - 1 - i, n_rows - 1 - (i + 0.5) * spacing, 0.02, "left"),
+                                           (i, (i + 0.5) * spacing, 0.98, "right")):
+            ax.annotate(labels[row], xy=(x[row], row), xytext=(text_x, text_y),
+                        textcoords=("axes fraction", "data"), ha=align, va="center", fontsize=size,
+                        arrowprops=leader, gid="group_label")
+
+
+def _group_labels(ax) -> list[str]:
+    "The group names a per-group figure shows: its tick labels, or its leader-line labels."
+    named = [t.get_text() for t in ax.texts if t.get_gid() == "group_label"]
+    return named or [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+
 # %% ../nbs/05_figures.ipynb #c010
-def _null_line(ax, *, log: bool) -> None:
-    "The line of no effect (1 on a log axis of ratios, 0 otherwise), and plain tick labels."
+def _null_line(ax, *, log: bool, values=()) -> None:
+    "The line of no effect (1 on a log axis of ratios, 0 otherwise); a log axis gets readable ticks over `values`."
     ax.axvline(1.0 if log else 0.0, color="0.5", linestyle="--", linewidth=0.8)
     if log:
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        _log_axis(ax, values)
 
 
 def plot_forest(data: pd.DataFrame, *, label: str = "label", estimate: str = "odds_ratio",
                 low: str = "low", high: str = "high", xlabel: str = "Odds ratio (95% CrI)",
                 log: bool = True, ax=None, figsize=(3.5, None)):
-    "Forest plot of estimates with intervals; returns the Axes."
+    "Forest plot of estimates with intervals, in the order of `data` from the top; returns the Axes."
     _require_columns(data, [label, estimate, low, high], "plot_forest")
     if ax is None:
         height = figsize[1] or 0.8 + 0.3 * len(data)
@@ -95,30 +165,38 @@ def plot_forest(data: pd.DataFrame, *, label: str = "label", estimate: str = "od
     est, lo, hi = (data[c].to_numpy(float) for c in (estimate, low, high))
     ax.errorbar(est, rows, xerr=[est - lo, hi - est], fmt="o", color=OKABE_ITO[0],
                 ecolor=OKABE_ITO[0], markersize=4, capsize=0, linewidth=1.2)
-    _null_line(ax, log=log)
+    _null_line(ax, log=log, values=np.r_[lo, hi])
     ax.set_yticks(rows, data[label].astype(str).tolist())
     ax.set_xlabel(xlabel)
     ax.set_ylim(-0.7, len(data) - 0.3)
     return ax
 
 # %% ../nbs/05_figures.ipynb #c014
+def _ranked(data: pd.DataFrame, by: str, group: str) -> pd.DataFrame:
+    "Rows ranked by `by` (ascending), ties in the natural order of `group` ('H2' before 'H10')."
+    from clinpaper.paper import _natural_key
+    named = data.iloc[sorted(range(len(data)), key=lambda i: _natural_key(str(data[group].iloc[i])))]
+    return named.sort_values(by, kind="mergesort").reset_index(drop=True)
+
+
 def plot_caterpillar(data: pd.DataFrame, *, group: str = "group", estimate: str = "mean",
                      low: str = "low", high: str = "high", exponentiate: bool = True,
-                     xlabel: str = "Hospital odds ratio (95% CrI)", ax=None, figsize=(3.5, 4)):
-    "Sorted group effects with intervals; returns the Axes."
+                     xlabel: str = "Odds ratio against the average group (95% CrI)", groups: str = "groups",
+                     max_labels: int = MAX_LABELLED_ROWS, n_extreme: int = 5, ax=None, figsize=(3.5, None)):
+    "Ranked group effects with intervals (the extreme groups named when there are many); returns the Axes."
     _require_columns(data, [group, estimate, low, high], "plot_caterpillar")
-    ordered = data.sort_values(estimate).reset_index(drop=True)
+    ordered = _ranked(data, estimate, group)
     est, lo, hi = (ordered[c].to_numpy(float) for c in (estimate, low, high))
     if exponentiate:
         est, lo, hi = np.exp(est), np.exp(lo), np.exp(hi)
-    ax = _new_axes(ax, figsize)
+    ax = _new_axes(ax, (figsize[0], figsize[1] or group_height(len(ordered), max_labels=max_labels)))
     rows = np.arange(len(ordered))
-    ax.hlines(rows, lo, hi, color=OKABE_ITO[0], linewidth=1)
-    ax.plot(est, rows, "o", color=OKABE_ITO[0], markersize=3)
-    _null_line(ax, log=exponentiate)
-    ax.set_yticks(rows, ordered[group].astype(str).tolist())
+    ax.hlines(rows, lo, hi, color=OKABE_ITO[0], linewidth=1 if len(rows) <= max_labels else 0.6)
+    ax.plot(est, rows, "o", color=OKABE_ITO[0], markersize=3 if len(rows) <= max_labels else 1.5)
+    _null_line(ax, log=exponentiate, values=np.r_[lo, hi])
     ax.set_xlabel(xlabel)
     ax.set_ylabel("")
+    _label_rows(ax, ordered[group], est, max_labels=max_labels, n_extreme=n_extreme, groups=groups)
     return ax
 
 # %% ../nbs/05_figures.ipynb #c017
@@ -263,7 +341,8 @@ def plot_kaplan_meier(df: pd.DataFrame, *, duration: str, event: str, group: str
     return ax
 
 # %% ../nbs/05_figures.ipynb #c037
-def plot_prior_predictive(data: pd.DataFrame, *, ax=None, bins: int = 40, figsize=(4.5, 3.2)):
+def plot_prior_predictive(data: pd.DataFrame, *, xlabel: str = "Event rate per group", ax=None, bins: int = 40,
+                          figsize=(4.5, 3.2)):
     "Histogram of the simulated group event rates under the priors, with the observed group rates; returns the Axes."
     ax = _new_axes(ax, figsize)
     edges = np.linspace(0, 1, bins + 1)
@@ -272,56 +351,65 @@ def plot_prior_predictive(data: pd.DataFrame, *, ax=None, bins: int = 40, figsiz
     if "observed_rate" in data.columns:
         observed = data.drop_duplicates("group")["observed_rate"]
         ax.hist(observed, bins=edges, density=True, color=OKABE_ITO[1], alpha=0.7, label="Observed")
-    ax.set(xlim=(0, 1), xlabel="Event rate per hospital", ylabel="Density")
+    ax.set(xlim=(0, 1), xlabel=xlabel, ylabel="Density")
     ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     ax.legend(frameon=False)
     return ax
 
 # %% ../nbs/05_figures.ipynb #c039
-def plot_posterior_predictive(data: pd.DataFrame, *, ax=None, figsize=(3.5, 4)):
-    "Observed event rate per group (points) against the replicated interval (lines), sorted; returns the Axes."
-    ordered = data.sort_values("observed_rate").reset_index(drop=True)
-    ax = _new_axes(ax, figsize)
+def plot_posterior_predictive(data: pd.DataFrame, *, xlabel: str = "Event rate per group", groups: str = "groups",
+                              max_labels: int = MAX_LABELLED_ROWS, n_extreme: int = 5, ax=None, figsize=(3.5, None)):
+    "Observed event rate per group (points) against the replicated interval (lines), ranked; returns the Axes."
+    _require_columns(data, ["group", "observed", "low", "high", "observed_rate", "rate_low", "rate_high"],
+                     "plot_posterior_predictive")
+    ordered = _ranked(data, "observed_rate", "group")
+    ax = _new_axes(ax, (figsize[0], figsize[1] or group_height(len(ordered), max_labels=max_labels)))
     rows = np.arange(len(ordered))
-    ax.hlines(rows, ordered["rate_low"], ordered["rate_high"], color=OKABE_ITO[0], linewidth=2, alpha=0.6,
-              label="Replicated (95% interval)")
-    outside = (ordered["observed"] < ordered["low"]) | (ordered["observed"] > ordered["high"])
-    ax.plot(ordered["observed_rate"], rows, "o", color=OKABE_ITO[1], markersize=3, label="Observed")
+    many = len(rows) > max_labels
+    ax.hlines(rows, ordered["rate_low"], ordered["rate_high"], color=OKABE_ITO[0], linewidth=1 if many else 2,
+              alpha=0.6, label="Replicated (95% interval)")
+    outside = ((ordered["observed"] < ordered["low"]) | (ordered["observed"] > ordered["high"])).to_numpy()
+    ax.plot(ordered["observed_rate"], rows, "o", color=OKABE_ITO[1], markersize=1.5 if many else 3, label="Observed")
     if outside.any():
-        ax.plot(ordered.loc[outside, "observed_rate"], rows[outside], "o", color=OKABE_ITO[3], markersize=4,
-                label="Observed, outside")
-    ax.set_yticks(rows, ordered["group"].astype(str).tolist())
+        ax.plot(ordered.loc[outside, "observed_rate"], rows[outside], "o", color=OKABE_ITO[3],
+                markersize=2.5 if many else 4, label="Observed, outside")
     ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
-    ax.set(xlabel="Event rate per hospital", ylabel="")
-    ax.legend(frameon=False, loc="lower right")
+    ax.set(xlabel=xlabel, ylabel="")
+    _label_rows(ax, ordered["group"], ordered["observed_rate"].to_numpy(), max_labels=max_labels,
+                n_extreme=n_extreme, groups=groups)
+    ax.legend(frameon=False, loc="lower right" if not many else "center right")
     return ax
 
 # %% ../nbs/05_figures.ipynb #c041
-def plot_observed_expected(data: pd.DataFrame, *, kind: str = "funnel", prob: float = 0.95, ax=None,
-                           figsize=(4.5, 3.4)):
+def plot_observed_expected(data: pd.DataFrame, *, kind: str = "funnel", prob: float = 0.95, groups: str = "groups",
+                           max_labels: int = MAX_LABELLED_ROWS, n_extreme: int = 5, ax=None, figsize=None):
     """Funnel plot (O/E against expected events, with the `prob` and 99.8% limits of a hospital that
-    performs as expected, O ~ Poisson(E)) or caterpillar plot (sorted O/E with intervals); returns the Axes."""
+    performs as expected, O ~ Poisson(E)) or caterpillar plot (ranked O/E with intervals); returns the Axes."""
     if kind not in ("funnel", "caterpillar"):
         raise ValueError(f"`kind` must be 'funnel' or 'caterpillar', got {kind!r}.")
-    ax = _new_axes(ax, figsize)
     if kind == "caterpillar":
-        ordered = data.sort_values("oe").reset_index(drop=True)
+        _require_columns(data, ["group", "oe", "oe_low", "oe_high"], "plot_observed_expected")
+        ordered = _ranked(data, "oe", "group")
+        ax = _new_axes(ax, figsize or (3.5, group_height(len(ordered), max_labels=max_labels)))
         rows = np.arange(len(ordered))
-        ax.hlines(rows, ordered["oe_low"], ordered["oe_high"], color=OKABE_ITO[0], linewidth=1)
-        ax.plot(ordered["oe"], rows, "o", color=OKABE_ITO[0], markersize=3)
-        ax.axvline(1.0, color="0.5", linestyle="--", linewidth=0.8)
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_yticks(rows, ordered["group"].astype(str).tolist())
+        many = len(rows) > max_labels
+        away = ((ordered["oe_low"] > 1) | (ordered["oe_high"] < 1)).to_numpy()
+        colours = np.where(away, OKABE_ITO[3], OKABE_ITO[0])
+        ax.hlines(rows, ordered["oe_low"], ordered["oe_high"], colors=colours, linewidth=0.6 if many else 1)
+        ax.scatter(ordered["oe"], rows, c=colours, s=2 if many else 9, zorder=3)
+        _null_line(ax, log=True, values=ordered[["oe_low", "oe_high"]].to_numpy())
         ax.set(xlabel="Observed / expected (95% interval)", ylabel="")
+        _label_rows(ax, ordered["group"], ordered["oe"].to_numpy(), max_labels=max_labels, n_extreme=n_extreme,
+                    groups=groups)
         return ax
+    _require_columns(data, ["expected", "oe"], "plot_observed_expected")
+    ax = _new_axes(ax, figsize or (4.5, 3.4))
     grid = np.linspace(max(0.5, data["expected"].min() * 0.8), data["expected"].max() * 1.1, 200)
     for level, style in ((prob, "--"), (0.998, ":")):
         tail = (1 - level) / 2
         for q in (tail, 1 - tail):
             ax.plot(grid, stats.poisson.ppf(q, grid) / grid, style, color="0.4", linewidth=0.8)
-    ax.plot(data["expected"], data["oe"], "o", color=OKABE_ITO[0], markersize=4)
+    ax.plot(data["expected"], data["oe"], "o", color=OKABE_ITO[0], markersize=4 if len(data) <= max_labels else 2)
     ax.axhline(1.0, color="0.5", linewidth=0.8)
     ax.set(xlabel="Expected events", ylabel="Observed / expected")
     return ax

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clinpaper.checks import (cox_baseline, glm_baseline, grouped_folds, lightgbm_cv, loo_compare,
-                              observed_expected_by_group, posterior_predictive_check, prior_predictive)
+from clinpaper.checks import (cox_baseline, expected_risk, glm_baseline, grouped_folds, lightgbm_cv, loo_compare,
+                              loo_summary, observed_expected_by_group, posterior_predictive_check, prior_predictive)
 from clinpaper.core import CohortError
 from clinpaper.models import HierarchicalLogistic
 
@@ -79,6 +79,37 @@ def test_checks_on_a_fitted_model(cohort, fitted):
     assert len(prior) == 50 * 6 and prior["rate"].between(0, 1).all()
     # same seed, same table
     pd.testing.assert_frame_equal(oe, observed_expected_by_group(fitted, cohort, n_draws=200, seed=1))
+
+
+def test_observed_expected_is_against_the_case_mix_alone(cohort, fitted):
+    """O/E per hospital against an independent computation: a statsmodels GLM of the same predictors without
+    hospitals (population-averaged risks), summed per hospital. The hospitals with the largest true effects have
+    O/E clearly away from 1; with each hospital's own effect in the prediction the ratio would be about 1."""
+    import statsmodels.api as sm
+    oe = observed_expected_by_group(fitted, cohort, n_draws=200, seed=1).set_index("group")
+    glm = sm.GLM(cohort["death"], sm.add_constant(cohort[["male", "sepsis"]]), family=sm.families.Binomial()).fit()
+    observed = cohort.groupby("hospital")["death"].sum()
+    glm_oe = observed / pd.Series(glm.predict(), index=cohort.index).groupby(cohort["hospital"]).sum()
+    np.testing.assert_allclose(oe["oe"], glm_oe.loc[oe.index], rtol=0.06)
+    assert oe.loc["F", "oe"] > 1.2 and oe.loc["A", "oe"] < 0.85       # true effects +0.6 and -0.5
+    assert oe.loc["A", "oe_high"] < 1                                 # clearly fewer events than its case mix
+    assert oe["oe"].idxmax() == "F" and oe["oe"].idxmin() == "A"
+    own = observed / fitted.predict(cohort)["mean"].groupby(cohort["hospital"]).sum()
+    assert abs(own["F"] - 1) < 0.1 and abs(own["A"] - 1) < 0.1       # what the ratio was with the own effect
+    per_patient = expected_risk(fitted, cohort, n_draws=200)
+    np.testing.assert_allclose(per_patient.groupby(cohort["hospital"]).sum().loc[oe.index], oe["expected"], rtol=1e-8)
+
+
+def test_loo_summary_names_the_best_model_either_way():
+    table = pd.DataFrame({"model": ["hierarchical", "unpooled", "pooled"], "elpd_loo": [-600.0, -603.5, -640.2],
+                          "dse": [0.0, 2.0, 8.1]})
+    claims = loo_summary(table, {"hierarchical": "Partial pooling"})
+    assert claims["best"] == "hierarchical" and claims["best_name"] == "Partial pooling"
+    assert claims["differences"]["pooled"] == {"difference": pytest.approx(-40.2), "se": 8.1}
+    flipped = table.assign(elpd_loo=[-600.8, -603.5, -600.0])
+    claims = loo_summary(flipped)
+    assert claims["best"] == "pooled" and claims["differences"]["hierarchical"]["difference"] == pytest.approx(-0.8)
+    assert claims["differences"]["pooled"] == {"difference": 0.0, "se": 0.0}
 
 
 def test_checks_refuse_other_models(cohort):
