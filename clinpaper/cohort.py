@@ -914,6 +914,18 @@ def cohort_codebook(study: dict) -> dict:
     return codebook
 
 # %% ../nbs/02_cohort.ipynb #c035
+def _cdm_source(con) -> dict:
+    "The source's own name and CDM version (the OMOP `cdm_source` table), for the Methods; {} without one."
+    table = source_table(con, "cdm_source")
+    if table is None:
+        return {}
+    columns = [c for c in ("cdm_source_name", "cdm_version") if c in table.columns]
+    rows = table.select(*columns).limit(1).to_pandas() if columns else pd.DataFrame()
+    if rows.empty:
+        return {}
+    return {k: str(v).strip() for k, v in rows.iloc[0].items() if pd.notna(v) and str(v).strip()}
+
+
 def _check_table(table: pd.DataFrame, flow: pd.DataFrame, study: dict) -> None:
     name, id_column, *_ = _EVENT_TABLES[_event(study)]
     duplicated = int(table[id_column].duplicated().sum())
@@ -1011,6 +1023,7 @@ def build_cohort(study: dict, source=None) -> Cohort:
     _check_table(frame, flow, study)
     description = dict(getattr(con, "clinpaper_source", {"path": None, "format": type(con).__name__}))
     description["empty_tables"] = list(getattr(con, "clinpaper_empty_tables", []))
+    description.update(_cdm_source(con))
     return Cohort(table=frame, flow=flow, cleaning=cleaning_frame, codebook=cohort_codebook(study),
                   source=description)
 

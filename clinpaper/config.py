@@ -48,6 +48,13 @@ STUDY_SCHEMA = {
     "toc": Field(str, required=False),
     "checklist": Field(str, required=False),   # reporting checklist YAML, relative to the file
     # the manuscript's page size (PDF and DOCX); default a4
+    # the words an author sets for generated sentences (defaults come from the other sections)
+    "words": {
+        "design": Field(str, required=False),      # "Multi-centre cohort study" (the abstract's first words)
+        "population": Field(str, required=False),  # "adults admitted to intensive care" (who the patients are)
+        "source": Field(str, required=False),      # "the hospital group's OMOP CDM extract" (what the data are)
+        "_optional": True,
+    },
     "paper_size": Field(str, required=False, choices=("a4", "letter")),
     # the paper's design (written by `clinpaper new`): decides which sections the paper needs
     "design": Field(str, required=False, choices=("hospital-variation", "prediction", "comparative")),
@@ -112,6 +119,8 @@ STUDY_SCHEMA = {
             "column": Field(str), "label": Field(str),
             "center": Field(NUMBER, required=False), "scale": Field(NUMBER, required=False),
         }),
+        # the smallest median odds ratio between groups worth a claim that they differ (default 1.1)
+        "relevant_median_odds_ratio": Field(NUMBER, required=False),
         "_optional": True,
     },
     # a comparative-effectiveness analysis (propensity-score weighting)

@@ -337,11 +337,14 @@ def load_flat(path, codebook, *, id_column: str | None = None, outcome: str | No
     `criteria` are the study's exclusions, `{id, label, type: rule, exclude: "age < 18"}`, applied in order
     after the cleaning and counted in the flow."""
     path = Path(path).expanduser()
+    title = None   # the codebook's title names the data in the Methods
     if isinstance(codebook, (str, Path)):
         codebook_file = str(Path(codebook).expanduser())
         codebook = load_codebook(codebook)
+        title = (yaml.safe_load(Path(codebook_file).read_text(encoding="utf-8")) or {}).get("title")
     else:
         codebook_file = None
+        title = codebook.get("title") if isinstance(codebook.get("title"), str) else None
         if not (isinstance(codebook, dict) and all(isinstance(e, dict) and "type" in e for e in codebook.values())):
             codebook = check_codebook(codebook)
         else:
@@ -475,5 +478,5 @@ def load_flat(path, codebook, *, id_column: str | None = None, outcome: str | No
         raise CohortError(f"The flat table {path}: the outcome '{outcome}' has {what} among the "
                           f"{len(table):,} rows of the cohort; no model can be fitted. Check the column and "
                           "its coding (0/1).")
-    source = {"path": str(path.resolve()), "format": kind, "codebook": codebook_file}
+    source = {"path": str(path.resolve()), "format": kind, "codebook": codebook_file, "title": title}
     return Cohort(table=table, flow=flow, cleaning=cleaning, codebook=codebook, source=source)

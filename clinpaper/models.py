@@ -20,9 +20,9 @@ from .core import ClinpaperError, CohortError, ConvergenceError
 
 # %% auto #0
 __all__ = ['LOCATION_PRIORS', 'SCALE_PRIORS', 'DEFAULT_PRIORS', 'PRIOR_MEANINGS', 'REPORTED_PARAMETERS', 'BACKENDS', 'prior_text',
-           'resolve_priors', 'hdi', 'posterior_summary', 'check_convergence', 'convergence_message', 'NotFittedError',
-           'HierarchicalModel', 'prior_variable', 'choose_parameterization', 'check_sampling_arguments',
-           'nutpie_backend', 'sample_posterior', 'HierarchicalLogistic']
+           'prior_strength', 'priors_sentence', 'resolve_priors', 'hdi', 'posterior_summary', 'check_convergence',
+           'convergence_message', 'NotFittedError', 'HierarchicalModel', 'prior_variable', 'choose_parameterization',
+           'check_sampling_arguments', 'nutpie_backend', 'sample_posterior', 'HierarchicalLogistic']
 
 # %% ../nbs/04_models.ipynb #c006
 LOCATION_PRIORS = {"Normal": ("mu", "sigma"), "StudentT": ("nu", "mu", "sigma")}
@@ -57,6 +57,48 @@ def prior_text(prior: dict) -> str:
              "InverseGammaVariance": "Inverse-Gamma"}.get(prior["dist"], prior["dist"])
     text = f"{label}({', '.join(_number(prior[name]) for name in names)})"
     return text + " on the variance" if prior["dist"] == "InverseGammaVariance" else text
+
+
+def prior_strength(prior: dict) -> str:
+    """What a prior says about its parameter on the model's scale (a log odds or log hazard ratio,
+    an intercept on the log scale, or the SD of effects on that scale): 'weakly informative',
+    'vague' or 'informative'. A location prior is weakly informative when its scale is between 0.5
+    and 10 and it is centred within one scale of zero (Normal(0, 2.5) keeps 95% of its mass on odds
+    ratios from 0.007 to 134; Gelman et al. 2008); wider is vague, narrower or off-centre
+    informative. A scale prior is weakly informative when its typical value (the half-distribution's
+    scale, an exponential's mean) is between 0.1 and 10; Uniform(0, u) with u of 10 or more and the
+    inverse-gamma(e, e) prior on a variance with e at most 0.1 (BUGS' classic, which Gelman 2006
+    shows is not uninformative) are vague."""
+    dist = prior["dist"]
+    if dist in LOCATION_PRIORS:
+        sigma, mu = float(prior["sigma"]), float(prior["mu"])
+        if sigma >= 10:
+            return "vague"
+        return "informative" if sigma < 0.5 or abs(mu) > sigma else "weakly informative"
+    if dist == "InverseGammaVariance":
+        return "vague" if min(float(prior["alpha"]), float(prior["beta"])) <= 0.1 else "informative"
+    if dist == "Uniform":
+        return "vague" if float(prior["upper"]) - float(prior["lower"]) >= 10 else "weakly informative"
+    typical = 1 / float(prior["lam"]) if dist == "Exponential" else float(prior["sigma"])
+    if typical >= 10:
+        return "vague"
+    return "informative" if typical < 0.1 else "weakly informative"
+
+
+def _and_join(parts) -> str:
+    parts = list(parts)
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def priors_sentence(items) -> str:
+    """The Methods sentence on the priors from (prior, what it is on) pairs. 'Priors were weakly
+    informative: ...' only when every prior is; otherwise each prior says what it is."""
+    strengths = [prior_strength(prior) for prior, _ in items]
+    if all(strength == "weakly informative" for strength in strengths):
+        return "Priors were weakly informative: " + _and_join(
+            f"{prior_text(prior)} for {what}" for prior, what in items) + "."
+    return "Priors were " + _and_join(
+        f"{prior_text(prior)} for {what} ({strength})" for (prior, what), strength in zip(items, strengths)) + "."
 
 # %% ../nbs/04_models.ipynb #c006c
 def resolve_priors(priors: dict | None, *, random_slopes: bool = False, grouped: bool = True) -> dict:
@@ -126,14 +168,20 @@ def hdi(samples, *, prob: float = 0.95):
 
 # %% ../nbs/04_models.ipynb #c012b
 def posterior_summary(idata, *, var_names=None, hdi_prob: float = 0.95) -> pd.DataFrame:
-    "Tidy posterior summary: parameter, mean, sd, hdi_low, hdi_high, r_hat, ess_bulk, ess_tail."
+    """Tidy posterior summary: parameter, mean, sd, median, low and high (the equal-tailed
+    `hdi_prob` interval, which the papers report), hdi_low, hdi_high, r_hat, ess_bulk, ess_tail."""
     import arviz as az
 
-    table = az.summary(idata, var_names=var_names, hdi_prob=hdi_prob, round_to="none")
+    tail = (1 - hdi_prob) / 2
+    equal_tailed = {"median": np.median, "low": lambda x: np.quantile(x, tail),
+                    "high": lambda x: np.quantile(x, 1 - tail)}
+    table = az.summary(idata, var_names=var_names, hdi_prob=hdi_prob, round_to="none",
+                       stat_funcs=equal_tailed, extend=True)
     low, high = [c for c in table.columns if c.startswith("hdi_")]
     table = table.rename(columns={low: "hdi_low", high: "hdi_high"})
     table = table.rename_axis("parameter").reset_index()
-    return table[["parameter", "mean", "sd", "hdi_low", "hdi_high", "r_hat", "ess_bulk", "ess_tail"]]
+    return table[["parameter", "mean", "sd", "median", "low", "high", "hdi_low", "hdi_high", "r_hat",
+                  "ess_bulk", "ess_tail"]]
 
 # %% ../nbs/04_models.ipynb #c014
 REPORTED_PARAMETERS = ("intercept", "beta", "sigma_group", "sigma_slope")
@@ -771,27 +819,30 @@ class HierarchicalLogistic(HierarchicalModel):
         groups = group_plural or f"{group}s"
         predictors = ", ".join(names.get(p, p) for p in self.predictors)
         likelihood = "binomial counts of events out of trials" if self.trials else "a binary outcome"
+        coefficient = "each coefficient, a log odds ratio per unit of its predictor as entered in the model"
+        intercept = "the intercept, the log odds with every predictor at its mean"
         if self.group is None:
             text = (f"We fitted a Bayesian logistic regression of {outcome} ({likelihood}) on "
-                    f"{predictors}, a single-level model without group effects. Priors were "
-                    f"weakly informative: {prior_text(priors['beta'])} for each coefficient (log odds ratio) and "
-                    f"{prior_text(priors['intercept'])} for the intercept with predictors centred at their means.")
+                    f"{predictors}, a single-level model without group effects. " + priors_sentence([
+                        (priors["beta"], coefficient), (priors["intercept"], intercept)]))
         else:
             slopes = ""
             if self.random_slopes:
-                slopes = (f" and random slopes for {', '.join(names.get(s, s) for s in self.random_slopes)} "
-                          f"(independent, between-{group} SDs {prior_text(priors['sigma_slope'])})")
+                slopes = (f" and independent random slopes for "
+                          f"{', '.join(names.get(s, s) for s in self.random_slopes)}")
             parameterization = getattr(self, "parameterization_", self.parameterization)
             if parameterization == "auto":
                 parameterization = "centered or non-centered"
             chosen = (f" (chosen from the data: centered when nine in ten {groups}' effects have a standard "
                       f"error below 0.25 on the log-odds scale)" if self.parameterization == "auto" else "")
+            items = [(priors["beta"], coefficient), (priors["intercept"], intercept),
+                     (priors["sigma_group"], f"the between-{group} standard deviation of the intercepts "
+                                             "(log-odds scale)")]
+            if self.random_slopes:
+                items.append((priors["sigma_slope"], f"the between-{group} standard deviation of each slope"))
             text = (f"We fitted a Bayesian hierarchical logistic regression of {outcome} ({likelihood}) on "
                     f"{predictors}, with random intercepts by {group}{slopes}, in a "
-                    f"{parameterization} parameterization{chosen}. Priors were weakly informative: "
-                    f"{prior_text(priors['beta'])} for each coefficient (log odds ratio), "
-                    f"{prior_text(priors['intercept'])} for the intercept with predictors centred at their means, "
-                    f"and {prior_text(priors['sigma_group'])} for the between-{group} standard deviation.")
+                    f"{parameterization} parameterization{chosen}. " + priors_sentence(items))
         if hasattr(self, "sampling_"):
             settings = self.sampling_
             engine = ("nutpie's No-U-Turn sampler (with a low-rank modified mass matrix)"

@@ -18,9 +18,10 @@ from .core import RunError, StudyError, format_interval, mask_count
 from .report import Reporter
 
 # %% auto #0
-__all__ = ['DEFAULT_AGE_BANDS', 'METRIC_LABELS', 'METRIC_DIGITS', 'SOFTWARE_NAMES', 'study_codebook', 'check_study', 'PaperStudy',
-           'PaperFiles', 'PaperModelFrame', 'PaperChoices', 'band', 'PaperDisplay', 'PaperManuscript', 'methods_cohort',
-           'Paper']
+__all__ = ['DEFAULT_AGE_BANDS', 'METRIC_LABELS', 'METRIC_DIGITS', 'SOFTWARE_NAMES', 'RELEVANT_MEDIAN_ODDS_RATIO',
+           'RATIO_SPAN_MAX', 'study_codebook', 'check_study', 'PaperStudy', 'PaperFiles', 'PaperModelFrame',
+           'PaperChoices', 'band', 'PaperDisplay', 'PaperManuscript', 'methods_cohort', 'variation_verdict',
+           'ratio_guard', 'PaperEstimates', 'Paper']
 
 # %% ../nbs/06a_paper.ipynb #c005
 def study_codebook(study: dict) -> dict:
@@ -317,14 +318,19 @@ class PaperChoices:
         return list(columns), list(skewed), shown
 
     def decision_thresholds(self) -> tuple[np.ndarray, float]:
-        "The decision curve's risk thresholds and the one the text reports (default: the prevalence)."
+        """The decision curve's risk thresholds and the one the text reports. Defaults follow the
+        outcome's prevalence: the curve runs from 0.01 to 0.5 or to the prevalence plus 0.3 if that is
+        higher (at most 0.95), and the text reports it at the prevalence."""
         curve = (self.study.get("evaluation") or {}).get("decision_curve") or {}
-        low, high, step = curve.get("low", 0.01), curve.get("high", 0.5), curve.get("step", 0.01)
+        prevalence = None
+        if "high" not in curve or "report_at" not in curve:
+            prevalence = float(self.analysis()[self.outcome].mean())
+        high = curve.get("high", max(0.5, float(np.round(min(0.95, prevalence + 0.3), 2))) if prevalence is not None else 0.5)
+        low, step = curve.get("low", 0.01), curve.get("step", 0.01)
         thresholds = np.round(np.arange(low, high + step / 2, step), 4)
         if "report_at" in curve:
             report_at = float(curve["report_at"])
         else:
-            prevalence = float(self.analysis()[self.outcome].mean())
             report_at = float(np.clip(np.round(prevalence, 2), thresholds[0], thresholds[-1]))
         report_at = float(thresholds[np.argmin(np.abs(thresholds - report_at))])
         return thresholds, report_at
@@ -419,7 +425,12 @@ class PaperDisplay:
         "How a masked count is shown: '<11'."
         return f"<{self.threshold}"
 
-    def interval(self, estimate, low, high, *, digits: int = 2, label: str = "95% CrI") -> str:
+    def interval(self, estimate, low, high, *, digits: int = 2, label: str = "95% CrI",
+                 inside: bool = False) -> str:
+        """'2.21 (95% CrI 2.01 to 2.42)'; `inside=True` for a value already inside parentheses, which
+        never nest: '2.21, 95% CrI 2.01 to 2.42'."""
+        if inside:
+            return f"{estimate:.{digits}f}, {label} {low:.{digits}f} to {high:.{digits}f}"
         return format_interval(estimate, low, high, digits=digits, label=label)
 
     def percent(self, value: float, digits: int = 1) -> str:
@@ -524,15 +535,33 @@ def _outcome_window(outcome: dict) -> str:
     return ""
 
 
-def methods_cohort(study: dict) -> str:
-    "The Methods paragraph on the cohort, generated from the study file."
+def _source_words(study: dict, source: dict | None) -> str:
+    "What the data were: the study's `words.source`, else the source's own name, format and CDM version."
+    words, source = study.get("words") or {}, source or {}
+    if words.get("source"):
+        return words["source"]
+    if study["source"]["format"] == "flat":
+        title = source.get("title")
+        return f"{title}, a flat analysis table" if title else "a flat analysis table"
+    version = source.get("cdm_version")
+    name = source.get("cdm_source_name")
+    cdm = "an OMOP Common Data Model database" + (f" (CDM version {version.lstrip('vV')})" if version else "")
+    return f"{name}, {cdm}" if name else cdm
+
+
+def methods_cohort(study: dict, source: dict | None = None) -> str:
+    """The Methods paragraph on the cohort, generated from the study file and the facts of the
+    source (`Cohort.source`: its name and CDM version, or the flat table's codebook title)."""
     outcome = study["outcome"]
     criteria = "; ".join(_lower_first(c["label"]) for c in (study.get("cohort") or {}).get("criteria") or [])
     excluded = f" We excluded, in this order: {criteria}." if criteria else ""
+    population = (study.get("words") or {}).get("population")
+    who = f" The study population was {population}." if population else ""
     if study["source"]["format"] == "flat":
-        return ("The data were a flat analysis table with one row per patient, checked against its codebook "
-                "(types, levels and plausible ranges); values outside their range were set to missing, and rows "
-                f"without the outcome were excluded.{excluded} The outcome was {_lower_first(outcome['label'])}.")
+        return (f"The data were {_source_words(study, source)} with one row per patient, checked against its "
+                "codebook (types, levels and plausible ranges); values outside their range were set to missing, "
+                f"and rows without the outcome were excluded.{who}{excluded} The outcome was "
+                f"{_lower_first(outcome['label'])}.")
     index = study["cohort"]["index"]
     noun = _EVENT_NOUNS[index["event"]]
     which = "first" if index["occurrence"] == "first" else "every"
@@ -543,7 +572,7 @@ def methods_cohort(study: dict) -> str:
     else:
         start = f"The index event was {'the first' if which == 'first' else 'every'} {noun} ({_concepts(index.get('concepts'))}) of each person."
     window = _outcome_window(outcome)
-    parts = [start + excluded,
+    parts = [f"The data were {_source_words(study, source)}.{who}", start + excluded,
              f"The outcome was {_lower_first(outcome['label'])}" + (f", {window}" if window else "") + "."]
     features = study.get("features") or {}
     if features.get("measurements"):
@@ -557,6 +586,141 @@ def methods_cohort(study: dict) -> str:
     parts.append("Concept sets were expanded to their descendants in the OMOP vocabulary.")
     return " ".join(parts)
 
+# %% ../nbs/06a_paper.ipynb #c031
+RELEVANT_MEDIAN_ODDS_RATIO = 1.1   # the default: a 10% difference in the odds between two groups
+RATIO_SPAN_MAX = 100               # an interval whose upper limit is over 100 times its lower informs no one
+
+
+def variation_verdict(low: float, high: float, relevant: float = RELEVANT_MEDIAN_ODDS_RATIO) -> str:
+    """Whether groups differ, from the 95% interval of the median odds ratio: 'differ' when its
+    lower limit exceeds `relevant`, 'similar' when its upper limit is below it, else 'uncertain'."""
+    if low > relevant:
+        return "differ"
+    if high < relevant:
+        return "similar"
+    return "uncertain"
+
+
+def ratio_guard(estimate: float, low: float, high: float, *, events=None, label: str = "the ratio",
+                outcome: str = "the outcome") -> str | None:
+    """Why a ratio (odds, hazard or risk ratio) and its 95% interval must not be published, in words
+    a clinician understands, or None when it may be. `events` maps each compared level's words
+    ('patients with sepsis') to its number of events and of non-events, [events, non_events]."""
+    for who, (n_events, n_without) in (events or {}).items():
+        if n_events == 0:
+            return f"no {who} had {outcome}, so {label} could not be estimated"
+        if n_without == 0:
+            return f"every one of the {who} had {outcome}, so {label} could not be estimated"
+    values = np.array([estimate, low, high], dtype=float)
+    if not np.all(np.isfinite(values)) or np.any(values <= 0):
+        return f"{label} could not be estimated from these data (its interval is not finite)"
+    if high / low > RATIO_SPAN_MAX:
+        return (f"the data could not estimate {label} with any precision (its 95% interval spans more than "
+                f"a {RATIO_SPAN_MAX}-fold range)")
+    return None
+
+
+class PaperEstimates:
+    "The summary policy, human names of the model's parameters, the guards and the claims (mixed into Paper)."
+
+    interval_policy = ("Posterior quantities are reported as posterior medians with 95% equal-tailed credible "
+                       "intervals (95% CrI); frequentist estimates with 95% confidence intervals (95% CI).")
+
+    @property
+    def relevant_median_odds_ratio(self) -> float:
+        "The study's `model.relevant_median_odds_ratio` (default 1.1): the smallest variation worth a claim."
+        return float((self.study.get("model") or {}).get("relevant_median_odds_ratio", RELEVANT_MEDIAN_ODDS_RATIO))
+
+    def parameter_label(self, name: str) -> str:
+        "A model parameter in words: 'beta[age]' -> 'Coefficient of Age (per 10 years)', 'sigma_group' -> 'Between-hospital SD'."
+        inner = re.fullmatch(r"(\w+)\[(.+)\]", name)
+        base, index = (inner.group(1), inner.group(2)) if inner else (name, None)
+        label = self.predictor_labels.get(index, index) if index is not None else None
+        group = self.words(self.group_label) if self.group else "group"
+        names = {"intercept": "Intercept", "beta": f"Coefficient of {label}",
+                 "sigma_group": f"Between-{group} SD of the intercepts",
+                 "sigma_slope": f"Between-{group} SD of the slope of {label}",
+                 "sigma_frailty": f"Between-{group} SD of the log frailty", "log_shape": "Log Weibull shape"}
+        return names.get(base, name if index is None else f"{base} of {label}")
+
+    def posterior_table(self, summary: pd.DataFrame, *, digits: int = 3) -> pd.DataFrame:
+        "A posterior summary (models.posterior_summary) as shown: median, 95% CrI, SD and the convergence figures."
+        return pd.DataFrame({
+            "Parameter": summary["parameter"].map(self.parameter_label).to_list(),
+            "Median": summary["median"].map(lambda v: f"{v:.{digits}f}").to_list(),
+            "95% CrI": [f"{lo:.{digits}f} to {hi:.{digits}f}" for lo, hi in zip(summary["low"], summary["high"])],
+            "SD": summary["sd"].map(lambda v: f"{v:.{digits}f}").to_list(),
+            "R-hat": summary["r_hat"].map(lambda v: f"{v:.3f}").to_list(),
+            "Bulk ESS": summary["ess_bulk"].map(lambda v: f"{v:,.0f}").to_list(),
+            "Tail ESS": summary["ess_tail"].map(lambda v: f"{v:,.0f}").to_list()})
+
+    def convergence_table(self, gate: pd.DataFrame) -> pd.DataFrame:
+        "The convergence gate (models.check_convergence) as shown, with the parameters' names in words."
+        shown = pd.DataFrame({
+            "Parameter": gate["parameter"].map(self.parameter_label).to_list(),
+            "R-hat": gate["r_hat"].map(lambda v: f"{v:.3f}").to_list(),
+            "Bulk ESS": gate["ess_bulk"].map(lambda v: f"{v:,.0f}").to_list(),
+            "Tail ESS": gate["ess_tail"].map(lambda v: f"{v:,.0f}").to_list()})
+        if "passed" in gate:
+            shown["Passed"] = gate["passed"].map({True: "Yes", False: "No"}).to_list()
+        return shown
+
+    def ratio_guards(self, data: pd.DataFrame, ratios: pd.DataFrame, *, estimate: str = "odds_ratio",
+                     what: str = "odds ratio") -> dict:
+        """Predictor -> why its ratio is withheld (or None): a binary predictor one of whose levels has
+        no events or no non-events (separation), or an interval too wide or not finite."""
+        outcome = self.words(self.outcome_label)
+        reasons = {}
+        for row in ratios.itertuples():
+            column = row.predictor
+            label = self.words(self.predictor_labels.get(column, column))
+            events = None
+            values = data[column].dropna()
+            if values.nunique() == 2:
+                events = {}
+                for level, who in zip(sorted(values.unique()), (f"patients without {label}", f"patients with {label}")):
+                    chosen = data[data[column] == level][self.outcome]
+                    events[who] = [int(chosen.sum()), int((chosen == 0).sum())]
+            reasons[column] = ratio_guard(getattr(row, estimate), row.low, row.high, events=events,
+                                          label=f"the {what} of {label}", outcome=outcome)
+        return reasons
+
+    def between_groups(self, summary: pd.DataFrame, mor: dict) -> str:
+        """Record the between-group SD (`sigma_group`) and the median odds ratio (posterior medians and
+        95% CrI), the verdict whether the groups differ (`variation_verdict`) and its sentences
+        (`variation_claim` for the Results, `methods_variation` for the Methods); return the claim."""
+        sigma = summary.set_index("parameter").loc["sigma_group"]
+        relevant = self.relevant_median_odds_ratio
+        plural, group = self.group_plural, self.words(self.group_label)
+        sigma_text = self.interval(sigma["median"], sigma["low"], sigma["high"])
+        mor_text = self.interval(mor["median"], mor["low"], mor["high"])
+        self.text("sigma_group", float(sigma["median"]), sigma_text)
+        self.text("median_odds_ratio", float(mor["median"]), mor_text)
+        verdict = variation_verdict(mor["low"], mor["high"], relevant)
+        self.text("variation_verdict", verdict)
+        span = f"{mor['low']:.2f} to {mor['high']:.2f}"
+        outcome = self.words(self.outcome_label)
+        claim = {
+            "differ": (f"After adjustment, {plural} differed in the odds of {outcome}: the median odds ratio "
+                       f"between two {plural} was {mor_text}, its whole interval above {relevant:g}."),
+            "similar": (f"After adjustment, {plural} differed little, if at all, in the odds of {outcome}: the "
+                        f"median odds ratio between two {plural} was {mor_text}, its whole interval below "
+                        f"{relevant:g}."),
+            "uncertain": (f"These data cannot tell whether {plural} differ meaningfully in the odds of {outcome} "
+                          f"after adjustment: the median odds ratio between two {plural} was {mor['median']:.2f}, "
+                          f"with a 95% CrI of {span} that includes values both below and above {relevant:g}."),
+        }[verdict]
+        self.text("variation_claim", verdict, claim)
+        self.text("methods_variation", relevant,
+                  f"Variation between {plural} was summarised by the between-{group} standard deviation of the "
+                  f"intercepts and the median odds ratio, the median of the odds ratios between two patients "
+                  f"alike in the predictors in two {plural} drawn at random. We call the {plural} different when "
+                  f"the lower limit of the median odds ratio's 95% CrI exceeds {relevant:g}, similar when its "
+                  f"upper limit lies below {relevant:g}, and the question open otherwise.")
+        return claim
+
+
 # %% ../nbs/06a_paper.ipynb #c022
-class Paper(PaperStudy, PaperFiles, PaperModelFrame, PaperChoices, PaperDisplay, PaperManuscript):
+class Paper(PaperStudy, PaperFiles, PaperModelFrame, PaperChoices, PaperDisplay, PaperEstimates,
+            PaperManuscript):
     "The study, the run folder and the display policy of one paper notebook (`Paper.open(run_dir, study_path)`)."

@@ -13,6 +13,7 @@ import pandas as pd
 
 from .core import CohortError
 from .models import (HierarchicalModel, check_sampling_arguments, hdi, posterior_summary, prior_text,
+                               priors_sentence,
                               prior_variable, sample_posterior)
 
 # %% auto #0
@@ -347,28 +348,34 @@ class HierarchicalSurvival(HierarchicalModel):
                                       index=df.index))
         return pd.concat(parts)
 
-    def methods_text(self, *, names: dict | None = None) -> str:
+    def methods_text(self, *, names: dict | None = None, time_unit: str = "") -> str:
         """A paragraph for a paper's Methods: model, priors and (once fitted) the sampler settings.
-        `names` gives the words of the event, the duration, the group and each predictor."""
+        `names` gives the words of the event, the duration, the group and each predictor; `time_unit`
+        the unit of the durations ('days'), for the time scale the baseline hazard's prior applies to."""
         priors = self.priors_
         names = dict(names or {})
         event, duration = names.get(self.event, self.event), names.get(self.duration, self.duration)
         group, predictors = names.get(self.group, self.group), ", ".join(names.get(p, p) for p in self.predictors)
+        scale = getattr(self, "time_scale_", None)
+        unit = f" {time_unit}" if time_unit else ""
+        timescale = (f"with time measured in multiples of the median time to {event} ({scale:.3g}{unit})"
+                     if scale is not None else f"with time measured in multiples of the median time to {event}")
+        items = [(priors["beta"], "each log hazard ratio, per unit of its predictor as entered in the model")]
         if self.baseline == "weibull":
-            baseline = (f"a Weibull baseline hazard (proportional-hazards form; {prior_text(priors['log_shape'])} "
-                        f"for the log shape, {prior_text(priors['intercept'])} for the log baseline hazard)")
+            baseline = f"a Weibull baseline hazard (proportional-hazards form), {timescale}"
+            items += [(priors["intercept"], "the log baseline hazard with every predictor at its mean"),
+                      (priors["log_shape"], "the log of the Weibull shape")]
         else:
             cuts = getattr(self, "cuts_", None) or self.cuts
-            where = (f"cut at {', '.join(f'{c:g}' for c in cuts)}" if cuts else
+            where = (f"cut at {', '.join(f'{c:g}' for c in cuts)}{unit}" if cuts else
                      f"cut at the quantiles of the event times")
             baseline = (f"a piecewise-constant baseline hazard ({len(cuts) + 1 if cuts else self.n_intervals} "
-                        f"intervals {where}; {prior_text(priors['intercept'])} for each log baseline hazard), "
-                        "fitted with the equivalent Poisson likelihood")
+                        f"intervals {where}, {timescale}), fitted with the equivalent Poisson likelihood")
+            items.append((priors["intercept"], "each interval's log baseline hazard with every predictor at its mean"))
+        items.append((priors["sigma_group"], f"the between-{group} standard deviation of the log frailty"))
         text = (f"We fitted a Bayesian proportional-hazards model of time to {event} ({duration}, "
                 f"right-censored) on {predictors}, with {baseline} and a log-normal frailty by "
-                f"{group} in a non-centered parameterization. Priors were {prior_text(priors['beta'])} for each "
-                f"log hazard ratio and {prior_text(priors['sigma_group'])} for the between-{group} standard "
-                f"deviation of the log frailty.")
+                f"{group} in a non-centered parameterization. " + priors_sentence(items))
         if hasattr(self, "sampling_"):
             engine = "nutpie's No-U-Turn sampler" if self.sampler_ == "nutpie" else "PyMC's No-U-Turn sampler"
             text += self._sampling_text(engine)

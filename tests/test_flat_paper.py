@@ -81,7 +81,14 @@ def lung_study(study: dict) -> dict:
     study["baselines"] = {"features": ["age", "sex", "ph.ecog", "ph.karno", "meal.cal", "wt.loss"]}
     study["sensitivity"] = ["predictive_checks", "pooling", "observed_expected"]
     study["source"]["path"] = "_data/lung.csv"
+    study["parameters"]["small_count_threshold"] = 5   # the trial's own disclosure rule
     return study
+
+
+# words of the ICU demo (and of the NSAID study) that a paper on this trial must never print
+DEMO_WORDS = ("ICU", "intensive care", "In-hospital", "in-hospital", "died in hospital", "Sepsis", "sepsis",
+              "hospitals", "Hospital", "OMOP", "celecoxib", "Celecoxib", "diclofenac", "<11",
+              "rerun with", "-p ", "HDI")
 
 
 def test_lung_trial_paper_from_yaml_and_markdown_only(tmp_path):
@@ -134,5 +141,15 @@ def test_lung_trial_paper_from_yaml_and_markdown_only(tmp_path):
                               capture_output=True, text=True, check=True).stdout
     assert " ".join(sentence.split()[:6]) in " ".join(pdf_text.split())
     assert f"{results['n_patients']['text']} patients" in " ".join(pdf_text.split())
+    # the manuscript as a reader gets it: the study's words and threshold, none of the demo's
+    import re
+    with zipfile.ZipFile(build / "manuscript.docx") as docx:
+        docx_text = re.sub(r"<[^>]+>", "", docx.read("word/document.xml").decode()).replace("&lt;", "<")
+    for where, text in (("DOCX", docx_text), ("PDF", pdf_text)):
+        flat = " ".join(text.split())
+        for word in DEMO_WORDS:
+            assert word not in flat, (where, word, flat[max(0, flat.find(word) - 80):flat.find(word) + 80])
+        for word in ("institutions", "death during follow-up", "<5", "ECOG"):
+            assert word in flat, (where, word)
     # and no notebook code was touched
     assert {p.name: p.read_bytes() for p in project.glob("*.ipynb")} == notebooks

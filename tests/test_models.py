@@ -280,3 +280,19 @@ def test_single_level_bad_arguments(cohort):
         HierarchicalLogistic("death", None, PREDICTORS).fit(cohort, draws=10, tune=10, backend="kernel")
     with pytest.raises(CohortError, match="lack the column"):
         HierarchicalLogistic("death", None, PREDICTORS).fit(cohort.drop(columns="male"), draws=10, tune=10)
+
+
+def test_methods_text_calls_a_prior_weakly_informative_only_when_it_is():
+    "BUGS-style vague priors are named as such; the defaults are weakly informative; the scale is said."
+    default = HierarchicalLogistic("death", "hospital", PREDICTORS).methods_text(group_plural="hospitals")
+    assert "Priors were weakly informative: Normal(0, 2.5) for each coefficient, a log odds ratio per unit" in default
+    assert "(log-odds scale)" in default
+    bugs = HierarchicalLogistic("death", "hospital", PREDICTORS, priors={
+        "beta": {"dist": "Normal", "mu": 0, "sigma": 1000},
+        "sigma_group": {"dist": "InverseGammaVariance", "alpha": 0.001, "beta": 0.001}}).methods_text()
+    assert "weakly informative:" not in bugs
+    assert "Normal(0, 1000) for each coefficient, a log odds ratio per unit of its predictor as entered in " \
+           "the model (vague)" in bugs
+    assert "Inverse-Gamma(0.001, 0.001) on the variance for the between-hospital standard deviation" in bugs
+    assert "(vague)" in bugs and "Normal(0, 2.5) for the intercept, the log odds with every predictor at " \
+                                 "its mean (weakly informative)" in bugs

@@ -46,8 +46,8 @@ def test_fit_returns_self_keeps_input_and_is_seeded(data, fitted):
 
 
 def test_tables_have_the_house_shape(fitted):
-    assert list(fitted.summary().columns) == ["parameter", "mean", "sd", "hdi_low", "hdi_high", "r_hat",
-                                              "ess_bulk", "ess_tail"]
+    assert list(fitted.summary().columns) == ["parameter", "mean", "sd", "median", "low", "high", "hdi_low",
+                                              "hdi_high", "r_hat", "ess_bulk", "ess_tail"]
     ratios = fitted.hazard_ratios()
     assert list(ratios.columns) == ["predictor", "hazard_ratio", "low", "high"]
     # the true HR exp(0.7) = 2.01 is inside a 95% interval computed from 800 patients
