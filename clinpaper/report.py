@@ -22,10 +22,10 @@ import pandas as pd
 from .core import RunError, mask_count
 
 # %% auto #0
-__all__ = ['CHECKED_SECTIONS', 'to_jsonable', 'GlueRecord', 'write_json_atomic', 'read_results', 'Reporter', 'reglue',
-           'myst_to_pandoc', 'glue_uses', 'glue_producers', 'library_glue_producers', 'typed_numbers',
+__all__ = ['CHECKED_SECTIONS', 'PAPER_SIZES', 'to_jsonable', 'GlueRecord', 'write_json_atomic', 'read_results', 'Reporter',
+           'reglue', 'myst_to_pandoc', 'glue_uses', 'glue_producers', 'library_glue_producers', 'typed_numbers',
            'check_typed_numbers', 'load_checklist', 'checklist_table', 'unreported_sections', 'notebook_markdown',
-           'render_manuscript']
+           'render_manuscript', 'finish_docx']
 
 # %% ../nbs/06_report.ipynb #c005
 def to_jsonable(value):
@@ -158,6 +158,10 @@ def reglue(run_dir) -> int:
 # %% ../nbs/06_report.ipynb #c014
 _ROLE = re.compile(r"\{(glue:text|glue|numref|cite|cite:p|cite:t|ref)\}`([^`]*)`")
 _FENCE = re.compile(r"^(`{3,}|:{3,})\{([\w:-]+)\}\s*(.*?)\s*\n(.*?)^\1\s*$", re.S | re.M)
+# a title paragraph ("**Table 1.** Baseline ...", "**Figure S2.** ...") right above a plain
+# {glue} of a table or figure: in the DOCX and the PDF it is that table's or figure's caption
+_TITLED = re.compile(r"^(\*\*(?:Table|Figure)\s+[A-Z]?\d+\.?\*\*[^\n]*(?:\n[^\n]*\S[^\n]*)*)\n"
+                     r"[ \t]*\n(?:[ \t]*\n)*(`{3,}|:{3,})\{glue\}[ \t]+(\S+)[ \t]*\n\2[ \t]*$", re.M)
 
 
 def _split_directive(body: str) -> tuple[dict, str]:
@@ -168,9 +172,48 @@ def _split_directive(body: str) -> tuple[dict, str]:
     return options, "\n".join(lines).strip()
 
 
+_LINE = 72          # pandoc's --columns: a table with a longer line takes the text width
+_TABLE_UNITS = 100  # the columns of such a table share the text width in these units
+
+
+def _cell(value) -> str:
+    return re.sub(r"\s+", " ", str(value)).strip().replace("|", "\\|")
+
+
+def _column_widths(rows: list[list[str]]) -> list[int] | None:
+    """Relative widths of a table's columns, or None when its lines are short enough for Word and
+    Typst to size it. A column is never narrower than its longest word (so that no word,
+    "Characteristic" or "Hospital", is broken letter by letter); the rest of the width goes to
+    the columns with the most text."""
+    columns = range(len(rows[0]))
+    if max(sum(len(cell) + 3 for cell in row) + 1 for row in rows) <= _LINE:
+        return None
+    # a column's units: its characters and about three for the cell's padding
+    natural = [min(max(len(row[i]) for row in rows), 60) + 3 for i in columns]
+    least = [min(max(len(word) for row in rows for word in row[i].split() or [""]), 18) + 3
+             for i in columns]
+    spare, wants = _TABLE_UNITS - sum(least), [n - m for n, m in zip(natural, least)]
+    if spare <= 0 or sum(wants) == 0:
+        widths = least
+    elif sum(wants) <= spare:
+        widths = natural
+    else:
+        widths = [m + spare * w / sum(wants) for m, w in zip(least, wants)]
+    return [max(3, round(w)) for w in widths]
+
+
 def _pipe_table(data: pd.DataFrame) -> str:
-    "A pipe table of the cells exactly as shown: '1.000' stays '1.000' (no parsing of numbers)."
-    return data.astype(str).to_markdown(index=False, tablefmt="pipe", disable_numparse=True)
+    """A pipe table of the cells exactly as shown: '1.000' stays '1.000' (no parsing of numbers),
+    with the column widths of `_column_widths` in the dashes of its rule (pandoc reads a wide
+    table's relative widths from them)."""
+    rows = [[_cell(c) for c in data.columns]] + [[_cell(v) for v in row]
+                                                 for row in data.astype(str).values.tolist()]
+    widths = _column_widths(rows) or [3] * len(rows[0])
+    if sum(widths) + len(widths) + 1 <= _LINE and widths != [3] * len(rows[0]):
+        widths = [w * 2 for w in widths]   # a wide table's rule must be wider than a line
+    rule = "|" + "|".join(":" + "-" * (w - 1) for w in widths) + "|"
+    lines = ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join([lines[0], rule, *lines[1:]])
 
 
 def _format_value(entry: dict, fmt: str | None, key: str) -> str:
@@ -220,6 +263,17 @@ def myst_to_pandoc(markdown: str, results: dict, *, run_dir=".", where: str = "m
     def directive(match):
         kind, arg, body = match.group(2), match.group(3), match.group(4)
         options, content = _split_directive(body)
+        if kind == "glue:titled":   # a plain {glue} under its "**Table N.**" title
+            entry = entry_for(arg)
+            if entry is None:
+                return ""
+            title = _ROLE.sub(role, content).strip()
+            if entry["kind"] == "table":
+                data = pd.read_csv(run_dir / entry["file"], dtype=str, keep_default_na=False)
+                return f"{_pipe_table(data)}\n\nTable: {title}\n"
+            if entry["kind"] == "figure":
+                return f"![{title}]({entry['file']})\n"
+            return f"{title}\n\n{entry['text']}\n"
         if kind in ("glue:figure", "glue", "glue:any"):
             entry = entry_for(arg)
             if entry is None:
@@ -235,7 +289,7 @@ def myst_to_pandoc(markdown: str, results: dict, *, run_dir=".", where: str = "m
             label = "Table" if entry["kind"] == "table" else "Figure"
             counters[label] += 1
             caption = _ROLE.sub(role, content or entry.get("caption", "")).strip()
-            title = f"{label} {counters[label]}." if number_captions else ""
+            title = f"**{label} {counters[label]}.**" if number_captions else ""
             title = f"{title} {caption}".strip()
             if entry["kind"] == "table":
                 return f"{_pipe_table(data)}\n\nTable: {title}\n"
@@ -268,6 +322,8 @@ def myst_to_pandoc(markdown: str, results: dict, *, run_dir=".", where: str = "m
             return "; ".join(f"@{k}" for k in keys)
         return "[" + "; ".join(f"@{k}" for k in keys) + "]"
 
+    markdown = _TITLED.sub(lambda m: f"{m.group(2)}{{glue:titled}} {m.group(3)}\n{m.group(1)}\n"
+                                     f"{m.group(2)}", markdown)
     out = _FENCE.sub(directive, markdown)
     out = _ROLE.sub(role, out)
     out = re.sub(r"^\([\w:.-]+\)=\s*$\n?", "", out, flags=re.M)   # MyST targets
@@ -441,8 +497,53 @@ def library_glue_producers(calls) -> list[dict]:
 # %% ../nbs/06_report.ipynb #c020
 _NUMBER = re.compile(r"(?<![\w.])(?<![A-Za-z]-)\d+(?:[.,]\d+)*%?")
 _EXEMPT = re.compile(r"\b(?:Tables?|Figures?|Fig\.)\s+S?\d+(?:\s*(?:and|to|,|-)\s*S?\d+)*"
-                     r"|\b95\s?%|`[^`]*`")
+                     r"|\b95\s?%")
+_ANY_ROLE = re.compile(r"\{[\w:.-]+\}`[^`\n]*`")        # {glue:text}`x`, {cite}`a,b`, {math}`2^3`
+_INLINE_CODE = re.compile(r"(`+)[^`\n].*?\1")           # `code` or ``co`de``, within one line
+_OPENING = re.compile(r"^[ \t]*(`{3,}|~{3,}|:{3,})[ \t]*(.*?)[ \t]*$")
+# directives whose body is code or data, not prose: their lines are never read as text
+_CODE_DIRECTIVES = {"code-cell", "code", "code-block", "sourcecode", "raw", "math", "eval-rst",
+                    "bibliography", "tableofcontents", "toctree", "csv-table", "list-table"}
 CHECKED_SECTIONS = ("Abstract", "Results")
+
+
+def _closes(line: str, fence: str) -> bool:
+    "Whether `line` closes a fence opened by `fence` (same character, at least as long)."
+    stripped = line.strip()
+    return len(stripped) >= len(fence) and set(stripped) == {fence[0]}
+
+
+def _fence_prose(markdown: str) -> str:
+    """MyST Markdown with every fenced block replaced by the prose it holds, line for line: a
+    directive's body (a figure's caption, an admonition) stays, without the fence lines and the
+    `:option:` lines; code cells, code blocks and directives of code or data become blank lines.
+    Fences nest (a four-backtick block may hold a three-backtick one)."""
+    lines, out, number = markdown.split("\n"), [], 0
+    while number < len(lines):
+        opening = _OPENING.match(lines[number])
+        if not opening:
+            out.append(lines[number])
+            number += 1
+            continue
+        fence, info = opening.groups()
+        end = next((n for n in range(number + 1, len(lines)) if _closes(lines[n], fence)),
+                   len(lines))   # an unclosed fence runs to the end, as in CommonMark
+        body = lines[number + 1:end]
+        directive = re.match(r"^\{([\w:.-]+)\}", info)
+        out.append("")   # the opening line: the directive's argument is a name, not prose
+        if directive is None or directive.group(1) in _CODE_DIRECTIVES:
+            out += [""] * len(body)
+        else:
+            options = 0
+            while options < len(body) and re.match(r"^[ \t]*:[\w-]+:", body[options]):
+                options += 1
+            out += [""] * options
+            if options < len(body):
+                out += _fence_prose("\n".join(body[options:])).split("\n")
+        if end < len(lines):
+            out.append("")   # the closing line
+        number = end + 1
+    return "\n".join(out)
 
 
 def _sections(markdown: str, titles) -> str:
@@ -459,11 +560,12 @@ def _sections(markdown: str, titles) -> str:
 
 
 def typed_numbers(markdown: str, *, sections=CHECKED_SECTIONS) -> list[str]:
-    "Numbers typed by hand in the given sections of a MyST manuscript, each with its context."
-    text = _sections(markdown, set(sections))
-    text = _ROLE.sub(" ", text)
-    text = re.sub(r"^(`{3,}|:{3,})\{[\w:-]+\}.*$", " ", text, flags=re.M)   # directive lines
-    text = re.sub(r"^:\w+:.*$", " ", text, flags=re.M)                       # directive options
+    """Numbers typed by hand in the given sections of a MyST manuscript, each with its context.
+    Fenced blocks are read first (their prose kept, their code dropped), so that a fence's
+    backticks never pair with the next line's; roles and inline code count only within a line."""
+    text = _sections(_fence_prose(markdown), set(sections))
+    text = _ANY_ROLE.sub(" ", text)
+    text = _INLINE_CODE.sub(" ", text)
     text = _EXEMPT.sub(" ", text)
     found = []
     for match in _NUMBER.finditer(text):
@@ -554,14 +656,20 @@ def unreported_sections(places, markdown: str) -> list[str]:
 
 # %% ../nbs/06_report.ipynb #c028
 _TYPST_HEADER = r"""
-#set page(paper: "a4", margin: (x: 2.2cm, y: 2.4cm), numbering: "1")
-#set text(size: 10.5pt)
-#set par(justify: true)
-#show table: set text(size: 7.5pt)
+#show table: set text(size: 7.5pt, hyphenate: false)
+#show table: set par(justify: false)
 #show figure.caption: set text(size: 9pt)
-#set figure.caption(separator: [. ])
+#show figure.caption: set par(justify: false)
+#set figure(numbering: none)
 #show figure.where(kind: table): set block(breakable: true)
+#show figure.caption.where(kind: table): it => block(sticky: true, it)
+#show figure.where(kind: image): set figure(placement: auto)
 """
+# the page as the study's `paper_size` asks: Typst's paper name, and Word's page in twentieths
+# of a point (the DOCX has the same page and margins)
+PAPER_SIZES = {"a4": {"typst": "a4", "width_mm": 210, "height_mm": 297},
+               "letter": {"typst": "us-letter", "width_mm": 215.9, "height_mm": 279.4}}
+_MARGINS_CM = {"x": 2.2, "y": 2.4}
 
 
 def notebook_markdown(notebook) -> str:
@@ -576,12 +684,28 @@ def notebook_markdown(notebook) -> str:
     return "\n\n".join(parts)
 
 
+def _csl_file() -> Path:
+    "clinpaper's numeric citation style (package data), the one the web book's settings also use."
+    return Path(__file__).resolve().parent / "templates" / "_common" / "clinpaper-numeric.csl"
+
+
+def _names_authors(markdown: str) -> bool:
+    "Whether the manuscript prints its authors itself (a line that pastes the `authors` glue)."
+    return re.search(r"\{glue(?::text)?\}`(?:[\w-]+::)?authors`", markdown) is not None
+
+
 def render_manuscript(notebook, run_dir, out_dir, *, title: str, authors=(),
-                      bibliography=None, stem: str = "manuscript") -> dict:
-    "Write out_dir/stem.docx and out_dir/stem.pdf from an executed manuscript notebook."
+                      bibliography=None, paper_size: str = "a4",
+                      stem: str = "manuscript") -> dict:
+    """Write out_dir/stem.docx and out_dir/stem.pdf from an executed manuscript notebook, on the
+    page `paper_size` asks ("a4" or "letter"), with every caption in Word's Caption style and
+    the citations numbered as in the web book."""
     import pypandoc
     import typst
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if paper_size not in PAPER_SIZES:
+        raise RunError(f"paper_size {paper_size!r}: the manuscript's page is one of "
+                       f"{', '.join(PAPER_SIZES)}.")
+    run_dir, out_dir = Path(run_dir).resolve(), Path(out_dir).resolve()   # pandoc runs elsewhere
     out_dir.mkdir(parents=True, exist_ok=True)
     source_text = notebook_markdown(notebook)
     check_typed_numbers(source_text, where=str(Path(notebook).name))
@@ -595,10 +719,17 @@ def render_manuscript(notebook, run_dir, out_dir, *, title: str, authors=(),
             raise RunError(f"{Path(notebook).name}: the reporting checklist names places the "
                            f"manuscript does not have: {', '.join(missing)}. Add the sections "
                            "or fix `where` in the checklist file.")
-    convert = dict(results=read_results(run_dir), run_dir=run_dir, where=str(Path(notebook).name))
-    markdown = myst_to_pandoc(source_text, **convert)
-    markdown_typst = myst_to_pandoc(source_text, **convert, number_captions=False)
-    meta = {"title": title, "author": list(authors)}
+    markdown = myst_to_pandoc(source_text, results=results, run_dir=run_dir,
+                              where=str(Path(notebook).name))
+    authors = [str(a) for a in authors]
+    # the title block names the authors unless the manuscript has its own authors line (then
+    # they are the documents' metadata only, never printed twice)
+    meta = {"title": title}
+    if authors and not _names_authors(source_text):
+        meta["author"] = authors
+    page = PAPER_SIZES[paper_size]
+    typst_meta = {**meta, "papersize": page["typst"], "fontsize": "10.5pt", "page-numbering": "1",
+                  "margin": {key: f"{value}cm" for key, value in _MARGINS_CM.items()}}
     work = Path(tempfile.mkdtemp(prefix="clinpaper-manuscript-"))
     try:
         for sub in ("figures",):
@@ -609,14 +740,16 @@ def render_manuscript(notebook, run_dir, out_dir, *, title: str, authors=(),
         # the notebook's sections are level 2 under its web-only level-1 title
         args = ["--standalone", f"--resource-path={work}", "--shift-heading-level-by=-1"]
         if bibliography:
-            args += ["--citeproc", f"--bibliography={Path(bibliography).resolve()}"]
+            args += ["--citeproc", f"--bibliography={Path(bibliography).resolve()}",
+                     f"--csl={_csl_file()}"]
         docx = out_dir / f"{stem}.docx"
         pypandoc.convert_file(str(source), "docx", format="markdown", outputfile=str(docx),
                               extra_args=args, cworkdir=str(work))
+        finish_docx(docx, paper_size=paper_size, authors=authors, title=title)
         typ = work / f"{stem}.typ"
         header = work / "header.typ"
-        header.write_text(_TYPST_HEADER)
-        source.write_text(_front_matter(meta) + markdown_typst)   # Typst numbers figures itself
+        header.write_text(_TYPST_HEADER + _typst_document(title, authors))
+        source.write_text(_front_matter(typst_meta) + markdown)
         pypandoc.convert_file(str(source), "typst", format="markdown", outputfile=str(typ),
                               extra_args=args + [f"--include-in-header={header}"],
                               cworkdir=str(work))
@@ -625,6 +758,54 @@ def render_manuscript(notebook, run_dir, out_dir, *, title: str, authors=(),
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"docx": docx, "pdf": pdf}
+
+
+def _typst_document(title: str, authors) -> str:
+    "The PDF's metadata (title, authors), set whether or not the title block prints the authors."
+    quoted = lambda text: json.dumps(str(text), ensure_ascii=False)
+    line = f"#set document(title: {quoted(title)}"
+    return line + (f", author: ({', '.join(map(quoted, authors))},))\n" if authors else ")\n")
+
+
+_CAPTION_STYLES = {"Table Caption", "Image Caption"}   # pandoc's; both become Word's "Caption"
+
+
+def finish_docx(path, *, paper_size: str = "a4", authors=(), title: str | None = None) -> Path:
+    """The DOCX as a journal's editor expects it: every table and figure caption in Word's
+    built-in Caption style (a table's caption kept with its table, a figure with its caption),
+    the page and margins of `paper_size`, and the authors and title in the file's properties."""
+    import docx
+    from docx.shared import Cm, Mm, Pt
+    document = docx.Document(str(path))
+    # Word's built-in caption style (style id "Caption"; Word names it "caption"), which
+    # pandoc's template holds and bases its "Table Caption" and "Image Caption" on
+    caption = next(style for style in document.styles if style.style_id == "Caption")
+    caption.element.name_val = "caption"
+    for paragraph in document.paragraphs:
+        name = paragraph.style.name if paragraph.style is not None else ""
+        if name in _CAPTION_STYLES:
+            paragraph.style = caption
+            if name == "Table Caption":
+                paragraph.paragraph_format.keep_with_next = True
+        elif name == "Captioned Figure":
+            paragraph.paragraph_format.keep_with_next = True
+    for table in document.tables:   # tables in 9 pt, as the widths of their columns assume
+        for row in table.rows:
+            for cell in row.cells:
+                for paragraph in cell.paragraphs:
+                    for run in paragraph.runs:
+                        run.font.size = Pt(9)
+    page = PAPER_SIZES[paper_size]
+    for section in document.sections:
+        section.page_width, section.page_height = Mm(page["width_mm"]), Mm(page["height_mm"])
+        section.left_margin = section.right_margin = Cm(_MARGINS_CM["x"])
+        section.top_margin = section.bottom_margin = Cm(_MARGINS_CM["y"])
+    if authors:
+        document.core_properties.author = "; ".join(map(str, authors))
+    if title:
+        document.core_properties.title = str(title)
+    document.save(str(path))
+    return Path(path)
 
 
 def _front_matter(meta: dict) -> str:

@@ -34,7 +34,7 @@ from .report import (
 # %% auto #0
 __all__ = ['PACKAGES', 'FLAT_SUFFIXES', 'NOTEBOOK_SUFFIXES', 'PAGE_SUFFIXES', 'default_runs_dir', 'default_build_dir',
            'default_data_dir', 'fingerprint', 'package_versions', 'git_state', 'check_source_path', 'read_notebook',
-           'executed_name', 'check_before_run', 'find_study', 'run_study', 'merge_prose', 'build_book']
+           'executed_name', 'check_before_run', 'find_study', 'run_study', 'merge_prose', 'web_page', 'build_book']
 
 # %% ../nbs/07_run.ipynb #c005
 def default_runs_dir(start=".") -> Path:
@@ -496,6 +496,13 @@ def _stage_notebooks(run: Path, manifest: dict, root: Path, stage: Path, log) ->
     import nbformat
     name, sources = manifest["name"], manifest.get("sources") or {}
     prose, uses = {}, []
+    glued = _glued_paragraphs(read_results(run))
+    # the server's folders, as the web book may name them: the project, the run, the data
+    paths = {str(root.resolve()): ".", str(run.resolve()): f"_runs/{name}"}
+    source_path = (manifest.get("source") or {}).get("path")
+    if source_path and Path(source_path).is_absolute():   # outside the project: its name only
+        inside = Path(source_path).resolve().is_relative_to(root.resolve())
+        paths[str(source_path)] = _relative(source_path, root) if inside else Path(source_path).name
     for executed in manifest["notebooks"]:
         notebook = nbformat.read(str(run / executed), as_version=4)
         source = root / sources[executed] if executed in sources else None
@@ -516,13 +523,67 @@ def _stage_notebooks(run: Path, manifest: dict, root: Path, stage: Path, log) ->
         else:
             uses += [(glue, f"{where}, as run in {name}")
                      for glue, where in _page_uses(notebook, run / executed, run)]
-        if executed == manifest["manuscript"]:   # the manuscript page shows no code
-            for cell in notebook.cells:
-                tags = cell.get("metadata", {}).get("tags", [])
-                if _is_injected(cell) and "remove-cell" not in tags:
-                    cell.metadata["tags"] = [*tags, "remove-cell"]
+        web_page(notebook, glued=glued, paths=paths)
         nbformat.write(notebook, str(stage / executed))
     return {"prose": prose, "uses": uses}
+
+
+def _glued_paragraphs(results: dict) -> set[str]:
+    "The texts a run glued that are sentences (the Methods paragraphs, the flow's words)."
+    return {entry["text"].strip() for entry in results.values()
+            if entry.get("kind") == "text" and " " in str(entry.get("text", "")).strip()}
+
+
+def _prose_output(text: str):
+    "A printed paragraph as a display output that the web book shows as prose."
+    import html
+    import nbformat
+    paragraphs = "".join(f'<p class="clinpaper-prose">{html.escape(line.strip())}</p>'
+                         for line in text.splitlines() if line.strip())
+    return nbformat.v4.new_output("display_data", data={"text/html": paragraphs,
+                                                        "text/plain": text})
+
+
+def _relative_paths(text: str, paths: dict) -> str:
+    "`text` with each absolute path of `paths` (longest first) written as its stand-in."
+    for absolute, shown in sorted(paths.items(), key=lambda item: -len(item[0])):
+        text = text.replace(absolute + "/", "" if shown == "." else f"{shown}/")
+        text = text.replace(absolute, shown)
+    return text
+
+
+def web_page(notebook, *, glued=frozenset(), paths=None):
+    """An executed notebook made fit for the web book, in place: papermill's injected-parameters
+    cells are dropped and every parameters cell is hidden (they hold the server's paths), and so
+    is papermill's record of its input and output paths; a printed paragraph that the notebook
+    also glued as text (a Methods paragraph) is shown as prose rather than as a code output that
+    scrolls sideways; and the absolute paths of `paths` ({absolute: shown}) are written as shown."""
+    paths = paths or {}
+    notebook.cells = [cell for cell in notebook.cells if not _is_injected(cell)]
+    notebook.metadata.pop("papermill", None)
+    for cell in notebook.cells:
+        cell.get("metadata", {}).pop("papermill", None)   # its timings and status: the run's
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+        if cell.cell_type != "code":
+            continue
+        cell.source = _relative_paths(cell.source, paths)
+        outputs = []
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream":
+                output["text"] = _relative_paths(output.get("text", ""), paths)
+                lines = [line.strip() for line in output["text"].splitlines() if line.strip()]
+                if output.get("name") == "stdout" and lines and set(lines) <= set(glued):
+                    output = _prose_output(output["text"])
+            for kind in ("text/plain", "text/html", "text/markdown"):
+                if isinstance(output.get("data", {}).get(kind), str):
+                    output["data"][kind] = _relative_paths(output["data"][kind], paths)
+            if output.get("output_type") == "error":
+                output["traceback"] = [_relative_paths(line, paths) for line in output["traceback"]]
+            outputs.append(output)
+        cell.outputs = outputs
+    return notebook
 
 
 def _add_reference(reference, stage: Path, toc: dict) -> dict:
@@ -558,6 +619,10 @@ def _stage_book(run: Path, manifest: dict, root: Path, stage: Path, *, reference
     settings = yaml.safe_load(config_file.read_text()) or {}
     settings["title"] = manifest["study"]["config"].get("short_title") or \
         manifest["study"]["config"]["title"]
+    # one citation style in all three outputs: numbered in order of citation, as the DOCX and
+    # the PDF number them (clinpaper's CSL file)
+    sphinx = settings.setdefault("sphinx", {}).setdefault("config", {})
+    sphinx.update(bibtex_default_style="unsrt", bibtex_reference_style="label")
     (stage / "_config.yml").write_text(yaml.safe_dump(settings, sort_keys=False))
     bibliography = []
     for bib in settings.get("bibtex_bibfiles") or []:
@@ -636,7 +701,8 @@ def build_book(name: str, *, runs=None, out=None, reference=None, log=None) -> d
         bibliography = staged["bibliography"]
         render_manuscript(stage / manifest["manuscript"], run, partial, title=study["title"],
                           authors=study.get("authors", []),
-                          bibliography=bibliography[0] if bibliography else None)
+                          bibliography=bibliography[0] if bibliography else None,
+                          paper_size=study.get("paper_size") or "a4")
         write_json_atomic(partial / "build.json", {
             "run": name, "run_dir": str(run.resolve()), "project_root": str(root),
             "prose": staged["prose"], "reference": str(reference) if reference else None,

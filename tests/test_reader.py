@@ -144,10 +144,159 @@ def test_docx_as_word_would_show_it(paper):
     source = notebook_markdown(paper["runs"] / "first" / "manuscript.ipynb")
     main_figures = len([name for name in re.findall(r"^`{3,}\{glue:figure\}\s+(\S+)", source, flags=re.M)
                         if results[name]["kind"] == "figure"])
-    captions = [p.text for p in document.paragraphs if p.style.name == "Image Caption"]
-    assert len(captions) == main_figures >= 3
-    for number, caption in enumerate(captions, start=1):
+    captions = [p.text for p in document.paragraphs if p.style.name == "Caption"]
+    numbered = [c for c in captions if re.match(r"Figure \d+\. ", c)]
+    assert len(numbered) == main_figures >= 3
+    for number, caption in enumerate(numbered, start=1):
         assert caption.startswith(f"Figure {number}. "), caption
+
+
+def blocks(document):
+    "The DOCX body in order: ('p', paragraph) and ('table', table)."
+    from docx.table import Table
+    from docx.text.paragraph import Paragraph
+    for element in document.element.body.iterchildren():
+        tag = element.tag.rsplit("}", 1)[-1]
+        if tag == "p":
+            yield "p", Paragraph(element, document)
+        elif tag == "tbl":
+            yield "table", Table(element, document)
+
+
+def test_docx_captions_in_words_caption_style(paper):
+    "Every table's title above it and every figure's caption are in Word's built-in Caption style."
+    import docx
+    document = docx.Document(paper["builds"] / "first" / "manuscript.docx")
+    caption_style = next(s for s in document.styles if s.style_id == "Caption")
+    assert caption_style.element.name_val == "caption"     # Word's own name of its Caption style
+    previous, titles = None, []
+    for kind, block in blocks(document):
+        if kind == "table":
+            # the nearest paragraph above each table (Word's empty separators aside) is its caption
+            assert previous is not None and previous.style.name == "Caption", \
+                (previous.text if previous is not None else None)
+            assert re.match(r"Table [A-Z]?\d+\. ", previous.text), previous.text
+            titles.append(previous.text.split(".")[0])
+        elif block.text.strip():
+            previous = block
+    assert len(titles) == len(document.tables) >= 10 and len(set(titles)) == len(titles)
+    # no table or figure title is left in a body style
+    loose = [p.text for p in document.paragraphs if re.match(r"(Table|Figure) [A-Z]?\d+\. ", p.text)
+             and p.style.name != "Caption"]
+    assert loose == []
+    figures = [p for p in document.paragraphs if p.style.name == "Caption" and p.text.startswith("Figure")]
+    assert len(figures) >= 5   # Figure 1-5 and the supplement's figures
+
+
+def test_docx_tables_are_word_tables_with_columns_that_fit_their_words(paper):
+    import docx
+    from docx.shared import Mm
+    document = docx.Document(paper["builds"] / "first" / "manuscript.docx")
+    text_width = document.sections[0].page_width - document.sections[0].left_margin \
+        - document.sections[0].right_margin
+    for table in document.tables:
+        grid = table._tbl.tblGrid.findall(
+            "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}gridCol")
+        widths = [int(col.get("{http://schemas.openxmlformats.org/wordprocessingml/2006/main}w"))
+                  for col in grid]
+        if not all(widths):
+            continue   # a narrow table that Word sizes itself
+        total = sum(widths)
+        for column, width in enumerate(widths):
+            longest = max((len(word) for row in table.rows for word in row.cells[column].text.split()),
+                          default=0)
+            # 9 pt text: a character is at most about 1.9 mm wide; the column holds the longest word
+            assert text_width * width / total >= Mm(1.6 * min(longest, 18) + 2), \
+                (table.rows[0].cells[0].text, column, longest, width / total)
+
+
+def test_page_size_as_the_study_asks(paper):
+    "The study asks for no paper size: A4 in the PDF (its MediaBox) and in the DOCX."
+    import docx
+    from pypdf import PdfReader
+    import yaml
+    study = yaml.safe_load((paper["project"] / "study.yaml").read_text())
+    assert study.get("paper_size", "a4") == "a4"
+    reader = PdfReader(paper["builds"] / "first" / "manuscript.pdf")
+    for page in reader.pages:
+        assert (round(float(page.mediabox.width)), round(float(page.mediabox.height))) == (595, 842)
+    section = docx.Document(paper["builds"] / "first" / "manuscript.docx").sections[0]
+    assert (round(section.page_width.mm), round(section.page_height.mm)) == (210, 297)
+
+
+def test_authors_printed_once(paper):
+    import docx
+    authors = results_of(paper)["authors"]["text"]
+    document = docx.Document(paper["builds"] / "first" / "manuscript.docx")
+    assert sum(authors in p.text for p in document.paragraphs) == 1
+    assert document.core_properties.author == authors
+    from pypdf import PdfReader
+    reader = PdfReader(paper["builds"] / "first" / "manuscript.pdf")
+    assert squash("".join(page.extract_text() for page in reader.pages)).count(squash(authors)) == 1
+
+
+def citation_numbers_html(paper):
+    "{first 30 characters of a reference: its number} of the web book's reference list."
+    soup = BeautifulSoup((paper["builds"] / "first" / "html" / "manuscript.html").read_text(),
+                         "html.parser")
+    numbers = {}
+    for entry in soup.select("div.citation"):
+        label = entry.select_one("span.label").get_text(strip=True).strip("[]")
+        numbers[re.sub(r"\s+", " ", entry.find("p").get_text(" ", strip=True))[:30]] = label
+    cited = [span.get_text().strip("[]") for span in soup.select("main span.bibtex-citation")]
+    return numbers, cited
+
+
+def test_one_citation_style_in_html_and_docx(paper):
+    "The same work has the same number, in the same bracketed style, in the web book and the DOCX."
+    import docx
+    html_numbers, html_cited = citation_numbers_html(paper)
+    document = docx.Document(paper["builds"] / "first" / "manuscript.docx")
+    docx_numbers = {}
+    for p in document.paragraphs:
+        if p.style.name == "Bibliography":
+            label, _, text = p.text.partition("]")
+            docx_numbers[re.sub(r"\s+", " ", text.strip())[:30]] = label.strip("[ ")
+    assert len(html_numbers) >= 5 and html_numbers == docx_numbers
+    body = "\n".join(p.text for p in document.paragraphs if p.style.name != "Bibliography")
+    docx_cited = re.findall(r"\[(\d+(?:, \d+)*)\]", body)
+    assert docx_cited and set(docx_cited) == set(html_cited)
+    # and the PDF's reference list numbers them the same way
+    from pypdf import PdfReader
+    pdf = squash("".join(page.extract_text() for page in PdfReader(
+        paper["builds"] / "first" / "manuscript.pdf").pages))
+    for start, number in docx_numbers.items():
+        assert squash(f"[{number}]{start}") in pdf, (number, start)
+
+
+def test_web_book_shows_no_parameters_or_server_paths(paper):
+    "No page (nor any file of the book) holds papermill's parameters or an absolute path."
+    html = paper["builds"] / "first" / "html"
+    project, cohort = str(paper["project"].resolve()), str(Path(paper["cohort"]).resolve())
+    leaks = []
+    for path in sorted(p for p in html.rglob("*") if p.is_file()):
+        if path.suffix not in (".html", ".js", ".txt", ".ipynb", ".json", ".inv"):
+            continue
+        text = path.read_text(errors="replace")
+        for needle in (project, cohort, str(paper["base"]), "injected-parameters", "papermill\":",
+                       '"input_path"', '"output_path"'):
+            if needle in text:
+                leaks.append(f"{path.relative_to(html)}: {needle}")
+    assert leaks == []
+    assert list((html / "_sources").glob("*.ipynb"))   # the downloadable notebooks were read too
+    for page in pages_of(paper):
+        soup = BeautifulSoup(page.read_text(), "html.parser")
+        assert not soup.select("div.tag_parameters, div.tag_injected-parameters"), page.name
+
+
+def test_glued_paragraphs_read_as_prose(paper):
+    "A Methods paragraph that a notebook printed and glued is prose in the web book, not code."
+    results = results_of(paper)
+    methods = squash(results["methods_model"]["text"])
+    soup = BeautifulSoup((paper["builds"] / "first" / "html" / "03_model.html").read_text(),
+                         "html.parser")
+    assert any(squash(p.get_text()) == methods for p in soup.select("p.clinpaper-prose"))
+    assert not [pre for pre in soup.select("pre") if methods[:60] in squash(pre.get_text())]
 
 
 def test_pdf_pages_render_and_hold_the_values(paper, tmp_path):
