@@ -337,13 +337,14 @@ def _check_flow_frame(flow) -> None:
         raise ValueError("The flow is empty: it needs at least the row of the source.")
 
 
-def flow_table(flow: pd.DataFrame, *, threshold: int = 11) -> pd.DataFrame:
-    "The cohort flow for display: step, stays remaining, stays removed and why, small counts masked."
+def flow_table(flow: pd.DataFrame, *, threshold: int = 11, unit: str = "stays") -> pd.DataFrame:
+    "The cohort flow for display: step, `unit` remaining ('Stays', 'Patients'), removed and why, small counts masked."
     _check_flow_frame(flow)
+    remaining = unit[:1].upper() + unit[1:]
     rows = []
     for position, row in enumerate(flow.itertuples(index=False)):
         rows.append({"Step": row.label,
-                     "Stays": mask_count(int(row.n_remaining), threshold=threshold),
+                     remaining: mask_count(int(row.n_remaining), threshold=threshold),
                      "Removed": "" if position == 0 else mask_count(int(row.n_removed), threshold=threshold),
                      "Reason": "" if position == 0 else row.reason})
-    return pd.DataFrame(rows, columns=["Step", "Stays", "Removed", "Reason"])
+    return pd.DataFrame(rows, columns=["Step", remaining, "Removed", "Reason"])

@@ -137,7 +137,8 @@ def _label_rows(ax, labels, x, *, max_labels: int = MAX_LABELLED_ROWS, n_extreme
                                            (i, (i + 0.5) * spacing, 0.98, "right")):
             ax.annotate(labels[row], xy=(x[row], row), xytext=(text_x, text_y),
                         textcoords=("axes fraction", "data"), ha=align, va="center", fontsize=size,
-                        arrowprops=leader, gid="group_label")
+                        arrowprops=leader, gid="group_label", zorder=4,
+                        bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.85})
 
 
 def _group_labels(ax) -> list[str]:
@@ -202,7 +203,7 @@ def plot_caterpillar(data: pd.DataFrame, *, group: str = "group", estimate: str 
 # %% ../nbs/05_figures.ipynb #c017
 def plot_flow(flow: pd.DataFrame, *, ax=None, threshold: int = 11, unit: str = "stays", figsize=None):
     "STROBE-style flow diagram of the cohort: main boxes with the stays remaining, side boxes with exclusions."
-    counts = flow_table(flow, threshold=threshold)  # checks the frame and masks small counts
+    counts = flow_table(flow, threshold=threshold, unit=unit)  # checks the frame and masks small counts
     steps = len(flow)
     if ax is None:
         _, ax = plt.subplots(figsize=figsize or (6.5, 0.9 + 1.05 * steps))
@@ -213,15 +214,15 @@ def plot_flow(flow: pd.DataFrame, *, ax=None, threshold: int = 11, unit: str = "
     side_box = {"boxstyle": "round,pad=0.4", "facecolor": "0.95", "edgecolor": "0.5", "linewidth": 0.6}
     arrow = {"arrowstyle": "-|>", "color": "0.2", "linewidth": 0.8, "shrinkA": 0, "shrinkB": 0}
     main_x, side_x = 0.3, 0.62
-    for position, row in enumerate(counts.itertuples(index=False)):
-        ax.text(main_x, position, f"{row.Step}\nn = {row.Stays} {unit}", ha="center", va="center",
+    for position, (step, remaining, removed, reason) in enumerate(counts.itertuples(index=False)):
+        ax.text(main_x, position, f"{step}\nn = {remaining} {unit}", ha="center", va="center",
                 bbox=main_box, zorder=3)
         if position == 0:
             continue
         ax.annotate("", xy=(main_x, position - 0.28), xytext=(main_x, position - 0.72), arrowprops=arrow, zorder=2)
         ax.annotate("", xy=(side_x - 0.01, position - 0.5), xytext=(main_x, position - 0.5),
                     arrowprops=arrow, zorder=2)
-        ax.text(side_x, position - 0.5, f"Excluded: {row.Removed}\n{row.Reason}", ha="left", va="center",
+        ax.text(side_x, position - 0.5, f"Excluded: {removed}\n{reason}", ha="left", va="center",
                 bbox=side_box, zorder=3, wrap=True)
     return ax
 
@@ -377,7 +378,10 @@ def plot_posterior_predictive(data: pd.DataFrame, *, xlabel: str = "Event rate p
     ax.set(xlabel=xlabel, ylabel="")
     _label_rows(ax, ordered["group"], ordered["observed_rate"].to_numpy(), max_labels=max_labels,
                 n_extreme=n_extreme, groups=groups)
-    ax.legend(frameon=False, loc="lower right" if not many else "center right")
+    if many:   # above the rows, which fill the panel
+        ax.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3)
+    else:
+        ax.legend(frameon=False, loc="lower right")
     return ax
 
 # %% ../nbs/05_figures.ipynb #c041
