@@ -621,8 +621,10 @@ def _stage_book(run: Path, manifest: dict, root: Path, stage: Path, *, reference
         manifest["study"]["config"]["title"]
     # one citation style in all three outputs: numbered in order of citation, as the DOCX and
     # the PDF number them (clinpaper's CSL file)
-    sphinx = settings.setdefault("sphinx", {}).setdefault("config", {})
-    sphinx.update(bibtex_default_style="unsrt", bibtex_reference_style="label")
+    settings["sphinx"] = settings.get("sphinx") or {}
+    settings["sphinx"]["config"] = {**(settings["sphinx"].get("config") or {}),
+                                    "bibtex_default_style": "unsrt",
+                                    "bibtex_reference_style": "label"}
     (stage / "_config.yml").write_text(yaml.safe_dump(settings, sort_keys=False))
     bibliography = []
     for bib in settings.get("bibtex_bibfiles") or []:

@@ -112,7 +112,7 @@ def test_html_manuscript_shows_glued_values(paper):
     text = squash(BeautifulSoup(html.read_text(), "html.parser").get_text(" "))
     results = results_of(paper)
     for name in ("n_patients", "n_events", "outcome_percent", "or_sepsis", "apparent_auroc",
-                 "cv_auroc", "median_odds_ratio"):
+                 "cv_auroc", "variation_claim"):
         assert squash(results[name]["text"]) in text, name
     assert not PLACEHOLDERS.search(BeautifulSoup(html.read_text(), "html.parser")
                                    .find("main").get_text(" "))
@@ -313,5 +313,5 @@ def test_pdf_pages_render_and_hold_the_values(paper, tmp_path):
         assert ImageStat.Stat(Image.open(image).convert("L")).stddev[0] > 5, image.name
     text = squash("".join(page.extract_text() for page in reader.pages))
     results = results_of(paper)
-    for name in ("n_patients", "n_events", "or_sepsis", "apparent_auroc", "median_odds_ratio"):
+    for name in ("n_patients", "n_events", "or_sepsis", "apparent_auroc", "variation_claim"):
         assert squash(results[name]["text"]) in text, name
