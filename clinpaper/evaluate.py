@@ -14,13 +14,13 @@ from scipy import stats
 from scipy.special import expit, logit
 from statsmodels.nonparametric.smoothers_lowess import lowess
 
-from .core import ClinpaperError
+from .core import ClinpaperError, format_interval, mask_count
 
 # %% auto #0
 __all__ = ['EvaluationError', 'check_outcome', 'check_probability', 'auroc', 'delong_test', 'auprc', 'roc_curve', 'brier',
            'scaled_brier', 'calibration_intercept_slope', 'ici', 'calibration_curve', 'net_benefit', 'recalibrate',
            'apply_recalibration', 'observed_expected', 'performance_summary', 'subgroup_performance',
-           'bootstrap_optimism', 'stratified_folds', 'grouped_cross_validation']
+           'format_subgroups', 'bootstrap_optimism', 'stratified_folds', 'grouped_cross_validation']
 
 # %% ../nbs/04a_evaluate.ipynb #c005
 class EvaluationError(ClinpaperError, ValueError):
@@ -373,12 +373,14 @@ def performance_summary(y, p, *, n_boot: int = 200, seed: int = 0,
 
 # %% ../nbs/04a_evaluate.ipynb #c051
 def subgroup_performance(df: pd.DataFrame, *, outcome: str, prediction: str,
-                         by: str | list[str]) -> pd.DataFrame:
-    "Per subgroup: n, events, AUROC (DeLong CI), calibration-in-the-large and O/E (CI)."
+                         by: str | list[str], expected: str | None = None) -> pd.DataFrame:
+    "Per subgroup: n, events, AUROC (DeLong CI), calibration-in-the-large and O/E (CI) against `expected` (default: `prediction`)."
     by = [by] if isinstance(by, str) else list(by)
-    _require_columns(df, [outcome, prediction, *by], "subgroup_performance")
+    expected = prediction if expected is None else expected
+    _require_columns(df, [outcome, prediction, expected, *by], "subgroup_performance")
     _check_pair(df[outcome], df[prediction], name_y=outcome, name_p=prediction,
                 both_classes=False)
+    _check_pair(df[outcome], df[expected], name_y=outcome, name_p=expected, both_classes=False)
     rows = []
     for level, part in df.groupby(by, observed=True, sort=True, dropna=False):
         y = part[outcome].to_numpy(float)
@@ -397,7 +399,7 @@ def subgroup_performance(df: pd.DataFrame, *, outcome: str, prediction: str,
             row.update(auroc=np.nan, auroc_low=np.nan, auroc_high=np.nan,
                        calibration_intercept=np.nan, calibration_intercept_low=np.nan,
                        calibration_intercept_high=np.nan)
-        oe = observed_expected(y, p)
+        oe = observed_expected(y, part[expected].to_numpy(float))
         row.update(observed_expected=oe["estimate"], observed_expected_low=oe["low"],
                    observed_expected_high=oe["high"])
         rows.append(row)
@@ -417,6 +419,67 @@ def _natural_rows(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     from clinpaper.paper import _natural_key
     order = sorted(range(len(table)), key=lambda i: [_natural_key(str(table[c].iloc[i])) for c in columns])
     return table.iloc[order].reset_index(drop=True)
+
+# %% ../nbs/04a_evaluate.ipynb #c052b
+_HIDDEN_COLUMNS = ["_small", "_auroc", "_oe", "_oe_low", "_oe_high"]
+
+
+def _subgroup_rows(part: pd.DataFrame, label: str, *, level: str, events: str, threshold: int) -> list[dict]:
+    "The rows of one subgroup as shown, with the numbers a summary row needs in hidden columns."
+    hidden = f"not shown (<{threshold} with or without the outcome)"
+    rows = []
+    for r in part.itertuples(index=False):
+        r = r._asdict()
+        n, n_events = int(r["n"]), int(r["events"])
+        small = 0 < n_events < threshold or 0 < n - n_events < threshold
+        shown = {"auroc": ("auroc_low", "auroc_high"), "observed_expected": ("observed_expected_low",
+                                                                           "observed_expected_high")}
+        cells = {name: hidden if small else
+                 (format_interval(r[name], r[low], r[high], label="95% CI") if np.isfinite(r[name]) else "NA")
+                 for name, (low, high) in shown.items()}
+        rows.append({"Subgroup": label, "Level": str(r[level]), "Patients": mask_count(n, threshold=threshold),
+                     events: mask_count(n_events, threshold=threshold), "AUROC (95% CI)": cells["auroc"],
+                     "O/E (95% CI)": cells["observed_expected"], "_small": small, "_auroc": r["auroc"],
+                     "_oe": r["observed_expected"], "_oe_low": r["observed_expected_low"],
+                     "_oe_high": r["observed_expected_high"]})
+    return rows
+
+
+def _summary_row(rows: list[dict], label: str, *, events: str, threshold: int, n: int, n_events: int,
+                 groups: str, where: str) -> dict:
+    "One row for a group with too many levels to list: totals, ranges over the levels shown, and where the rows are."
+    listed = pd.DataFrame([r for r in rows if not r["_small"]], columns=_HIDDEN_COLUMNS)
+    aurocs, ratios = listed["_auroc"].dropna(), listed["_oe"].dropna()
+    above, below = int((listed["_oe_low"] > 1).sum()), int((listed["_oe_high"] < 1).sum())
+    excluding = "no 95% CI excluding 1" if above == below == 0 else f"95% CI above 1 in {above:,}, below 1 in {below:,}"
+    return {"Subgroup": label, "Level": f"{len(rows):,} {groups}, one row each in {where}",
+            "Patients": mask_count(n, threshold=threshold), events: mask_count(n_events, threshold=threshold),
+            "AUROC (95% CI)": (f"range {aurocs.min():.2f} to {aurocs.max():.2f} across {len(aurocs):,} {groups}"
+                               if len(aurocs) else "NA"),
+            "O/E (95% CI)": f"range {ratios.min():.2f} to {ratios.max():.2f}; {excluding}" if len(ratios) else "NA"}
+
+
+def format_subgroups(parts, *, threshold: int, level: str = "level", events: str = "Events", max_rows: int = 20,
+                     groups: str = "groups", where: str = "the supplement") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The shown subgroup table and the rows of a long group: `parts` is a list of (label, subgroup_performance
+    table with the level in column `level`, whether it is the study's group). A group with more than `max_rows`
+    levels gets one summary row (naming `where` its rows are) and its rows are returned second (else empty)."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, np.integer)) or threshold < 1:
+        raise ValueError(f"`threshold` must be a whole number of at least 1, got {threshold!r}.")
+    shown, long_group = [], []
+    for label, part, is_group in parts:
+        _require_columns(part, [level, "n", "events", "auroc", "auroc_low", "auroc_high", "observed_expected",
+                                "observed_expected_low", "observed_expected_high"], "format_subgroups")
+        rows = _subgroup_rows(part, label, level=level, events=events, threshold=threshold)
+        if is_group and len(rows) > max_rows:
+            long_group = rows
+            shown.append(_summary_row(rows, label, events=events, threshold=threshold, n=int(part["n"].sum()),
+                                      n_events=int(part["events"].sum()), groups=groups, where=where))
+        else:
+            shown += rows
+    columns = ["Subgroup", "Level", "Patients", events, "AUROC (95% CI)", "O/E (95% CI)"]
+    return (pd.DataFrame(shown).reindex(columns=columns),
+            pd.DataFrame(long_group, columns=columns + _HIDDEN_COLUMNS).reindex(columns=columns))
 
 # %% ../nbs/04a_evaluate.ipynb #c054
 def _optimism_metrics(y: np.ndarray, p: np.ndarray) -> dict:

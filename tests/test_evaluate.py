@@ -244,3 +244,29 @@ def test_delong_interval_coverage():
         result = evaluate.auroc(y, expit(score))
         covered += result["low"] <= true_auc <= result["high"]
     assert 0.93 <= covered / 1000 <= 0.97
+
+
+def test_subgroup_table_at_100_hospitals_stays_short_and_sorts_naturally():
+    """Table S3 at 100 hospitals: one summary row for them, their rows in natural order for the supplement,
+    and the O/E of each hospital against the expected risk given (not its own predictions)."""
+    from clinpaper.evaluate import format_subgroups, subgroup_performance
+    rng = np.random.default_rng(3)
+    n = 6000
+    hospital = rng.integers(1, 101, n)
+    effect = np.where(hospital == 7, 1.0, 0.0)            # one hospital with a large effect
+    base = rng.normal(-1.5, 0.8, n)
+    frame = pd.DataFrame({"hospital": "Hospital " + pd.Series(hospital).astype(str),
+                          "sex": np.where(rng.uniform(size=n) < 0.5, "Female", "Male"),
+                          "case_mix": 1 / (1 + np.exp(-base)), "risk": 1 / (1 + np.exp(-(base + effect)))})
+    frame["died"] = rng.binomial(1, frame["risk"])
+    parts = [("Sex", subgroup_performance(frame, outcome="died", prediction="risk", by="sex").rename(
+                 columns={"sex": "level"}), False),
+             ("Hospital", subgroup_performance(frame.rename(columns={"hospital": "level"}), outcome="died",
+                                               prediction="risk", by="level", expected="case_mix"), True)]
+    table, hospitals = format_subgroups(parts, threshold=11, groups="hospitals", where="tables/x.csv")
+    assert len(table) == 3 and len(hospitals) == 100
+    assert hospitals["Level"].tolist()[:11] == [f"Hospital {i}" for i in range(1, 12)]
+    seventh = parts[1][1].set_index("level").loc["Hospital 7"]
+    assert seventh["observed_expected"] > 1.5              # against the case mix alone, clearly above 1
+    own = frame[frame.hospital == "Hospital 7"]
+    assert abs(own["died"].sum() / own["risk"].sum() - 1) < 0.3   # against its own predictions, about 1
