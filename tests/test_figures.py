@@ -82,3 +82,16 @@ def test_ties_rank_in_natural_order():
     ties = pd.DataFrame({"group": ["Hospital 10", "Hospital 2", "Hospital 1", "Hospital 100"], "mean": 0.0,
                          "low": -0.2, "high": 0.2})
     assert named_groups(plot_caterpillar(ties)) == ["Hospital 1", "Hospital 2", "Hospital 10", "Hospital 100"]
+
+
+def test_check_and_performance_notebooks_type_no_threshold_hdi_or_tool_instruction():
+    "The notebooks that make these figures and tables: no typed '<11', no HDI, no command-line instruction."
+    import json
+    from pathlib import Path
+    templates = Path(__file__).resolve().parents[1] / "clinpaper" / "templates"
+    for path in [templates / "hospital-variation" / "03a_model_checks.ipynb",
+                 templates / "hospital-variation" / "04_performance.ipynb",
+                 templates / "prediction" / "04_performance.ipynb"]:
+        source = "".join("".join(cell["source"]) for cell in json.loads(path.read_text())["cells"])
+        for typed in ("<11", "HDI", "hdi_", "-p validate_against", "rerun with", "r_hat\"", "ess_bulk"):
+            assert typed not in source, (path.name, typed)
