@@ -13,9 +13,10 @@ from lifelines.datasets import load_rossi
 from scipy.special import expit
 from statsmodels.duration.hazard_regression import PHReg
 
-from clinpaper.comparative import (balancing_weights, propensity_scores, propensity_weighting, risk_difference,
+from clinpaper.comparative import (MAX_INTERVAL_SPAN, balancing_weights, mask_table_one, propensity_scores,
+                                   propensity_weighting, ratio_check, risk_difference, separating_covariates,
                                    treatment_indicator, weight_summary, weighted_balance, weighted_cox,
-                                   weighted_kaplan_meier)
+                                   weighted_kaplan_meier, withheld_sentence)
 from clinpaper.core import CohortError
 from clinpaper.describe import table_one
 
@@ -438,3 +439,133 @@ def test_bad_input_says_what_and_how_many(cohort, call, error, message):
     with pytest.raises(error) as raised:
         call(cohort)
     assert message in str(raised.value)
+
+
+# --- guards before publication ------------------------------------------------------------------
+
+WORDS = dict(outcome="gastrointestinal hemorrhage", window="within 180 days",
+             labels={"treated": "ibuprofen", "comparator": "naproxen"})
+
+
+def test_an_arm_without_events_gets_no_ratio_and_the_reason(cohort):
+    "What lifelines returns for an arm without events is a number; the guard withholds it and says why."
+    silent = cohort.assign(gi_bleed=np.where(cohort.celecoxib == 0, 0, cohort.gi_bleed))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        raw = CoxPHFitter().fit(silent[["days", "gi_bleed", "celecoxib", "overlap"]], "days", "gi_bleed",
+                                weights_col="overlap", robust=True).summary.loc["celecoxib"]
+    events = silent.groupby("celecoxib").gi_bleed.sum()
+    check = ratio_check(raw["exp(coef)"], raw["exp(coef) lower 95%"], raw["exp(coef) upper 95%"],
+                        events_treated=int(events[1]), events_comparator=int(events[0]))
+    assert raw["exp(coef)"] > 1000 and not check["reportable"]
+    assert check["reason"] == "no_events" and check["arms_without_events"] == ["comparator"]
+    assert withheld_sentence({"hazard ratio": check}, **WORDS) == (
+        "No patient of the naproxen group had gastrointestinal hemorrhage within 180 days, so no hazard "
+        "ratio could be estimated.")
+    fine = weighted_cox(cohort, treatment="celecoxib", duration="days", event="gi_bleed", weights="overlap").iloc[0]
+    events = cohort.groupby("celecoxib").gi_bleed.sum()
+    assert ratio_check(fine.hazard_ratio, fine.low, fine.high, events_treated=int(events[1]),
+                       events_comparator=int(events[0]))["reportable"]
+
+
+@pytest.mark.parametrize("values, reason", [
+    ((2.0, 0.9, np.inf), "not_finite"), ((2.0, 0.0, 9.0), "not_finite"), ((np.nan,) * 3, "not_finite"),
+    ((150.0, 20.0, 900.0), "extreme"), ((0.005, 0.001, 0.02), "extreme"),
+    ((3.0, 0.09, 95.0), "wide"), ((3.0, 0.5, 24.0), None), ((0.8, 0.6, 1.1), None)])
+def test_ratio_guard_reasons(values, reason):
+    check = ratio_check(*values, events_treated=3, events_comparator=30)
+    assert check["reason"] == reason and check["reportable"] == (reason is None)
+    sentence = withheld_sentence({"risk ratio": check}, **WORDS)
+    assert (sentence == "") == (reason is None)
+    for value in values:   # a withheld estimate never reaches the text as a number
+        assert reason is None or not np.isfinite(value) or f"{value:.2f}" not in sentence
+
+
+def test_a_single_event_makes_the_interval_span_the_axis():
+    "lifelines' crude Cox interval with 1 event against 40: wider than MAX_INTERVAL_SPAN; with 2, narrower."
+    rng = np.random.default_rng(8)
+    spans = {}
+    for k in (1, 2):
+        n = 600
+        data = pd.DataFrame({"treated": np.r_[np.ones(n // 2), np.zeros(n // 2)],
+                             "days": rng.uniform(1, 180, n), "event": 0})
+        data.loc[rng.choice(n // 2, k, replace=False), "event"] = 1
+        data.loc[n // 2 + rng.choice(n // 2, 40, replace=False), "event"] = 1
+        row = CoxPHFitter().fit(data, "days", "event").summary.loc["treated"]
+        spans[k] = row["exp(coef) upper 95%"] / row["exp(coef) lower 95%"]
+        check = ratio_check(row["exp(coef)"], row["exp(coef) lower 95%"], row["exp(coef) upper 95%"],
+                            events_treated=k, events_comparator=40)
+        assert check["reason"] == ("wide" if k == 1 else None)
+    assert spans[1] > MAX_INTERVAL_SPAN > spans[2]
+
+
+def test_separating_covariates_agree_with_a_crosstab(cohort):
+    data = cohort.assign(colitis=((cohort.celecoxib == 1) & (np.arange(len(cohort)) < 200)).astype(int),
+                         everyone=np.where(cohort.celecoxib == 0, 1, cohort.male))
+    found = separating_covariates(data, treatment="celecoxib", covariates=COVARIATES + ["colitis", "everyone"])
+    for row in found.itertuples():
+        crossed = pd.crosstab(data[row.covariate], data.celecoxib)
+        other = 0 if row.arm == "treated" else 1
+        assert crossed.loc[row.level, other] == 0 and crossed.loc[row.level].sum() == row.n
+    assert set(zip(found.covariate, found.level, found.arm)) == {("colitis", 1, "treated"),
+                                                                   ("everyone", 0, "treated")}
+
+
+# --- disclosure of a weighted Table 1 ------------------------------------------------------------
+
+def _region_cohort(seed=3):
+    rng = np.random.default_rng(seed)
+    data = simulate(3000, seed=seed)
+    data["region"] = rng.choice(["north", "south"], len(data), p=[0.6, 0.4])
+    east = np.r_[np.flatnonzero(data.celecoxib == 1)[:8], np.flatnonzero(data.celecoxib == 0)[:3]]
+    data.loc[data.index[east], "region"] = "east"   # 8 and 3 patients: small at thresholds 5 and 11
+    data["iptw"] = rng.uniform(2.0, 4.0, len(data))
+    data["drug"] = data.celecoxib.map({1: "Ibuprofen", 0: "Naproxen"})
+    return data
+
+
+@pytest.mark.parametrize("threshold", [5, 11, 60])
+def test_weighted_counts_of_small_cells_are_masked(threshold):
+    from clinpaper.describe import format_table_one
+    data = _region_cohort()
+    codebook = {"region": {"type": "categorical", "label": "Region"}}
+    columns = ["age", "peptic_ulcer", "region"]
+    before = table_one(data, columns=columns, group="drug", codebook=codebook)
+    after = table_one(data, columns=columns, group="drug", codebook=codebook, weights="iptw")
+    shown = mask_table_one(format_table_one(after, codebook=codebook, threshold=threshold), after,
+                           unweighted=before, threshold=threshold)
+    counts = pd.crosstab(data.region, data.drug)           # independent: pandas, unweighted
+    weighted = data.pivot_table(index="region", columns="drug", values="iptw", aggfunc="sum")
+    small = 0
+    for region in counts.index:
+        for drug in counts.columns:
+            cell = shown.loc[f"    {region}", drug]
+            if 0 < counts.loc[region, drug] < threshold:
+                small += 1
+                assert cell.startswith(f"<{threshold} (<"), (region, drug, cell)
+            elif cell not in ("–",) and not cell.startswith("<"):
+                assert cell.startswith(f"{weighted.loc[region, drug]:,.0f} ("), (region, drug, cell)
+    assert small > 0   # the table has cells to mask at every threshold tried
+    text = " ".join(shown.to_numpy().ravel())
+    assert f"<{threshold} (" in text and all(f"<{t} (" not in text for t in (5, 11, 60) if t != threshold)
+    # complementary suppression: no masked cell can be worked out from a row or column sum
+    rows, groups = [f"    {r}" for r in counts.index], ["Overall", *counts.columns]
+    assert _derivable(shown, rows, groups) == set()
+    assert threshold == 60 or _derivable(format_table_one(before, codebook=codebook, threshold=threshold),
+                                         rows, groups)   # format_table_one alone lets one be worked out
+
+
+def _derivable(shown, rows, groups):
+    "Masked cells that a reader can work out: repeatedly, a sum (row or column) with one unknown cell."
+    unknown = {(r, g) for r in rows for g in groups if shown.loc[r, g].startswith(("<", "–"))}
+    masked = {c for c in unknown if shown.loc[c].startswith("<")}
+    found, changed = set(), True
+    while changed:
+        changed = False
+        for cells in [[(r, g) for r in rows] for g in groups] + [[(r, g) for g in groups] for r in rows]:
+            left = [c for c in cells if c in unknown]
+            if len(left) == 1:
+                unknown.discard(left[0])
+                found |= {left[0]} & masked
+                changed = True
+    return found

@@ -1,0 +1,149 @@
+"""A comparative paper that is not the template's: ibuprofen versus naproxen and gastrointestinal
+hemorrhage within 180 days on the Eunomia database, with a small-count threshold of 5, made by editing
+study.yaml only and run and built with the command line (`clinpaper new`, `run`, `build`). Its
+naproxen group has no event in the window, so no ratio may be printed and the paper must say why.
+The DOCX and PDF text hold the study's labels and none of the celecoxib/diclofenac study's wording;
+nothing says "<11". Then the same run with a covariate that separates the groups (02 and 03 rerun
+with papermill on a copy): no weighted estimate, and the reason in words."""
+import json
+import re
+import shutil
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import clinpaper, new_project
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("comparative_paper")]
+
+TREATED, COMPARATOR = ("ibuprofen", "Ibuprofen", 1177480), ("naproxen", "Naproxen", 1115008)
+# what a paper of this study may not say: the template study's drugs and words
+NSAID_WORDS = ["celecoxib", "diclofenac", "cox-2", "selective", "one-year", "one year", "1-year",
+               "within 365 days", "<11"]
+
+
+def other_study(path):
+    "The template's study.yaml with another drug pair, a 180-day window and a threshold of 5."
+    study = yaml.safe_load(path.read_text())
+    study["title"] = "Gastrointestinal hemorrhage in new users of ibuprofen and naproxen"
+    study["short_title"] = "Ibuprofen versus naproxen and GI bleeding"
+    study["cohort"]["exposures"] = [{"id": i, "label": label, "concepts": [c]}
+                                    for i, label, c in (TREATED, COMPARATOR)]
+    study["analysis"]["treated"] = TREATED[0]
+    study["outcome"]["window"] = {"start_day": 1, "end_day": 180}
+    study["parameters"]["small_count_threshold"] = 5
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return study
+
+
+@pytest.fixture(scope="module")
+def paper(tmp_path_factory):
+    project = new_project(tmp_path_factory.mktemp("ibuprofen") / "paper", "comparative")
+    study = other_study(project / "study.yaml")
+    clinpaper("run", "--name", "other", "-p", "bootstrap=20", cwd=project)
+    clinpaper("build", "other", cwd=project)
+    run, build = project / "_runs" / "other", project / "_build" / "other"
+    import docx
+    from pypdf import PdfReader
+    document = docx.Document(build / "manuscript.docx")
+    paragraphs = "\n".join(p.text for p in document.paragraphs)
+    tables = "\n".join(c.text for t in document.tables for r in t.rows for c in r.cells)
+    pdf = "".join(p.extract_text() for p in PdfReader(build / "manuscript.pdf").pages)
+    return {"project": project, "study": study, "run": run, "build": build,
+            "results": json.loads((run / "results.json").read_text()),
+            "docx": paragraphs, "docx_tables": tables, "pdf": pdf, "document": document}
+
+
+def plain(text: str) -> str:
+    return re.sub(r"\s+([.,;:)])", r"\1", re.sub(r"\s+", " ", text))
+
+
+def test_the_paper_speaks_of_its_own_study(paper):
+    docx_text = (paper["docx"] + "\n" + paper["docx_tables"]).lower()
+    pdf_text = re.sub(r"\s+", " ", paper["pdf"]).lower()
+    for word in ("ibuprofen", "naproxen", "gastrointestinal hemorrhage", "within 180 days",
+                 "ibuprofen versus naproxen"):
+        assert word in docx_text, word
+        assert word.replace(" ", "") in pdf_text.replace(" ", ""), word
+    for word in NSAID_WORDS:
+        assert word not in docx_text, word
+        assert word.replace(" ", "") not in pdf_text.replace(" ", ""), word
+    assert paper["results"]["window_words"]["text"] == "within 180 days"
+    assert "{glue" not in paper["docx"]
+
+
+def test_counts_are_masked_at_the_studys_threshold(paper):
+    "Threshold 5: the ibuprofen group's single event shows as '<5', independently of the run's code."
+    table = pd.read_parquet(paper["run"] / "data" / "analysis.parquet")
+    events = table.groupby("exposure")["gi_bleed"].sum()
+    assert 0 < events["ibuprofen"] < 5 and events["naproxen"] == 0
+    results = paper["results"]
+    assert results["events_treated"]["text"] == "<5" and results["events_comparator"]["text"] == "0"
+    assert results["threshold_text"]["text"] == "<5"
+    body = plain(paper["docx"])
+    assert "<5 patients who started ibuprofen and 0 who started naproxen had gastrointestinal hemorrhage" in body
+    assert re.search(r'shown as ["\u201c]<5["\u201d]', body)   # Word's curly quotes
+    assert "<11" not in body + paper["docx_tables"] + paper["pdf"]
+
+
+def test_an_arm_without_events_gets_no_ratio_and_the_reason(paper):
+    from lifelines import CoxPHFitter
+    sentence = ("No patient of the naproxen group had gastrointestinal hemorrhage within 180 days, so no "
+                "risk ratio or hazard ratio could be estimated.")
+    results = paper["results"]
+    assert results["ratio_sentence"]["text"] == sentence
+    for name in ("hazard_ratio", "hazard_ratio_crude", "risk_ratio"):
+        assert results[name]["text"] == "not reported", name
+    body = plain(paper["docx"])
+    assert body.count(sentence) >= 2   # the abstract and the results
+    assert "hazard ratio was" not in body and "risk ratio was" not in body
+    # Table 3: the ratios' rows hold no number
+    effects = next(t for t in paper["document"].tables if any("Hazard ratio, weighted" in c.text
+                                                                for r in t.rows for c in r.cells))
+    rows = {r.cells[0].text: r.cells[-1].text for r in effects.rows}
+    for row in ("Risk ratio", "Hazard ratio, weighted", "Hazard ratio, crude"):
+        assert rows[row] == "not reported", row
+    assert sentence in plain(paper["pdf"])
+    # what the guard keeps out: lifelines' own crude fit on the run's table returns a number
+    table = pd.read_parquet(paper["run"] / "data" / "analysis.parquet")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = CoxPHFitter().fit(table.assign(treated=(table.exposure == "ibuprofen").astype(int))
+                                [["time_to_event", "gi_bleed", "treated"]], "time_to_event", "gi_bleed")
+    assert fit.hazard_ratios_["treated"] > 1000
+    assert f"{fit.hazard_ratios_['treated']:,.2f}" not in paper["docx"] + paper["docx_tables"]
+
+
+def test_separation_withholds_the_weighted_estimates(paper, tmp_path):
+    "A condition recorded in the ibuprofen group only: 02 and 03 say why and show crude estimates."
+    import papermill
+    run = tmp_path / "separated"
+    shutil.copytree(paper["run"], run)
+    table = pd.read_parquet(run / "data" / "analysis.parquet")
+    ibuprofen = np.flatnonzero(table["exposure"] == "ibuprofen")
+    table["esophagitis"] = 0
+    table.loc[table.index[ibuprofen[:20]], "esophagitis"] = 1
+    table.to_parquet(run / "data" / "analysis.parquet", index=False)
+    assert pd.crosstab(table["esophagitis"], table["exposure"]).loc[1, "naproxen"] == 0
+    for notebook in ("02_balance.ipynb", "03_effects.ipynb"):
+        papermill.execute_notebook(str(paper["project"] / notebook), str(run / notebook),
+                                   parameters={"run_dir": str(run), "study_path": str(run / "study.yaml")},
+                                   cwd=str(run), kernel_name="python3", progress_bar=False)
+    results = json.loads((run / "results.json").read_text())
+    why = ("The propensity score could not be estimated: esophagitis was recorded only in the ibuprofen "
+           "group, so those patients had no counterpart in the other group. No weighted estimate is "
+           "reported; the estimates shown are crude, not adjusted for confounding.")
+    assert results["separation_sentence"]["text"] == " " + why
+    assert results["hazard_ratio"]["text"] == "not estimated"
+    assert results["smd_max_after"]["text"] == "not estimated"
+    assert results["ess_treated"]["text"] == "not estimated"
+    assert results["risk_sentence"]["text"].startswith("The crude risk of gastrointestinal hemorrhage")
+    # the crude risks: 1 - Kaplan-Meier at day 180 by lifelines, per group
+    from lifelines import KaplanMeierFitter
+    for arm, name in (("ibuprofen", "risk_treated"), ("naproxen", "risk_comparator")):
+        rows = table[table.exposure == arm]
+        risk = 1 - KaplanMeierFitter().fit(rows.time_to_event, rows.gi_bleed).survival_function_at_times(180).iloc[0]
+        assert results[name]["value"] == pytest.approx(risk, abs=1e-12)
