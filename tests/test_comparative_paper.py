@@ -1,9 +1,9 @@
 """A comparative paper that is not the template's: ibuprofen versus naproxen and gastrointestinal
-hemorrhage within 180 days on the Eunomia database, with a small-count threshold of 5, made by editing
-study.yaml only and run and built with the command line (`clinpaper new`, `run`, `build`). Its
+hemorrhage within 180 days on the Eunomia database, with a small-count threshold of 5, inverse
+probability weights and a rare condition in Table 1, made by editing study.yaml only and run and built with the command line (`clinpaper new`, `run`, `build`). Its
 naproxen group has no event in the window, so no ratio may be printed and the paper must say why.
 The DOCX and PDF text hold the study's labels and none of the celecoxib/diclofenac study's wording;
-nothing says "<11". Then the same run with a covariate that separates the groups (02 and 03 rerun
+nothing says "<11"; the rare condition's small cell is masked after weighting too. Then the same run with a covariate that separates the groups (02 and 03 rerun
 with papermill on a copy): no weighted estimate, and the reason in words."""
 import json
 import re
@@ -35,6 +35,11 @@ def other_study(path):
     study["analysis"]["treated"] = TREATED[0]
     study["outcome"]["window"] = {"start_day": 1, "end_day": 180}
     study["parameters"]["small_count_threshold"] = 5
+    # inverse probability weights (sums near twice the counts) and a rare condition, recorded before
+    # the first exposure in a few naproxen patients: a weighted Table 1 that would give them away
+    study["analysis"]["weighting"] = "iptw"
+    study["features"]["conditions"].append({"id": "epilepsy", "label": "Epilepsy", "concepts": [380378],
+                                            "lookback_days": None})
     path.write_text(yaml.safe_dump(study, sort_keys=False))
     return study
 
@@ -87,6 +92,35 @@ def test_counts_are_masked_at_the_studys_threshold(paper):
     assert "<5 patients who started ibuprofen and 0 who started naproxen had gastrointestinal hemorrhage" in body
     assert re.search(r'shown as ["\u201c]<5["\u201d]', body)   # Word's curly quotes
     assert "<11" not in body + paper["docx_tables"] + paper["pdf"]
+
+
+def _docx_table(document, row_label):
+    "The rows (label -> cells) of each DOCX table that has a row `row_label`."
+    found = []
+    for table in document.tables:
+        rows = {r.cells[0].text.strip(): [c.text for c in r.cells] for r in table.rows}
+        if row_label in rows:
+            header = [c.text for c in table.rows[0].cells]
+            found.append({label: dict(zip(header, cells)) for label, cells in rows.items()})
+    return found
+
+
+def test_weighted_counts_of_a_small_cell_are_masked(paper):
+    "Epilepsy: fewer than 5 naproxen patients, so masked before and after weighting, and not derivable."
+    table = pd.read_parquet(paper["run"] / "data" / "analysis.parquet")
+    weights = pd.read_parquet(paper["run"] / "data" / "weights.parquet")["weight"]
+    counts = table.groupby("exposure")["epilepsy"].sum()              # independent: pandas
+    weighted = (table["epilepsy"] * weights).groupby(table["exposure"]).sum()
+    assert 0 < counts["naproxen"] < 5 <= counts["ibuprofen"]
+    assert weighted["naproxen"] >= 5   # unmasked, the weighted count would be shown
+    before, after = _docx_table(paper["document"], "Epilepsy, n (%)")
+    for shown, values in ((before, counts), (after, weighted)):
+        row = shown["Epilepsy, n (%)"]
+        assert row["Naproxen"].startswith("<5 (<"), row
+        assert row["Ibuprofen"].startswith(f"{values['ibuprofen']:,.0f} ("), row
+        assert row["Overall"] == "–", row   # else Overall minus ibuprofen gives naproxen's count
+    assert f"{weighted['naproxen']:,.0f} (" not in after["Epilepsy, n (%)"]["Naproxen"]
+    assert "–" in paper["docx"] and "cannot be worked out" in plain(paper["docx"])
 
 
 def test_an_arm_without_events_gets_no_ratio_and_the_reason(paper):
