@@ -333,12 +333,15 @@ class HierarchicalModel:
         return effects, codes, new_levels
 
     def group_effects(self, hdi_prob: float = 0.95) -> pd.DataFrame:
-        "Per group: posterior mean and HDI of its effect (deviation from the average group, on the linear predictor)."
+        """Per group: the posterior median of its effect (deviation from the average group, on the linear
+        predictor) with the equal-tailed `hdi_prob` interval, low and high, and the posterior mean."""
         self._require_group("group effects")
         self._check_fitted()
         effects = self._draws("group_effect")
-        low, high = hdi(effects, prob=hdi_prob)
-        return pd.DataFrame({"group": self.groups_, "mean": effects.mean(axis=0), "low": low, "high": high})
+        tail = (1 - hdi_prob) / 2
+        low, high = np.quantile(effects, [tail, 1 - tail], axis=0)
+        return pd.DataFrame({"group": self.groups_, "median": np.median(effects, axis=0), "low": low, "high": high,
+                             "mean": effects.mean(axis=0)})
 
     def check_convergence(self, *, r_hat_max: float = 1.01, ess_min: float = 400,
                           divergences_max: int = 0) -> pd.DataFrame:

@@ -19,9 +19,9 @@ from .report import Reporter
 
 # %% auto #0
 __all__ = ['DEFAULT_AGE_BANDS', 'METRIC_LABELS', 'METRIC_DIGITS', 'SOFTWARE_NAMES', 'RELEVANT_MEDIAN_ODDS_RATIO',
-           'RATIO_SPAN_MAX', 'study_codebook', 'check_study', 'PaperStudy', 'PaperFiles', 'PaperModelFrame',
-           'PaperChoices', 'band', 'PaperDisplay', 'PaperManuscript', 'methods_cohort', 'variation_verdict',
-           'ratio_guard', 'PaperEstimates', 'Paper']
+           'study_codebook', 'check_study', 'PaperStudy', 'PaperFiles', 'PaperModelFrame', 'PaperChoices', 'band',
+           'PaperDisplay', 'PaperManuscript', 'methods_cohort', 'variation_verdict', 'ratio_guard', 'PaperEstimates',
+           'Paper']
 
 # %% ../nbs/06a_paper.ipynb #c005
 def study_codebook(study: dict) -> dict:
@@ -588,7 +588,6 @@ def methods_cohort(study: dict, source: dict | None = None) -> str:
 
 # %% ../nbs/06a_paper.ipynb #c031
 RELEVANT_MEDIAN_ODDS_RATIO = 1.1   # the default: a 10% difference in the odds between two groups
-RATIO_SPAN_MAX = 100               # an interval whose upper limit is over 100 times its lower informs no one
 
 
 def variation_verdict(low: float, high: float, relevant: float = RELEVANT_MEDIAN_ODDS_RATIO) -> str:
@@ -605,19 +604,24 @@ def ratio_guard(estimate: float, low: float, high: float, *, events=None, label:
                 outcome: str = "the outcome") -> str | None:
     """Why a ratio (odds, hazard or risk ratio) and its 95% interval must not be published, in words
     a clinician understands, or None when it may be. `events` maps each compared level's words
-    ('patients with sepsis') to its number of events and of non-events, [events, non_events]."""
+    ('patients with sepsis') to its number of events and of non-events, [events, non_events]. The
+    numeric rules are those of every ratio a paper publishes (`clinpaper.comparative.ratio_check`:
+    not finite, beyond MAX_RATIO-fold, an interval spanning more than MAX_INTERVAL_SPAN-fold)."""
+    from clinpaper.comparative import ratio_check   # imported here: statsmodels is slow to import
+
     for who, (n_events, n_without) in (events or {}).items():
         if n_events == 0:
             return f"no {who} had {outcome}, so {label} could not be estimated"
         if n_without == 0:
             return f"every one of the {who} had {outcome}, so {label} could not be estimated"
-    values = np.array([estimate, low, high], dtype=float)
-    if not np.all(np.isfinite(values)) or np.any(values <= 0):
-        return f"{label} could not be estimated from these data (its interval is not finite)"
-    if high / low > RATIO_SPAN_MAX:
-        return (f"the data could not estimate {label} with any precision (its 95% interval spans more than "
-                f"a {RATIO_SPAN_MAX}-fold range)")
-    return None
+    # the events were checked above; ratio_check's own event rule is for two arms of a comparison
+    check = ratio_check(estimate, low, high, events_treated=1, events_comparator=1)
+    return {None: None,
+            "not_finite": f"{label} could not be estimated from these data (its interval is not finite)",
+            "extreme": (f"{label} lies beyond a {check['max_ratio']:g}-fold ratio, which these data cannot "
+                        "support"),
+            "wide": (f"the data could not estimate {label} with any precision (its 95% interval spans more "
+                     f"than a {check['max_span']:g}-fold range)")}[check["reason"]]
 
 
 class PaperEstimates:

@@ -82,6 +82,17 @@ def paper(project, small_cohort):
             "first_digest": first_digest}
 
 
+# The wheel's runs use small settings, applied to whichever the study declares: few draws, and a
+# convergence gate loose enough for them (those runs test the packaging, not the estimates).
+QUICK = {"draws": 500, "tune": 500, "chains": 2, "bootstrap": 50, "r_hat_max": 1.05, "ess_min": 50}
+
+
+# The external run: another health system's cohort, another seed, an external validation of the
+# first run's model, with the quick settings (it tests validation and comparison, not estimates).
+EXTERNAL = ["--name", "external", "-p", "seed=7", "-p", "validate_against=first",
+            *[a for key, value in QUICK.items() for a in ("-p", f"{key}={value}")]]
+
+
 @pytest.fixture(scope="session")
 def external_run(paper):
     """A second run, "external", beside "first": another health system's cohort, another seed,
@@ -89,8 +100,7 @@ def external_run(paper):
     cohort = paper["base"] / "external.duckdb"
     clinpaper("synth", "--out", cohort, "--patients", 1000, "--sites", 6, "--seed", 5,
               "--shift", "external")
-    clinpaper("run", "--cohort", cohort, "--name", "external", "-p", "seed=7",
-              "-p", "validate_against=first", cwd=paper["project"])
+    clinpaper("run", "--cohort", cohort, *EXTERNAL, cwd=paper["project"])
     return paper["runs"] / "external"
 
 
@@ -105,11 +115,6 @@ def tree_digest(folder: Path) -> dict:
     "SHA-256 of every file below `folder`, by relative path."
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-# The wheel's runs use small settings, applied to whichever the study declares: few draws, and a
-# convergence gate loose enough for them (those runs test the packaging, not the estimates).
-QUICK = {"draws": 500, "tune": 500, "chains": 2, "bootstrap": 50, "r_hat_max": 1.05, "ess_min": 50}
 
 
 @pytest.fixture(scope="session")

@@ -68,12 +68,13 @@ def test_flow_table_one_and_estimates_side_by_side(two_runs):
     flow_a, flow_b = table(two_runs / "A", "table_flow"), table(two_runs / "B", "table_flow")
     flow = sections["flow"].set_index("Step")
     assert list(flow.index) == [row["Step"] for row in flow_a]
+    unit = list(flow_a[0])[1]   # what the flow counts, as the study's cohort step names it ("Patients")
+    assert unit in ("Patients", "Index events")
     for row_a, row_b in zip(flow_a, flow_b):
-        assert flow.loc[row_a["Step"], ["Stays A", "Stays B"]].tolist() == \
-            [row_a["Stays"], row_b["Stays"]]
+        assert flow.loc[row_a["Step"], [f"{unit} A", f"{unit} B"]].tolist() == [row_a[unit], row_b[unit]]
     first = flow_a[0]["Step"]
-    stays = int(flow_b[0]["Stays"].replace(",", "")) - int(flow_a[0]["Stays"].replace(",", ""))
-    assert flow.loc[first, "Stays change"] == f"{stays:+,}"
+    counted = int(flow_b[0][unit].replace(",", "")) - int(flow_a[0][unit].replace(",", ""))
+    assert flow.loc[first, f"{unit} change"] == f"{counted:+,}"
 
     one_a, one_b = table(two_runs / "A", "table_one"), table(two_runs / "B", "table_one")
     table_one = sections["table_one"]
@@ -123,7 +124,9 @@ def test_manifest_lists_what_differed_only(two_runs):
     same = [name for name in a["packages"] if a["packages"][name] == b["packages"].get(name)]
     assert same and not any(f"packages.{name}" in items.index for name in same)
     assert items.loc["parameters.validate_against", ["A", "B"]].tolist() == ["null", "first"]
-    for item in ("parameters.draws", "study.sha256", "notebooks"):
+    assert items.loc["parameters.draws", ["A", "B"]].tolist() == \
+        [str(a["parameters"]["draws"]), str(b["parameters"]["draws"])] == ["2000", "500"]
+    for item in ("study.sha256", "notebooks", "parameters.small_count_threshold"):
         assert item not in items.index
     assert items.loc["timings.total_seconds", ["A", "B"]].tolist() == \
         [str(a["timings"]["total_seconds"]), str(b["timings"]["total_seconds"])]

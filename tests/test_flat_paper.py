@@ -6,9 +6,11 @@
   institution, with its own variables, labels, units and exclusions, run and built end to end;
   an edited Discussion paragraph in manuscript.md reaches the web book, the DOCX and the PDF."""
 import json
+import re
 import subprocess
 import zipfile
 
+import docx
 import pandas as pd
 import pytest
 import yaml
@@ -91,6 +93,27 @@ DEMO_WORDS = ("ICU", "intensive care", "In-hospital", "in-hospital", "died in ho
               "rerun with", "-p ", "HDI")
 
 
+def nested_parentheses(text: str) -> list[str]:
+    "The passages of `text` where a parenthesis opens inside another (an editor sends those back)."
+    found, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        if char == "(":
+            depth += 1
+            if depth == 1:
+                start = i
+            elif depth == 2:
+                found.append(text[start:start + 120])
+        elif char == ")" and depth:
+            depth -= 1
+    return found
+
+
+def test_nested_parentheses_are_found():
+    assert nested_parentheses("odds ratio 2.21 (95% CrI 2.01 to 2.42) and (Table 2)") == []
+    assert nested_parentheses("(odds ratio 2.21 (95% CrI 2.01 to 2.42))")
+
+
+@pytest.mark.xdist_group("lung")   # needs no session paper: runs beside it, on the other worker
 def test_lung_trial_paper_from_yaml_and_markdown_only(tmp_path):
     from lifelines.datasets import load_lung
     project = new_project(tmp_path / "lung_paper", "hospital-variation", "--source", "flat")
@@ -135,21 +158,24 @@ def test_lung_trial_paper_from_yaml_and_markdown_only(tmp_path):
     clinpaper("build", "lung", cwd=project)
     build = project / "_build" / "lung"
     assert sentence in (build / "html" / "manuscript.html").read_text()
-    with zipfile.ZipFile(build / "manuscript.docx") as docx:
-        assert sentence in docx.read("word/document.xml").decode()
+    with zipfile.ZipFile(build / "manuscript.docx") as archive:
+        assert sentence in archive.read("word/document.xml").decode()
     pdf_text = subprocess.run(["pdftotext", "-layout", str(build / "manuscript.pdf"), "-"],
                               capture_output=True, text=True, check=True).stdout
     assert " ".join(sentence.split()[:6]) in " ".join(pdf_text.split())
     assert f"{results['n_patients']['text']} patients" in " ".join(pdf_text.split())
     # the manuscript as a reader gets it: the study's words and threshold, none of the demo's
-    import re
-    with zipfile.ZipFile(build / "manuscript.docx") as docx:
-        docx_text = re.sub(r"<[^>]+>", "", docx.read("word/document.xml").decode()).replace("&lt;", "<")
+    with zipfile.ZipFile(build / "manuscript.docx") as archive:
+        docx_text = re.sub(r"<[^>]+>", "", archive.read("word/document.xml").decode()).replace("&lt;", "<")
     for where, text in (("DOCX", docx_text), ("PDF", pdf_text)):
         flat = " ".join(text.split())
         for word in DEMO_WORDS:
             assert word not in flat, (where, word, flat[max(0, flat.find(word) - 80):flat.find(word) + 80])
         for word in ("institutions", "death during follow-up", "<5", "ECOG"):
             assert word in flat, (where, word)
+    # the prose (not the tables, whose cells a text extraction runs together) never nests brackets
+    prose = " ".join(p.text for p in docx.Document(str(build / "manuscript.docx")).paragraphs)
+    prose = prose[:prose.rfind("References")]
+    assert not nested_parentheses(prose), nested_parentheses(prose)
     # and no notebook code was touched
     assert {p.name: p.read_bytes() for p in project.glob("*.ipynb")} == notebooks
