@@ -15,6 +15,7 @@ import statsmodels.api as sm
 from pandas.api import types as ptypes
 
 from .core import CohortError
+from .describe import suppress_table_one
 
 # %% auto #0
 __all__ = ['SEPARATION_TOLERANCE', 'WEIGHTING_METHODS', 'MAX_RATIO', 'MAX_INTERVAL_SPAN', 'WITHHELD_REASONS',
@@ -649,80 +650,13 @@ def withheld_sentence(checks: dict, *, outcome: str, window: str, labels: dict, 
     return " ".join(sentences)
 
 # %% ../nbs/04e_comparative.ipynb #c081
-def _shown_rows(t1: pd.DataFrame) -> list:
-    "(variable, level) of each row of format_table_one(t1), in its order; level None for a row without counts."
-    rows = [("n", "")]
-    for variable, block in t1[t1.variable != "n"].groupby("variable", sort=False):
-        first = block.iloc[0]
-        if first["type"] == "continuous":
-            rows.append((variable, None))
-        else:
-            levels = list(dict.fromkeys(block.level))
-            if set(levels) <= {0, 1, True, False} and len(levels) <= 2 and (1 in levels or True in levels):
-                rows.append((variable, 1))
-            else:
-                rows += [(variable, None)] + [(variable, level) for level in levels]
-        if "missing" in block and block.groupby("group", sort=False).missing.first().get("Overall", 0) > 0:
-            rows.append((variable, "missing"))
-    return rows
-
-
-def _complementary(counts: dict, known: dict, shown: set, masked: set, groups: list) -> set:
-    """Cells (level, group) to hide besides `masked` so that no masked cell can be derived: a group's
-    levels add up to its (shown) size and, with groups, a level's Overall is the sum of the groups.
-    `known`: whether the reader sees a cell's count; `shown`: the cells that have a place in the table.
-    A greedy audit: while a sum has one unknown cell left and it is masked, hide the smallest shown
-    cell of that sum and, so that it cannot be derived in turn, its partner across the other sum."""
-    levels = list(dict.fromkeys(level for level, _ in counts))
-    sums = [("group", g, [(level, g) for level in levels]) for g in groups]
-    if len(groups) > 1:
-        sums += [("level", level, [(level, g) for g in groups]) for level in levels]
-    hidden = set()
-    free = lambda cell: cell in shown and cell not in masked and cell not in hidden
-    for _ in range(len(counts) + 1):
-        unknown = {cell for cell in counts if cell in masked or cell in hidden or not known[cell]}
-        leak = None
-        changed = True
-        while changed and leak is None:   # what a reader can work out from the shown cells and the sums
-            changed = False
-            for kind, key, cells in sums:
-                left = [c for c in cells if c in unknown]
-                if len(left) == 1:
-                    unknown.discard(left[0])
-                    changed = True
-                    if left[0] in masked:
-                        leak = (kind, key, cells)
-                        break
-        if leak is None:
-            return hidden
-        kind, key, cells = leak
-        candidates = [c for c in cells if free(c)]
-        if kind == "level":   # the Overall of that level is the natural cell to hide
-            candidates.sort(key=lambda c: (c[1] != "Overall", counts[c]))
-        else:
-            candidates.sort(key=lambda c: counts[c])
-        if not candidates:
-            candidates = sorted((c for c in counts if free(c)), key=lambda c: counts[c])
-            if not candidates:
-                return hidden
-        level, group = candidates[0]
-        hidden.add((level, group))
-        if kind == "group" and len(groups) > 1:   # its level's sum must keep two unknown cells too
-            partners = sorted((c for c in counts if c[0] == level and c != (level, group) and free(c)),
-                              key=lambda c: (c[1] != "Overall", counts[c]))
-            if partners:
-                hidden.add(partners[0])
-    return hidden
-
-
 def mask_table_one(shown: pd.DataFrame, table: pd.DataFrame, *, unweighted: pd.DataFrame, threshold: int,
                    hidden_text: str = "–") -> pd.DataFrame:
     """`shown` (format_table_one of `table`, weighted or not) with every count masked whose cell in
     `unweighted` (table_one's output without weights, same rows) is 1 to `threshold - 1`: as
-    '<threshold (<p%)' with p from the cell's total in `table`. Cells from which a reader could derive a
-    masked count (a group's levels sum to its size; a level's Overall is the sum of the groups) are
-    shown as `hidden_text`. A weighted table thus never shows a weighted count for a small cell."""
-    from clinpaper.core import format_percent
+    '<threshold (<p%)' with p a bound from the group's size in `table`. Cells from which a reader could
+    derive a masked count are shown as `hidden_text` (`describe.suppress_table_one`). A weighted table
+    thus never shows a weighted count for a small cell, nor one from which it could be worked out."""
     caller = "mask_table_one"
     for frame, argument in ((table, "table"), (unweighted, "unweighted")):
         if not isinstance(frame, pd.DataFrame) or not {"variable", "level", "group", "n", "type"} <= set(frame):
@@ -730,49 +664,4 @@ def mask_table_one(shown: pd.DataFrame, table: pd.DataFrame, *, unweighted: pd.D
     if isinstance(threshold, bool) or not isinstance(threshold, (int, np.integer)) or threshold < 1:
         raise ValueError(f"`threshold` of {caller} must be a whole number >= 1 (the study's "
                          f"small_count_threshold); got {threshold!r}.")
-    rows = _shown_rows(table)
-    if len(rows) != len(shown) or _shown_rows(unweighted) != rows:
-        raise ValueError(f"{caller}: `shown` has {len(shown)} rows and `table` makes {len(rows)}; pass "
-                         "format_table_one(table) and the unweighted table_one of the same columns.")
-    groups = [g for g in dict.fromkeys(table.group) if g in shown.columns]
-    result = shown.copy()
-
-    def cell_counts(frame):
-        counts = {}
-        for r in frame.itertuples():
-            counts[(r.variable, r.level, r.group)] = float(r.n)
-        if "missing" in frame:
-            for (variable, group), value in frame.groupby(["variable", "group"], sort=False).missing.first().items():
-                if variable != "n" and not pd.isna(value):
-                    counts[(variable, "missing", group)] = float(value)
-        return counts
-
-    raw, values = cell_counts(unweighted), cell_counts(table)
-    position = {row: i for i, row in enumerate(rows)}
-    small = lambda n: 0 < round(n) < threshold
-    totals = table[table.variable != "n"].groupby(["variable", "group"], sort=False).n.sum()
-    sizes = table[table.variable == "n"].set_index("group").n
-    for variable in dict.fromkeys(v for v, level in rows if level is not None):
-        cells = {(level, g): raw[(variable, level, g)] for (v, level, g) in raw if v == variable and g in groups}
-        if variable == "n":
-            for g in groups:
-                if small(cells[("", g)]):
-                    result.iloc[0, result.columns.get_loc(g)] = f"<{threshold}"
-            continue
-        # a cell is known to the reader when shown, and so is a count of missing values without its row (0)
-        display = {cell: (variable, cell[0]) in position or cell[0] == "missing" for cell in cells}
-        masked = {cell for cell, n in cells.items() if small(n)}
-        masked |= {cell for cell in cells if (variable, cell[0]) in position
-                   and str(shown.iloc[position[(variable, cell[0])], shown.columns.get_loc(cell[1])]).startswith("<")}
-        shown_cells = {cell for cell in cells if (variable, cell[0]) in position}
-        hidden = _complementary(cells, display, shown_cells, masked, groups)
-        for (level, g) in masked | hidden:
-            if (variable, level) not in position:
-                continue
-            i, j = position[(variable, level)], result.columns.get_loc(g)
-            if (level, g) in hidden:
-                result.iloc[i, j] = hidden_text
-            else:
-                whole = sizes[g] if level == "missing" else totals[(variable, g)]
-                result.iloc[i, j] = format_percent(1, int(round(whole)), threshold=threshold)
-    return result
+    return suppress_table_one(shown, table, unweighted=unweighted, threshold=threshold, hidden_text=hidden_text)

@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import numpy as np
 import pandas as pd
 from pandas.api import types as ptypes
-from scipy import stats
+from scipy import linalg, optimize, stats
 
 from .core import format_percent, is_small, mask_count
 
 # %% auto #0
-__all__ = ['smd_continuous', 'smd_categorical', 'table_one', 'format_table_one', 'flow_table']
+__all__ = ['smd_continuous', 'smd_categorical', 'table_one', 'suppress_table_one', 'format_table_one', 'hidden_note',
+           'shown_percent', 'flow_boxes', 'flow_table']
 
 # %% ../nbs/03_describe.ipynb #c007
 def _weighted_mean_var(values: np.ndarray, weights: np.ndarray | None) -> tuple[float, float]:
@@ -251,6 +253,269 @@ def table_one(df: pd.DataFrame, *, columns, group: str | None = None, categorica
     result.attrs["weights"] = weights
     return result
 
+# %% ../nbs/03_describe.ipynb #d002
+_EPS = 1e-9
+
+
+def _determined(matrix: np.ndarray, unknown: list) -> np.ndarray:
+    "Which of the `unknown` columns of `matrix` (equations A x = 0) the known ones determine exactly."
+    if not unknown:
+        return np.zeros(0, dtype=bool)
+    sub = matrix[:, unknown]
+    sub = sub[np.abs(sub).sum(axis=1) > 0]
+    if sub.shape[0] == 0:
+        return np.zeros(len(unknown), dtype=bool)
+    null = linalg.null_space(sub)
+    if null.shape[1] == 0:
+        return np.ones(len(unknown), dtype=bool)
+    return np.abs(null).max(axis=1) < 1e-8
+
+
+def _pinned_by_bounds(matrix, values, unknown, masked, threshold, only=None) -> list:
+    """Masked cells (of `only`, or all) whose whole range, given the equations, the shown cells, 1 to
+    `threshold - 1` for a masked cell and 0 or more for any other unknown one, holds one whole number."""
+    order = list(unknown)
+    known = [j for j in range(matrix.shape[1]) if j not in set(order)]
+    sub = matrix[:, order]
+    keep = np.abs(sub).sum(axis=1) > 0
+    a_eq, b_eq = sub[keep], -(matrix[keep][:, known] @ values[known])
+    bounds = [(min(1.0, values[j]), max(threshold - 1.0, values[j])) if j in masked else (0, None) for j in order]
+    pinned = []
+    for position, j in enumerate(order):
+        if j not in masked or (only is not None and j not in only):
+            continue
+        objective = np.zeros(len(order))
+        ends = []
+        for sign in (1, -1):
+            objective[position] = sign
+            fit = optimize.linprog(objective, A_eq=a_eq, b_eq=b_eq, bounds=bounds, method="highs")
+            ends.append(sign * fit.fun if fit.status == 0 else math.nan)
+        low, high = ends
+        if not math.isnan(low) and math.floor(high + 1e-6) <= math.ceil(low - 1e-6):
+            pinned.append(j)
+    return pinned
+
+
+def _protect(values, equations, *, masked, unknown=(), hidden=(), candidates, cost, threshold,
+             block=lambda cell: 0) -> set:
+    """Complementary suppression: the cells of `candidates` to hide, on top of `hidden`, so that no cell
+    of `masked` follows from the `equations` (each a dict cell -> coefficient, summing to 0) and the
+    cells a reader sees (every cell that is not masked, hidden or in `unknown`). A greedy search: while
+    a masked cell is determined, exactly or by its bounds (1 to threshold - 1; any other unknown cell
+    0 or more), hide the candidate of its `block` (e.g. its variable) that leaves the fewest masked
+    cells determined and is not determined itself, then the one sharing a sum with a determined masked
+    cell, then the cheapest by `cost` (e.g. the smallest count, so that little is lost)."""
+    cells = list(values)
+    index = {cell: j for j, cell in enumerate(cells)}
+    matrix = np.zeros((len(equations), len(cells)))
+    for i, equation in enumerate(equations):
+        for cell, coefficient in equation.items():
+            matrix[i, index[cell]] = coefficient
+    vector = np.array([float(values[cell]) for cell in cells])
+    masked_index = {index[c] for c in masked}
+    base = masked_index | {index[c] for c in unknown}
+    chosen = {index[c] for c in hidden}
+    free = [index[c] for c in candidates if index[c] not in base]
+    touches = {j: set(np.flatnonzero(matrix[:, j])) for j in range(len(cells))}
+
+    def determined(extra=()):
+        unknown_now = sorted(base | chosen | set(extra))
+        return {j for j, d in zip(unknown_now, _determined(matrix, unknown_now)) if d}
+
+    for _ in range(len(cells) + 1):
+        leaking = determined() & masked_index
+        exact = bool(leaking)
+        if not exact:
+            leaking = set(_pinned_by_bounds(matrix, vector, sorted(base | chosen), masked_index, threshold))
+            if not leaking:
+                break
+        blocks = {block(cells[j]) for j in leaking}
+        options = [j for j in free if j not in chosen and block(cells[j]) in blocks]
+        if not options:
+            break
+        rows = set().union(*(touches[j] for j in leaking))
+        targets = {j for j in masked_index if block(cells[j]) in blocks}
+
+        def score(j):
+            after = determined([j])
+            if exact:
+                left = len(after & masked_index)
+            else:
+                left = len(_pinned_by_bounds(matrix, vector, sorted(base | chosen | {j}), masked_index, threshold,
+                                             only=targets))
+            return (left, j in after, not touches[j] & rows, cost(cells[j]))
+
+        chosen.add(min(options, key=score))
+    return {cells[j] for j in chosen}
+
+# %% ../nbs/03_describe.ipynb #d005
+def _is_binary(levels) -> bool:
+    return set(levels) <= {0, 1, True, False} and len(levels) <= 2 and (1 in levels or True in levels)
+
+
+def _row_keys(t1: pd.DataFrame) -> list:
+    "(variable, level) of each row of format_table_one(t1), in its order; level None for a row without counts."
+    rows = [("n", "")]
+    for variable, block in t1[t1.variable != "n"].groupby("variable", sort=False):
+        first = block.iloc[0]
+        if first["type"] == "continuous":
+            rows.append((variable, None))
+        else:
+            levels = list(dict.fromkeys(block.level))
+            if _is_binary(levels):
+                rows.append((variable, 1))
+            else:
+                rows += [(variable, None)] + [(variable, level) for level in levels]
+        if _missing_by_group(block).get("Overall", 0) > 0:
+            rows.append((variable, "missing"))
+    return rows
+
+
+def _missing_by_group(block: pd.DataFrame) -> pd.Series:
+    if "missing" not in block:
+        return pd.Series(dtype=float)
+    return block.groupby("group", sort=False).missing.first().fillna(0)
+
+
+def _table_sums(t1: pd.DataFrame, groups: list) -> tuple[dict, list]:
+    """Every count cell of a Table 1, (variable, level, group) -> count, with the sums a reader knows:
+    a group's levels and missing values add up to its size (a weighted table: its weighted size, with
+    the weighted count of missing values, which is not shown); a level's Overall is the sum of the
+    groups; so is the Overall size. Binary variables show level 1 only: level 0 is a cell all the same."""
+    weighted = t1.attrs.get("weights") is not None
+    values, equations = {}, []
+    sizes = t1[t1.variable == "n"].set_index("group").n
+    for g in groups:
+        values[("n", "", g)] = float(sizes[g])
+    by_group = len(groups) > 1
+    if by_group:
+        equations.append({("n", "", "Overall"): 1.0, **{("n", "", g): -1.0 for g in groups[1:]}})
+    for variable, block in t1[t1.variable != "n"].groupby("variable", sort=False):
+        missing = _missing_by_group(block)
+        levels = [] if block.iloc[0]["type"] == "continuous" else list(dict.fromkeys(block.level))
+        rows = list(levels)
+        if missing.get("Overall", 0) > 0:
+            rows.append("missing")
+            for g in groups:
+                values[(variable, "missing", g)] = float(missing.get(g, 0))
+        if levels:
+            counts = block.set_index(["level", "group"]).n
+            for level in levels:
+                for g in groups:
+                    values[(variable, level, g)] = float(counts[(level, g)])
+            # weighted, the missing values weigh what the shown (unweighted) count does not say: a cell never shown
+            missing_cell = None if "missing" not in rows else "weighted missing" if weighted else "missing"
+            for g in groups:
+                column = {(variable, level, g): 1.0 for level in levels}
+                if missing_cell == "weighted missing":
+                    values[(variable, missing_cell, g)] = float(sizes[g]) - sum(values[c] for c in column)
+                if missing_cell:
+                    column[(variable, missing_cell, g)] = 1.0
+                column[("n", "", g)] = -1.0
+                equations.append(column)
+            if missing_cell == "weighted missing":
+                rows.append(missing_cell)
+        if by_group:
+            for level in rows:
+                equations.append({(variable, level, "Overall"): 1.0,
+                                  **{(variable, level, g): -1.0 for g in groups[1:]}})
+    return values, equations
+
+
+def _masked_percent(threshold: int, whole: float, digits: int = 1) -> str:
+    "'<threshold (<p%)' with p rounded up, so that the bound never excludes a count below the threshold."
+    if not whole or whole <= 0:
+        return f"<{threshold}"
+    scale = 10 ** digits
+    bound = math.ceil(round(100 * threshold * scale / whole, 6)) / scale
+    return f"<{threshold} (<{bound:.{digits}f}%)"
+
+
+def _suppressed_cells(t1, groups, position, *, threshold, unweighted=None, shown=None, hidden_text="–"):
+    "(counts, masked cells, hidden cells) of a Table 1: the decisions of `suppress_table_one`."
+    values, equations = _table_sums(t1, groups)
+    small = lambda n: 0 < round(n) < threshold
+    masked = {cell for cell, n in values.items() if small(n) and cell[1] != "weighted missing"}
+    hidden, fixed = set(), set()
+    if unweighted is not None:
+        raw, _ = _table_sums(unweighted, groups)
+        masked |= {cell for cell, n in raw.items() if cell in values and small(n)}
+        if t1.attrs.get("weights") is not None:
+            # the rows of missing values show unweighted counts: masked and hidden as in the unweighted table
+            _, masked_raw, hidden_raw = _suppressed_cells(unweighted, groups, position, threshold=threshold)
+            fixed = {cell for cell in values if cell[1] == "missing"}
+            masked = (masked - fixed) | (masked_raw & fixed)
+            hidden |= hidden_raw & fixed
+    if shown is not None:   # what the table already shows masked or hidden stays so
+        for cell in values:
+            if cell[:2] in position and cell not in fixed:
+                text = str(shown.iloc[position[cell[:2]], shown.columns.get_loc(cell[2])])
+                if text.startswith("<"):
+                    masked.add(cell)
+                elif text == hidden_text:
+                    hidden.add(cell)
+    hidden -= masked   # a cell hidden to protect a weighted count and small unweighted is masked
+    unknown = {cell for cell in values if cell[:2] not in position}   # never shown: level 0 of a binary variable
+    if any(("n", "", g) in masked for g in groups[1:]):
+        # a group too small to show: every count of the Overall column would give it away
+        hidden |= {cell for cell in values if cell[2] == "Overall" and cell not in masked | unknown | fixed}
+    candidates = {cell for cell in values if cell[0] != "n" and cell not in masked | unknown | fixed}
+    # the cheapest cell: not 0 (a hidden 0 protects nothing), in the Overall column (Table 1 compares the
+    # groups), the smallest
+    cost = lambda cell: (values[cell] == 0, cell[2] != "Overall", values[cell])
+    sizes = {cell for cell in values if cell[0] == "n"}
+    if sizes & (masked | hidden):   # the sizes tie the variables together: one system
+        parts = [(values, equations)]
+    else:                           # each variable on its own, with the sizes known: small systems
+        parts = []
+        for variable in dict.fromkeys(cell[0] for cell in values if cell[0] != "n"):
+            sums = [e for e in equations if any(cell[0] == variable for cell in e)]
+            parts.append(({cell: n for cell, n in values.items() if cell[0] in ("n", variable)}, sums))
+    for part, sums in parts:
+        hidden |= _protect(part, sums, masked=masked & set(part), unknown=unknown & set(part),
+                           hidden=hidden & set(part), candidates=candidates & set(part), cost=cost,
+                           threshold=threshold, block=lambda cell: cell[0])
+    return values, masked, hidden
+
+
+def suppress_table_one(shown: pd.DataFrame, t1: pd.DataFrame, *, threshold: int, unweighted: pd.DataFrame | None = None,
+                       hidden_text: str = "–") -> pd.DataFrame:
+    """`shown` (format_table_one of `t1`) with small counts masked and the cells that would give one away
+    hidden (complementary suppression). A count is masked when it is 1 to `threshold - 1`, or, with
+    `unweighted` (table_one of the same columns without weights), when its unweighted count is. A
+    masked count shows a bound on its percentage ('<11 (<1.6%)'), or none where the column's size is
+    not shown. Hidden cells show `hidden_text`."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, np.integer)) or threshold < 1:
+        raise ValueError(f"`threshold` must be a whole number >= 1 (the study's small_count_threshold); "
+                         f"got {threshold!r}.")
+    for frame, argument in ((t1, "t1"), (unweighted, "unweighted")):
+        if frame is not None and (not isinstance(frame, pd.DataFrame)
+                                  or not {"variable", "level", "group", "n", "type"} <= set(frame)):
+            raise ValueError(f"`{argument}` must be the output of describe.table_one.")
+    rows = _row_keys(t1)
+    if len(rows) != len(shown) or (unweighted is not None and _row_keys(unweighted) != rows):
+        raise ValueError(f"`shown` has {len(shown)} rows and `t1` makes {len(rows)}: pass format_table_one(t1)"
+                         + (" and the unweighted table_one of the same columns." if unweighted is not None else "."))
+    groups = [g for g in dict.fromkeys(t1.group) if g in shown.columns]
+    position = {row: i for i, row in enumerate(rows)}
+    values, masked, hidden = _suppressed_cells(t1, groups, position, threshold=threshold, unweighted=unweighted,
+                                               shown=shown, hidden_text=hidden_text)
+    result = shown.copy()
+    size_shown = {g: ("n", "", g) not in masked | hidden for g in groups}
+    for cell in values:
+        if cell[:2] not in position:
+            continue
+        i, j = position[cell[:2]], result.columns.get_loc(cell[2])
+        if cell in hidden:
+            result.iloc[i, j] = hidden_text
+        elif cell in masked:
+            size = values[("n", "", cell[2])]
+            result.iloc[i, j] = (f"<{threshold}" if cell[0] == "n" or not size_shown[cell[2]]
+                                 else _masked_percent(threshold, size))
+        elif not size_shown[cell[2]]:   # a percentage would give the size away
+            result.iloc[i, j] = str(result.iloc[i, j]).split(" (")[0]
+    return result
+
 # %% ../nbs/03_describe.ipynb #c025
 def _decimals(row_overall: pd.Series, entry: dict) -> int:
     if entry.get("decimals") is not None:
@@ -269,8 +534,11 @@ def _label(variable: str, entry: dict) -> str:
     return f"{label}, {entry['unit']}" if entry.get("unit") else label
 
 
-def format_table_one(t1: pd.DataFrame, *, codebook: dict | None = None, threshold: int = 11) -> pd.DataFrame:
-    "Publication Table 1 from `table_one`'s output: labelled rows, formatted values, small counts masked."
+def format_table_one(t1: pd.DataFrame, *, codebook: dict | None = None, threshold: int = 11,
+                     unweighted: pd.DataFrame | None = None, hidden_text: str = "–") -> pd.DataFrame:
+    """Publication Table 1 from `table_one`'s output: labelled rows, formatted values, small counts masked
+    and the cells that would give one away hidden (`suppress_table_one`; for a weighted `t1`, pass its
+    `unweighted` table so that a weighted count whose unweighted count is small is masked too)."""
     required = {"variable", "level", "group", "n", "display", "type"}
     if not isinstance(t1, pd.DataFrame) or not required <= set(t1.columns):
         raise ValueError("format_table_one expects the output of table_one (columns variable, level, group, "
@@ -310,21 +578,43 @@ def format_table_one(t1: pd.DataFrame, *, codebook: dict | None = None, threshol
             add(label, cells, smd, p_value)
         else:
             levels = list(dict.fromkeys(rows.level))
-            totals = rows.groupby("group", sort=False).n.sum()
-            binary = set(levels) <= {0, 1, True, False} and len(levels) <= 2 and (1 in levels or True in levels)
-            if binary:
+            # percentages of the group's size, which the table shows: they add nothing to what the counts say
+            if _is_binary(levels):
                 hit = rows[rows.level == 1].set_index("group")
                 add(f"{_label(variable, entry)}, n (%)",
-                    {g: _format_count(hit.loc[g, "n"], totals[g], threshold) for g in groups}, smd, p_value)
+                    {g: _format_count(hit.loc[g, "n"], sizes[g], threshold) for g in groups}, smd, p_value)
             else:
                 add(f"{_label(variable, entry)}, n (%)", {g: "" for g in groups}, smd, p_value)
                 for level in levels:
                     hit = rows[rows.level == level].set_index("group")
-                    add(f"    {level}", {g: _format_count(hit.loc[g, "n"], totals[g], threshold) for g in groups})
-        missing = rows.groupby("group", sort=False).missing.first()
+                    add(f"    {level}", {g: _format_count(hit.loc[g, "n"], sizes[g], threshold) for g in groups})
+        missing = _missing_by_group(rows)
         if missing.get("Overall", 0) > 0:
             add("    Missing, n (%)", {g: _format_count(missing[g], sizes[g], threshold) for g in groups})
-    return pd.DataFrame(out).set_index("Characteristic")
+    shown = pd.DataFrame(out).set_index("Characteristic")
+    return suppress_table_one(shown, t1, threshold=threshold, unweighted=unweighted, hidden_text=hidden_text)
+
+# %% ../nbs/03_describe.ipynb #d012
+def hidden_note(*tables: pd.DataFrame, hidden_text: str = "–") -> str:
+    "The caption's sentence for the hidden cells of `tables`, or '' when none is hidden."
+    if not any((table.astype(str) == hidden_text).any(axis=None) for table in tables):
+        return ""
+    return f'"{hidden_text}": not shown, so that a masked count cannot be worked out from the totals.'
+
+# %% ../nbs/03_describe.ipynb #d015
+def shown_percent(shown: pd.DataFrame, t1: pd.DataFrame, *, variable: str, level=1, group: str = "Overall") -> str:
+    """The percentage that `shown` (format_table_one of `t1`) gives for `variable` at `level` in `group`:
+    '9.7%', a bound '<0.3%' for a masked count, '' when the cell is hidden or has no percentage."""
+    rows = _row_keys(t1)
+    key = (variable, level)
+    if key not in rows:
+        matches = [row for row in rows if row[0] == variable and str(row[1]) == str(level)]
+        if not matches:
+            raise ValueError(f"Table 1 has no row for {variable!r} at level {level!r}.")
+        key = matches[0]
+    text = str(shown.iloc[rows.index(key)][group])
+    found = re.search(r"\((<?[\d.]+%)\)", text)
+    return found.group(1) if found else ""
 
 # %% ../nbs/03_describe.ipynb #c033
 def _check_flow_frame(flow) -> None:
@@ -337,14 +627,77 @@ def _check_flow_frame(flow) -> None:
         raise ValueError("The flow is empty: it needs at least the row of the source.")
 
 
-def flow_table(flow: pd.DataFrame, *, threshold: int = 11, unit: str = "stays") -> pd.DataFrame:
-    "The cohort flow for display: step, `unit` remaining ('Stays', 'Patients'), removed and why, small counts masked."
+def _joined(texts: list, word: str) -> str:
+    "'Younger than 18 years or stay shorter than 4 hours': later phrases lower-cased unless they open with an acronym."
+    texts = [t for t in texts if t]
+    lowered = [t if len(t) > 1 and t[:2].isupper() else t[:1].lower() + t[1:] for t in texts[1:]]
+    return ", ".join(texts[:1] + lowered[:-1]) + (f" {word} " if len(texts) > 1 else "") + "".join(lowered[-1:])
+
+
+def flow_boxes(flow: pd.DataFrame, *, threshold: int = 11) -> pd.DataFrame:
+    """The cohort flow as the diagram shows it: consecutive exclusion steps merged until each box removes 0
+    or at least `threshold` (a small one with the next, a small last one with the box before), so that no
+    masked exclusion sits between two shown counts. Columns: `steps` (the merged steps, by `step` or
+    label), `label`, `reason`, `n_remaining`, `n_removed` (numbers) and `remaining`, `removed` (what is
+    shown: masked, or "–" where a shown count would give a masked one away)."""
     _check_flow_frame(flow)
+    small = lambda n: 0 < n < threshold
+    names = list(flow["step"] if "step" in flow else flow["label"])
+    removed = [int(n) for n in flow.n_removed]
+    groups, current = [], []
+    for position in range(1, len(flow)):
+        current.append(position)
+        if not small(sum(removed[p] for p in current)):
+            groups.append(current)
+            current = []
+    zeros = []
+    while current and removed[current[-1]] == 0:   # steps that remove no one after the last small one keep their box
+        zeros.insert(0, [current.pop()])
+    if current:   # the last small steps go with the boxes before, back to the first that removes anyone
+        total, start = sum(removed[p] for p in current), len(groups)
+        while start > 0 and small(total):
+            start -= 1
+            total += sum(removed[p] for p in groups[start])
+        if small(total):   # nobody was removed before them: no merge can reach the threshold
+            groups.append(current)
+        else:
+            groups = groups[:start] + [[p for group in groups[start:] for p in group] + current]
+    groups += zeros
+    boxes = [{"steps": (names[0],), "label": flow.label.iloc[0], "reason": "",
+              "n_remaining": int(flow.n_remaining.iloc[0]), "n_removed": 0}]
+    for group in groups:
+        boxes.append({"steps": tuple(names[p] for p in group),
+                      "label": _joined([flow.label.iloc[p] for p in group], "and"),
+                      "reason": _joined([flow.reason.iloc[p] for p in group], "or"),
+                      "n_remaining": int(flow.n_remaining.iloc[group[-1]]),
+                      "n_removed": sum(removed[p] for p in group)})
+    # what a reader can subtract: each box's count is the one before less its exclusions
+    values = {("remaining", 0): boxes[0]["n_remaining"]}
+    equations = []
+    for i, box in enumerate(boxes[1:], start=1):
+        values[("removed", i)], values[("remaining", i)] = box["n_removed"], box["n_remaining"]
+        equations.append({("remaining", i - 1): 1.0, ("removed", i): -1.0, ("remaining", i): -1.0})
+    masked = {cell for cell, n in values.items() if small(n)}
+    # the analysed cohort's count is in every table of the paper: hiding it here would protect nothing
+    candidates = set(values) - masked - {("remaining", len(boxes) - 1)}
+    # hide a count other than 0 (a hidden 0 protects nothing), an exclusion before a box's count, an earlier
+    # box before a later one
+    hidden = _protect(values, equations, masked=masked, candidates=candidates, threshold=threshold,
+                      cost=lambda cell: (values[cell] == 0, cell[0] == "remaining", cell[1]))
+    shown = lambda cell: "–" if cell in hidden else mask_count(values[cell], threshold=threshold)
+    for i, box in enumerate(boxes):
+        box["remaining"] = shown(("remaining", i))
+        box["removed"] = "" if i == 0 else shown(("removed", i))
+    return pd.DataFrame(boxes, columns=["steps", "label", "reason", "n_remaining", "n_removed", "remaining",
+                                        "removed"])
+
+
+def flow_table(flow: pd.DataFrame, *, threshold: int = 11, unit: str = "stays") -> pd.DataFrame:
+    """The cohort flow for display: step, `unit` remaining ('Stays', 'Patients'), removed and why, small
+    counts masked and never derivable (`flow_boxes`: small exclusion steps merged with a neighbour)."""
+    boxes = flow_boxes(flow, threshold=threshold)
     remaining = unit[:1].upper() + unit[1:]
-    rows = []
-    for position, row in enumerate(flow.itertuples(index=False)):
-        rows.append({"Step": row.label,
-                     remaining: mask_count(int(row.n_remaining), threshold=threshold),
-                     "Removed": "" if position == 0 else mask_count(int(row.n_removed), threshold=threshold),
-                     "Reason": "" if position == 0 else row.reason})
-    return pd.DataFrame(rows, columns=["Step", remaining, "Removed", "Reason"])
+    table = pd.DataFrame({"Step": boxes.label, remaining: boxes.remaining, "Removed": boxes.removed,
+                          "Reason": boxes.reason}, columns=["Step", remaining, "Removed", "Reason"])
+    table.attrs["steps"] = [list(steps) for steps in boxes.steps]
+    return table

@@ -157,12 +157,15 @@ FLOW = pd.DataFrame({"step": ["source", "first_stay", "adult"], "label": ["ICU s
 
 def test_flow_table_and_plot():
     shown = flow_table(FLOW)
-    assert shown.Removed.tolist() == ["", "200", "<11"]
+    # the 5 adults removed are merged with the step before, so that 1,000 - 995 cannot give them away
+    assert shown.Removed.tolist() == ["", "205"] and shown.Stays.tolist() == ["1,200", "995"]
+    assert shown.Reason.tolist()[1] == "Repeat stays or younger than 18 years"
     assert flow_table(FLOW, threshold=5).Removed.tolist() == ["", "200", "5"]
     fig, ax = plt.subplots()
     before = copy.deepcopy(FLOW)
     assert plot_flow(FLOW, ax=ax) is ax
     texts = " ".join(t.get_text() for t in ax.texts)
-    assert "n = 995 stays" in texts and "Excluded: <11" in texts and "Excluded: 5" not in texts
+    assert "n = 995 stays" in texts and "Excluded: 205" in texts and "1,000" not in texts
+    assert "Excluded: 5" not in texts and "<11" not in texts
     pd.testing.assert_frame_equal(FLOW, before)
     plt.close(fig)
