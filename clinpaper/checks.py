@@ -16,7 +16,8 @@ from .models import HierarchicalLogistic, sample_posterior
 
 # %% auto #0
 __all__ = ['prior_predictive', 'posterior_predictive_check', 'expected_risk', 'observed_expected_by_group', 'loo_compare',
-           'loo_summary', 'glm_baseline', 'cox_baseline', 'grouped_folds', 'lightgbm_cv']
+           'loo_summary', 'loo_sentence', 'observed_expected_sentence', 'glm_baseline', 'cox_baseline', 'grouped_folds',
+           'lightgbm_cv']
 
 # %% ../nbs/04c_checks.ipynb #c005
 def _thin(n_total: int, n_draws: int | None) -> np.ndarray:
@@ -327,6 +328,41 @@ def loo_summary(table: pd.DataFrame, names: dict | None = None) -> dict:
                                "se": 0.0 if row.model == best else float(row.dse)}
                    for row in ranked.itertuples()}
     return {"best": best, "best_name": names.get(best, best), "differences": differences}
+
+# %% ../nbs/04c_checks.ipynb #c025g
+def loo_sentence(claims: dict, short: dict, *, table: str = "Table S6") -> str:
+    """The Results sentence of a PSIS-LOO comparison from `loo_summary`'s claims and each model's short
+    name ('partial pooling'): which model had the highest expected log predictive density, by how much
+    each other model fell short (with its SE), and, where a shortfall is under twice its SE, that the
+    data do not clearly favour the best model over it."""
+    best, differences = claims["best"], claims["differences"]
+    others = [m for m in differences if m != best]
+    lower = " and ".join(f"by {-differences[m]['difference']:.1f} (SE {differences[m]['se']:.1f}) for {short[m]}"
+                         for m in others)
+    close = [short[m] for m in others if -differences[m]["difference"] < 2 * differences[m]["se"]]
+    sentence = f"By PSIS-LOO, {short[best]} had the highest expected log predictive density"
+    if others:
+        sentence += f"; the ELPD was lower {lower}"
+    if close:
+        sentence += (f"; for {' and '.join(close)} the difference was less than twice its standard error, so "
+                     f"the data do not clearly favour {short[best]} over {'them' if len(close) > 1 else 'it'}")
+    return sentence + f" ({table})."
+
+
+def observed_expected_sentence(above: int, below: int, n: int, *, groups: str, outcome: str) -> str:
+    """The Results sentence on observed-to-expected ratios: how many of the `n` groups (plural `groups`)
+    had a higher or lower rate of `outcome` than their case mix predicts (95% interval excluding 1)."""
+    if above == below == 0:
+        return (f"Of the {n} {groups}, none had an observed-to-expected ratio of {outcome} whose 95% interval "
+                "excluded 1.")
+    counted = " and ".join(part for part in (f"{above} had a higher" if above else "",
+                                             f"{below} {'had ' if not above else ''}a lower" if below else "")
+                           if part)
+    rest = n - above - below
+    return (f"Of the {n} {groups}, {counted} rate of {outcome} than their case mix predicts (95% intervals of "
+            "the observed-to-expected ratio excluding 1)" + (f"; the intervals of the other {rest} included 1."
+                                                             if rest else "."))
+
 
 # %% ../nbs/04c_checks.ipynb #c027
 def _require(df, columns, function):

@@ -204,7 +204,7 @@ def plot_caterpillar(data: pd.DataFrame, *, group: str = "group", estimate: str 
 def plot_flow(flow: pd.DataFrame, *, ax=None, threshold: int = 11, unit: str = "stays", figsize=None):
     "STROBE-style flow diagram of the cohort: main boxes with the stays remaining, side boxes with exclusions."
     counts = flow_table(flow, threshold=threshold, unit=unit)  # checks the frame and masks small counts
-    steps = len(flow)
+    steps = len(counts)   # the boxes drawn: a small exclusion is merged with its neighbour
     if ax is None:
         _, ax = plt.subplots(figsize=figsize or (6.5, 0.9 + 1.05 * steps))
     ax.set_xlim(0, 1)

@@ -106,3 +106,13 @@ def test_decision_curve_is_read_where_the_outcome_is(tmp_path, prevalence, repor
     study["evaluation"]["decision_curve"].update(report_at=0.2, high=0.4)   # the study's own choice wins
     thresholds, at = Paper(study, tmp_path, glue=False).decision_thresholds()
     assert at == pytest.approx(0.2) and thresholds[-1] == pytest.approx(0.4)
+
+
+def test_no_template_types_the_threshold_an_hdi_or_a_tool_instruction():
+    "Every notebook and manuscript of every template: the threshold glued, one interval kind, no command."
+    files = [*TEMPLATES.glob("*/*.ipynb"), *TEMPLATES.glob("*/manuscript.md")]
+    assert len(files) >= 12
+    for path in files:
+        text = path.read_text()
+        for typed in ("<11", "HDI", "hdi_", "-p validate_against", "rerun with", "Multi-centre cohort study"):
+            assert typed not in text, (path.relative_to(TEMPLATES), typed)
