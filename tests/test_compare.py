@@ -98,9 +98,13 @@ def test_flow_table_one_and_estimates_side_by_side(two_runs):
     for name in odds + ["sigma_group", "median_odds_ratio"]:
         assert estimates.loc[name, ["A", "B"]].tolist() == [a[name]["text"], b[name]["text"]]
         assert estimates.loc[name, "difference"] == pytest.approx(b[name]["value"] - a[name]["value"])
-    # B ran with another seed: the methods text differs in it, and the change says so
+    # B ran with other sampler settings and seed: the methods text differs in them, and the change
+    # lists the first differences word by word (chains, draws, tuning) and how many more there are
     change = estimates.loc["methods_model", "change"]
-    assert f"{a['methods_model']['text'].split('seed ')[-1]} → 7." in change
+    manifest_a, manifest_b = manifest(two_runs / "A"), manifest(two_runs / "B")
+    chains = f"{manifest_a['parameters']['chains']} → {manifest_b['parameters']['chains']}"
+    draws = f"{manifest_a['parameters']['draws']:,} → {manifest_b['parameters']['draws']:,}"
+    assert change.startswith(f"{chains}; {draws}; ") and change.endswith("and 1 more"), change
 
     # performance: both runs' apparent and cross-validated metrics; B's external validation
     # against A's model only in B
