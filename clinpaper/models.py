@@ -86,8 +86,11 @@ def prior_strength(prior: dict) -> str:
 
 
 def _and_join(parts) -> str:
+    "'a and b'; with three or more (whose words hold commas of their own), 'a; b; and c'."
     parts = list(parts)
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    if len(parts) <= 2:
+        return " and ".join(parts)
+    return "; ".join(parts[:-1]) + "; and " + parts[-1]
 
 
 def priors_sentence(items) -> str:
