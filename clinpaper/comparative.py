@@ -582,19 +582,23 @@ def _event_count(value, argument: str) -> int:
     return int(value)
 
 
-def ratio_check(estimate, low, high, *, events_treated: int, events_comparator: int,
+def ratio_check(estimate, low, high, *, events_treated: int | None, events_comparator: int | None,
                 max_ratio: float = MAX_RATIO, max_span: float = MAX_INTERVAL_SPAN) -> dict:
     """Whether a ratio of the treated to the comparator (hazard ratio, risk ratio) and its interval
-    (`low`, `high`) can be published, given the events counted in each arm. A dict: `reportable`, `reason`
+    (`low`, `high`) can be published, given the events counted in each arm (both None for a ratio
+    without arms, such as an odds ratio per unit of a continuous predictor: the numeric rules only). A dict: `reportable`, `reason`
     (None or a key of WITHHELD_REASONS, checked in their order), `arms_without_events` ('treated',
     'comparator'), `max_ratio` and `max_span`. A missing estimate (None, NaN) is 'not_finite'."""
-    treated_events = _event_count(events_treated, "events_treated")
-    comparator_events = _event_count(events_comparator, "events_comparator")
+    # None for both: a ratio without two arms (an odds ratio per unit of a continuous predictor)
+    counts = {}
+    if events_treated is not None or events_comparator is not None:
+        counts = {"treated": _event_count(events_treated, "events_treated"),
+                  "comparator": _event_count(events_comparator, "events_comparator")}
     for value, argument in ((max_ratio, "max_ratio"), (max_span, "max_span")):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 < value < math.inf:
             raise ValueError(f"`{argument}` of ratio_check must be a number > 1, such as 100; got {value!r}.")
     values = [math.nan if v is None else float(v) for v in (estimate, low, high)]
-    without = [arm for arm, k in (("treated", treated_events), ("comparator", comparator_events)) if k == 0]
+    without = [arm for arm, k in counts.items() if k == 0]
     if without:
         reason = "no_events"
     elif not all(math.isfinite(v) and v > 0 for v in values):

@@ -614,8 +614,8 @@ def ratio_guard(estimate: float, low: float, high: float, *, events=None, label:
             return f"no {who} had {outcome}, so {label} could not be estimated"
         if n_without == 0:
             return f"every one of the {who} had {outcome}, so {label} could not be estimated"
-    # the events were checked above; ratio_check's own event rule is for two arms of a comparison
-    check = ratio_check(estimate, low, high, events_treated=1, events_comparator=1)
+    # the levels' events were checked above, in the words of a predictor: the numeric rules only
+    check = ratio_check(estimate, low, high, events_treated=None, events_comparator=None)
     return {None: None,
             "not_finite": f"{label} could not be estimated from these data (its interval is not finite)",
             "extreme": (f"{label} lies beyond a {check['max_ratio']:g}-fold ratio, which these data cannot "
