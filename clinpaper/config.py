@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import os
 import shutil
 import uuid
@@ -17,37 +18,57 @@ import yaml
 from .core import StudyError, find_project_root
 
 # %% auto #0
-__all__ = ['NUMBER', 'CONCEPTS', 'STUDY_SCHEMA', 'SENSITIVITY_ANALYSES', 'DESIGN_NEEDS', 'EUNOMIA_PREFIX', 'EUNOMIA_DATASETS',
-           'Field', 'Each', 'validate_study', 'parse_override', 'apply_overrides', 'load_study', 'eunomia_path',
-           'source_path']
+__all__ = ['NUMBER', 'CONCEPT_ID', 'CONCEPTS', 'ID', 'LABEL', 'DAYS', 'SEED_MAX', 'STUDY_SCHEMA', 'SENSITIVITY_ANALYSES',
+           'DESIGN_NEEDS', 'EUNOMIA_PREFIX', 'EUNOMIA_DATASETS', 'Field', 'Each', 'validate_study', 'parse_override',
+           'apply_overrides', 'load_study', 'eunomia_path', 'source_path']
 
 # %% ../nbs/00a_config.ipynb #c005
 class Field:
-    "A leaf of the study schema: allowed types, whether required, allowed choices."
+    """A leaf of the study schema: allowed types, whether required, allowed choices, and the rules a
+    value must follow: a range (`minimum`/`maximum`, inclusive unless `exclusive_minimum`/
+    `exclusive_maximum`), for a list its length (`min_items`/`max_items`), distinct or increasing
+    items and the Field of its items; `why` says why the rule holds and `example` is a good value."""
     def __init__(self, types, *, required: bool = True, choices=None, nullable: bool = False,
-                 items=None):
+                 items=None, minimum=None, maximum=None, exclusive_minimum: bool = False,
+                 exclusive_maximum: bool = False, min_items: int | None = None,
+                 max_items: int | None = None, unique: bool = False, increasing: bool = False,
+                 empty: bool = False, why: str | None = None, example=None):
         self.types = types if isinstance(types, tuple) else (types,)
         self.required, self.choices, self.nullable, self.items = required, choices, nullable, items
+        self.minimum, self.maximum = minimum, maximum
+        self.exclusive_minimum, self.exclusive_maximum = exclusive_minimum, exclusive_maximum
+        self.min_items, self.max_items, self.unique, self.increasing = min_items, max_items, unique, increasing
+        self.empty, self.why, self.example = empty, why, example
 
 
 class Each:
-    "A list whose items all follow `spec`; `open_keys=True` lets items carry extra keys."
-    def __init__(self, spec, *, required: bool = True, open_keys: bool = False):
+    """A list whose items all follow `spec`; `open_keys=True` lets items carry extra keys; `unique`
+    names the key that no two items may share (an id, a column)."""
+    def __init__(self, spec, *, required: bool = True, open_keys: bool = False,
+                 unique: str | None = None, min_items: int | None = None):
         self.spec, self.required, self.open_keys = spec, required, open_keys
+        self.unique, self.min_items = unique, min_items
 
 
 NUMBER = (int, float)
-CONCEPTS = Field(list, items=int)
+CONCEPT_ID = Field(int, minimum=1, why="OMOP concept ids are positive; 0 is 'No matching concept'")
+CONCEPTS = Field(list, items=CONCEPT_ID, min_items=1, example=[32037])
+ID = Field(str, why="it names a column, a row of the flow or a glue name")
+LABEL = Field(str, why="it is the words the paper prints")
+DAYS = Field(int, nullable=True, minimum=0, why="days before the index date", example=365)
+# the parameters' ranges: what numpy, the sampler and the disclosure rule accept
+SEED_MAX = 2**32 - 1
 
 STUDY_SCHEMA = {
-    "title": Field(str),
+    "title": Field(str, why="it is the paper's title"),
     "short_title": Field(str, required=False),
-    "authors": Field(list, required=False, items=str),
-    "notebooks": Field(list, items=str),
+    "authors": Field(list, required=False, items=Field(str)),
+    "notebooks": Field(list, items=Field(str), min_items=1, unique=True,
+                       why="`clinpaper run` runs these notebooks in order",
+                       example=["01_cohort.ipynb", "manuscript.md"]),
     "manuscript": Field(str, required=False),
     "toc": Field(str, required=False),
     "checklist": Field(str, required=False),   # reporting checklist YAML, relative to the file
-    # the manuscript's page size (PDF and DOCX); default a4
     # the words an author sets for generated sentences (defaults come from the other sections)
     "words": {
         "design": Field(str, required=False),      # "Multi-centre cohort study" (the abstract's first words)
@@ -55,6 +76,7 @@ STUDY_SCHEMA = {
         "source": Field(str, required=False),      # "the hospital group's OMOP CDM extract" (what the data are)
         "_optional": True,
     },
+    # the manuscript's page size (PDF and DOCX); default a4
     "paper_size": Field(str, required=False, choices=("a4", "letter")),
     # the paper's design (written by `clinpaper new`): decides which sections the paper needs
     "design": Field(str, required=False, choices=("hospital-variation", "prediction", "comparative")),
@@ -69,58 +91,67 @@ STUDY_SCHEMA = {
             "event": Field(str, choices=("visit", "drug", "condition")),
             # visit and condition: required (checked by the cohort module); drug: defaults to the
             # union of the exposures' concept sets
-            "concepts": Field(list, items=int, required=False),
+            "concepts": Field(list, items=CONCEPT_ID, required=False, min_items=1, example=[32037]),
             "occurrence": Field(str, choices=("first", "all")),
         },
         # comparative studies: a patient's group is the drug of the index exposure
-        "exposures": Each({"id": Field(str), "label": Field(str), "concepts": CONCEPTS}, required=False),
-        # criteria carry type-specific keys, checked by the cohort module
+        "exposures": Each({"id": ID, "label": LABEL, "concepts": CONCEPTS}, required=False, unique="id"),
+        # criteria carry type-specific keys, checked below (built-in types) and by the cohort module
         # a flat table's exclusions are `type: rule` with `exclude:` (a pandas query of the rows to drop)
-        "criteria": Each({"id": Field(str), "label": Field(str), "type": Field(str)},
-                         open_keys=True, required=False),
+        "criteria": Each({"id": ID, "label": LABEL, "type": Field(str)},
+                         open_keys=True, required=False, unique="id"),
         "_optional": True,   # required for an OMOP source (checked below); a flat table has none
     },
     "outcome": {
-        "id": Field(str),
-        "label": Field(str),
+        "id": ID,
+        "label": LABEL,
         # an OMOP source needs `type` and `window` (checked below); a flat table's outcome is a column
         "type": Field(str, choices=("death", "condition"), required=False),
-        "concepts": Field(list, items=int, required=False),   # type condition
+        "concepts": Field(list, items=CONCEPT_ID, required=False, min_items=1, example=[192671]),   # type condition
         # `visit` (from admission to discharge) or {start_day, end_day} relative to the index date
         "window": Field((str, dict), required=False),
-        "levels": Field(list, items=str, required=False),   # labels of the values 0 and 1
+        "levels": Field(list, items=Field(str), required=False, min_items=2, max_items=2, unique=True,
+                        why="they label the values 0 and 1", example=["Survived", "Died"]),
         "time": Field(str, required=False),   # follow-up time (days) of survival analyses
     },
     # optional: a study without a group is single-centre
-    "group": {"id": Field(str), "label": Field(str), "column": Field(str),
+    "group": {"id": ID, "label": LABEL, "column": Field(str),
               "plural": Field(str, required=False),
               # where `column` is read: the index event's table (default), the visit or the person
               "table": Field(str, required=False, choices=("index", "visit_occurrence", "person")),
               "_optional": True},
     "features": {
         "_optional": True,   # required for an OMOP source (checked below); a flat table has a codebook
-        "demographics": Field(list, items=str),
-        "measurement_window_hours": Field(NUMBER, required=False),
+        "demographics": Field(list, items=Field(str, choices=("age", "sex")), unique=True),
+        "measurement_window_hours": Field(NUMBER, required=False, minimum=0, exclusive_minimum=True,
+                                          maximum=24 * 365, why="the window runs forward from the index "
+                                          "time, for at most a year", example=24),
         "measurements": Each({
-            "id": Field(str), "label": Field(str), "unit": Field(str),
+            "id": ID, "label": LABEL, "unit": Field(str),
             "concepts": CONCEPTS, "units": CONCEPTS,
-            "valid": Field(list, items=NUMBER),
-            "aggregate": Field(list, items=str),
-        }, required=False),
+            "valid": Field(list, items=Field(NUMBER), min_items=2, max_items=2, increasing=True,
+                           why="[low, high]: values outside are implausible", example=[20, 300]),
+            "aggregate": Field(list, items=Field(str, choices=("first", "min", "max", "mean", "last", "count")),
+                               min_items=1, unique=True, example=["min", "max"]),
+        }, required=False, unique="id"),
         "conditions": Each({
-            "id": Field(str), "label": Field(str), "concepts": CONCEPTS,
-            "lookback_days": Field(int, nullable=True),
-        }, required=False),
+            "id": ID, "label": LABEL, "concepts": CONCEPTS,
+            "lookback_days": DAYS,
+        }, required=False, unique="id"),
     },
     "model": {
         "outcome": Field(str),
         "group": Field(str, required=False),   # the random intercepts' group; none: a pooled model
         "predictors": Each({
-            "column": Field(str), "label": Field(str),
-            "center": Field(NUMBER, required=False), "scale": Field(NUMBER, required=False),
-        }),
+            "column": Field(str), "label": LABEL,
+            "center": Field(NUMBER, required=False),
+            "scale": Field(NUMBER, required=False, minimum=0, exclusive_minimum=True,
+                           why="the predictor is divided by it", example=10),
+        }, unique="column", min_items=1),
         # the smallest median odds ratio between groups worth a claim that they differ (default 1.1)
-        "relevant_median_odds_ratio": Field(NUMBER, required=False),
+        "relevant_median_odds_ratio": Field(NUMBER, required=False, minimum=1, exclusive_minimum=True,
+                                            why="a median odds ratio is 1 when groups do not differ",
+                                            example=1.1),
         "_optional": True,
     },
     # a comparative-effectiveness analysis (propensity-score weighting)
@@ -128,41 +159,66 @@ STUDY_SCHEMA = {
         "exposure": Field(str),              # the analysis column that holds the exposure group
         "treated": Field(str),               # the exposure id compared with the others
         "weighting": Field(str, choices=("overlap", "iptw", "iptw_stabilized")),
-        "trim": Field(list, items=NUMBER, required=False),   # [low, high]: scores outside get weight 0
-        "covariates": Field(list, items=str),
+        # [low, high]: scores outside get weight 0
+        "trim": Field(list, items=Field(NUMBER, minimum=0, maximum=1), required=False, min_items=2,
+                      max_items=2, increasing=True, why="[low, high] propensity scores, between 0 and 1",
+                      example=[0.05, 0.95]),
+        "covariates": Field(list, items=Field(str), min_items=1, unique=True),
         "_optional": True,
     },
     # the paper's analysis choices: Table 1, evaluation, baselines, sensitivity analyses
     "describe": {
-        "table_one": {"variables": Field(list, items=str, required=False),
-                      "skewed": Field(list, items=str, required=False), "_optional": True},
+        "table_one": {"variables": Field(list, items=Field(str), required=False, unique=True),
+                      "skewed": Field(list, items=Field(str), required=False, unique=True), "_optional": True},
         "_optional": True,
     },
     "evaluation": {
         "decision_curve": {"low": Field(NUMBER, required=False), "high": Field(NUMBER, required=False),
-                           "step": Field(NUMBER, required=False),
+                           "step": Field(NUMBER, required=False, minimum=0, exclusive_minimum=True,
+                                         example=0.01),
                            "report_at": Field(NUMBER, required=False), "_optional": True},
-        "subgroups": Each({"column": Field(str), "label": Field(str),
-                           "bands": Field(list, items=NUMBER, required=False)}, required=False),
+        "subgroups": Each({"column": Field(str), "label": LABEL,
+                           "bands": Field(list, items=Field(NUMBER), required=False, min_items=1,
+                                          increasing=True, why="the lower limits of the bands",
+                                          example=[18, 50, 65, 80])},
+                          required=False, unique="column"),
         "kaplan_meier_by": Field(str, required=False),   # a binary column (default: the first binary predictor)
         "_optional": True,
     },
     "baselines": {
         "glm": Field(bool, required=False), "cox": Field(bool, required=False),
         "lightgbm": Field(bool, required=False),
-        "features": Field(list, items=str, required=False),   # LightGBM's features
+        "features": Field(list, items=Field(str), required=False, unique=True),   # LightGBM's features
         "_optional": True,
     },
-    "sensitivity": Field(list, items=str, required=False),
+    "sensitivity": Field(list, items=Field(str), required=False, unique=True),
     "parameters": {
-        "seed": Field(int), "small_count_threshold": Field(int),
+        "seed": Field(int, minimum=0, maximum=SEED_MAX, example=20261121,
+                      why="numpy and the samplers take seeds of 32 bits"),
+        "small_count_threshold": Field(int, minimum=2, maximum=1000, example=11,
+                                       why="counts from 1 to the threshold - 1 are masked: below 2 "
+                                       "nothing would be, under a caption that says some are"),
         # the Bayesian model's settings (required when the study has a `model`)
-        "draws": Field(int, required=False), "tune": Field(int, required=False),
-        "chains": Field(int, required=False), "target_accept": Field(float, required=False),
-        "r_hat_max": Field(float, required=False), "ess_min": Field(NUMBER, required=False),
-        "divergences_max": Field(int, required=False),
-        "bootstrap": Field(int, required=False),   # bootstrap replicates of a weighted analysis
-        "validate_against": Field(str, required=False, nullable=True),   # external validation
+        "draws": Field(int, required=False, minimum=1, maximum=100_000, example=1000,
+                       why="draws per chain"),
+        "tune": Field(int, required=False, minimum=1, maximum=100_000, example=1000,
+                      why="tuning steps per chain"),
+        "chains": Field(int, required=False, minimum=1, maximum=64, example=4,
+                        why="one process each"),
+        "target_accept": Field(float, required=False, minimum=0, maximum=1, exclusive_minimum=True,
+                               exclusive_maximum=True, example=0.95,
+                               why="it is an acceptance probability"),
+        "r_hat_max": Field(float, required=False, minimum=1, maximum=2, exclusive_minimum=True,
+                           example=1.01, why="R-hat is about 1 at convergence: a gate of 1 or less "
+                           "fails every fit"),
+        "ess_min": Field(NUMBER, required=False, minimum=0, example=400,
+                         why="an effective sample size"),
+        "divergences_max": Field(int, required=False, minimum=0, example=0, why="a count"),
+        # bootstrap replicates of the confidence intervals
+        "bootstrap": Field(int, required=False, minimum=10, maximum=100_000, example=200,
+                           why="a 95% interval needs at least 10 replicates, a paper 200 or more"),
+        "validate_against": Field(str, required=False, nullable=True, example="first",
+                                  why="the name of another run of the project"),   # external validation
     },
 }
 
@@ -174,7 +230,6 @@ DESIGN_NEEDS = {
     "prediction": [("model", "the risk model's outcome and predictors")],
     "comparative": [("analysis", "the exposure compared, its weighting and covariates")],
 }
-
 
 # %% ../nbs/00a_config.ipynb #c007
 def _type_name(types) -> str:
@@ -196,6 +251,124 @@ def _is_instance(value, types) -> bool:
 def _describe(value) -> str:
     text = repr(value)
     return (text if len(text) <= 40 else text[:37] + "...") + f" ({type(value).__name__})"
+
+
+def _shown(number) -> str:
+    return str(number)
+
+
+def _range_text(spec: Field) -> str:
+    "'from 0 to 4294967295', 'greater than 0', ... ('' without a range)."
+    low, high = spec.minimum, spec.maximum
+    if low is not None and high is not None:
+        if spec.exclusive_minimum and spec.exclusive_maximum:
+            return f"strictly between {_shown(low)} and {_shown(high)}"
+        if spec.exclusive_minimum:
+            return f"greater than {_shown(low)} and at most {_shown(high)}"
+        if spec.exclusive_maximum:
+            return f"from {_shown(low)} to less than {_shown(high)}"
+        return f"from {_shown(low)} to {_shown(high)}"
+    if low is not None:
+        return f"{'greater than' if spec.exclusive_minimum else 'of at least'} {_shown(low)}"
+    if high is not None:
+        return f"{'less than' if spec.exclusive_maximum else 'of at most'} {_shown(high)}"
+    return ""
+
+
+def _in_range(value, spec: Field) -> bool:
+    if spec.minimum is not None and not (value > spec.minimum if spec.exclusive_minimum else value >= spec.minimum):
+        return False
+    if spec.maximum is not None and not (value < spec.maximum if spec.exclusive_maximum else value <= spec.maximum):
+        return False
+    return True
+
+
+def _rule(where: str, expected: str, spec: Field, got: str, *, override: str | None = None) -> str:
+    """One message: the key, what it must be (and why), what it holds, and a value that would do
+    (written as `-p KEY=VALUE` for the value of an override)."""
+    why = f" ({spec.why})" if spec.why else ""
+    fix = ""
+    if spec.example is not None:
+        example = yaml.safe_dump(spec.example, default_flow_style=True).strip().removesuffix("...").strip()
+        fix = f"; e.g. -p {override}={example}" if override else f"; e.g. {example}"
+    return f"`{where}` must be {expected}{why}; got {got}{fix}"
+
+
+def _check_leaf(value, spec: Field, where: str, problems: list, *, override: str | None = None):
+    "The rules of one Field: type, emptiness, finiteness, range, choices, and a list's items."
+    if value is None:
+        if not spec.nullable:
+            problems.append(f"`{where}` must be {_type_name(spec.types)}, got nothing (null)")
+        return
+    if not _is_instance(value, spec.types):
+        problems.append(f"`{where}` must be {_type_name(spec.types)}, got {_describe(value)}")
+        return
+    if isinstance(value, str) and not spec.empty and not value.strip():
+        problems.append(_rule(where, "non-empty text", spec, "an empty text", override=override))
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        problems.append(_rule(where, "a finite number", spec, repr(value), override=override))
+        return
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not _in_range(value, spec):
+        expected = f"{_type_name(spec.types)} {_range_text(spec)}"
+        problems.append(_rule(where, expected, spec, _shown(value), override=override))
+        return
+    if spec.choices is not None and value not in spec.choices:
+        problems.append(f"`{where}` must be one of {', '.join(map(str, spec.choices))}; "
+                        f"got {value!r}")
+        return
+    if isinstance(value, list):
+        _check_list(value, spec, where, problems)
+
+
+def _check_list(value: list, spec: Field, where: str, problems: list):
+    count = len(value)
+    if spec.min_items is not None and count < spec.min_items or \
+            spec.max_items is not None and count > spec.max_items:
+        low, high = spec.min_items, spec.max_items
+        size = (f"exactly {low}" if low == high else f"{low} to {high}" if low is not None and high is not None
+                else f"at least {low}" if low is not None else f"at most {high}")
+        problems.append(_rule(where, f"a list of {size} item{'s' if (high or low) != 1 else ''}", spec,
+                              f"{count} item{'s' if count != 1 else ''}"))
+        return
+    if spec.items is not None:
+        if isinstance(spec.items, Field):
+            before = len(problems)
+            for i, item in enumerate(value):
+                _check_leaf(item, spec.items, f"{where}[{i}]", problems)
+            if len(problems) > before:
+                return
+        else:
+            item_types = spec.items if isinstance(spec.items, tuple) else (spec.items,)
+            bad = [i for i, item in enumerate(value) if not _is_instance(item, item_types)]
+            if bad:
+                problems.append(f"`{where}` must hold only {_type_name(item_types)}; "
+                                f"item {bad[0]} is {_describe(value[bad[0]])}")
+                return
+    if spec.unique:
+        _check_unique(value, where, "", problems)
+    if spec.increasing and any(not a < b for a, b in zip(value, value[1:])):
+        first = next(i for i, (a, b) in enumerate(zip(value, value[1:])) if not a < b)
+        problems.append(_rule(where, "a list of strictly increasing numbers", spec,
+                              f"{_shown(value[first])} (item {first}) then {_shown(value[first + 1])} "
+                              f"(item {first + 1})"))
+
+
+def _check_unique(values: list, where: str, key: str, problems: list):
+    "No value twice: a duplicate id would take another item's place (its count, its column)."
+    seen: dict = {}
+    for i, value in enumerate(values):
+        try:
+            hash(value)
+        except TypeError:
+            continue
+        if value in seen:
+            what = f"{key} {value!r}" if key else repr(value)
+            items = f"`{where}[{seen[value]}]`" + (f" and `{where}[{i}]`")
+            problems.append(f"`{where}` holds {what} twice ({items}); each must be distinct: "
+                            "rename or remove one")
+            return
+        seen[value] = i
 
 
 def _check(value, spec, where: str, problems: list, open_keys: bool = False):
@@ -227,25 +400,16 @@ def _check(value, spec, where: str, problems: list, open_keys: bool = False):
         if not isinstance(value, list):
             problems.append(f"`{where}` must be a list, got {_describe(value)}")
             return
+        if spec.min_items is not None and len(value) < spec.min_items:
+            problems.append(f"`{where}` must list at least {spec.min_items} item(s); got {len(value)}")
+            return
+        before = len(problems)
         for i, item in enumerate(value):
             _check(item, spec.spec, f"{where}[{i}]", problems, open_keys=spec.open_keys)
+        if spec.unique and len(problems) == before:
+            _check_unique([item.get(spec.unique) for item in value], where, f"{spec.unique}", problems)
         return
-    if value is None:
-        if not spec.nullable:
-            problems.append(f"`{where}` must be {_type_name(spec.types)}, got nothing (null)")
-        return
-    if not _is_instance(value, spec.types):
-        problems.append(f"`{where}` must be {_type_name(spec.types)}, got {_describe(value)}")
-        return
-    if spec.choices is not None and value not in spec.choices:
-        problems.append(f"`{where}` must be one of {', '.join(map(str, spec.choices))}; "
-                        f"got {value!r}")
-    if spec.items is not None:
-        item_types = spec.items if isinstance(spec.items, tuple) else (spec.items,)
-        bad = [i for i, item in enumerate(value) if not _is_instance(item, item_types)]
-        if bad:
-            problems.append(f"`{where}` must hold only {_type_name(item_types)}; "
-                            f"item {bad[0]} is {_describe(value[bad[0]])}")
+    _check_leaf(value, spec, where, problems)
 
 
 def validate_study(study, *, file: str = "study file", schema: dict | None = None) -> dict:
@@ -261,11 +425,105 @@ def validate_study(study, *, file: str = "study file", schema: dict | None = Non
                          "example of each design).")
     return study
 
+# %% ../nbs/00a_config.ipynb #c007b
+# the columns the cohort module always makes (checked against clinpaper.cohort in the tests)
+_BUILT_IN_COLUMNS = ("person_id", "visit_occurrence_id", "index_datetime", "age", "sex", "male", "los_days")
+# the numbers each built-in criterion type takes: key -> (whole days?, minimum)
+_CRITERION_NUMBERS = {"age": {"min": False, "max": False},
+                      "visit_length": {"min_hours": False, "max_hours": False},
+                      "prior_observation": {"days": True},
+                      "no_prior": {"lookback_days": True},
+                      "exposure_to_comparator": {"lookback_days": True}}
+_CRITERION_RANGES = {"age": ("min", "max"), "visit_length": ("min_hours", "max_hours")}
 
+
+def _criteria_rules(criteria: list) -> list[str]:
+    "The numbers of the built-in criterion types: numbers, not negative, min <= max."
+    problems = []
+    for i, criterion in enumerate(criteria):
+        kind, where = criterion.get("type"), f"cohort.criteria[{i}]"
+        for key, whole in _CRITERION_NUMBERS.get(kind, {}).items():
+            value = criterion.get(key)
+            if value is None:
+                continue
+            expected = "a whole number of days" if whole else "a number"
+            if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) \
+                    or not math.isfinite(value) or value < 0:
+                problems.append(f"`{where}.{key}` must be {expected} of at least 0 (a criterion of "
+                                f"type {kind}); got {_describe(value)}")
+        low_key, high_key = _CRITERION_RANGES.get(kind, (None, None))
+        low, high = criterion.get(low_key), criterion.get(high_key)
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) and low > high:
+            problems.append(f"`{where}`: `{low_key}` ({low}) is greater than `{high_key}` ({high}), so the "
+                            "criterion would remove everyone; swap them")
+    return problems
+
+
+def _window_rules(outcome: dict, event: str) -> list[str]:
+    "An outcome window is 'visit' (needs a visit index event) or whole days {start_day <= end_day}."
+    window = outcome.get("window")
+    if window is None:
+        return []
+    if isinstance(window, str):
+        if window != "visit":
+            return [f"`outcome.window` must be 'visit' or {{start_day: N, end_day: M}} (days from the index "
+                    f"date); got {window!r}"]
+        return ([] if event == "visit" else
+                [f"`outcome.window` 'visit' needs a visit index event (`cohort.index.event` is {event!r}); "
+                 "give days instead, e.g. window: {start_day: 1, end_day: 365}"])
+    unknown = sorted(set(map(str, window)) - {"start_day", "end_day"})
+    if unknown:
+        return [f"unknown key `outcome.window.{unknown[0]}`: a window is {{start_day: N, end_day: M}}"]
+    days = [window.get("start_day"), window.get("end_day")]
+    if not all(isinstance(d, int) and not isinstance(d, bool) for d in days):
+        return ["`outcome.window` needs whole numbers `start_day` and `end_day` (days from the index date); "
+                f"got start_day {days[0]!r}, end_day {days[1]!r}"]
+    if days[0] > days[1]:
+        return [f"`outcome.window.start_day` ({days[0]}) is after `outcome.window.end_day` ({days[1]}); "
+                "the window would be empty: swap them"]
+    return []
+
+
+def _column_rules(study: dict) -> list[str]:
+    "The analysis columns an OMOP study makes (outcome, group, features) are made once each."
+    made = [(column, "a column the cohort always makes") for column in _BUILT_IN_COLUMNS]
+    made.append((study["outcome"]["id"], "`outcome.id`"))
+    if study.get("group"):
+        made.append((study["group"]["id"], "`group.id`"))
+    features = study.get("features") or {}
+    for i, measurement in enumerate(features.get("measurements") or []):
+        made += [(f"{measurement['id']}_{a}", f"`features.measurements[{i}]` ({a})")
+                 for a in measurement["aggregate"]]
+    made += [(c["id"], f"`features.conditions[{i}].id`") for i, c in enumerate(features.get("conditions") or [])]
+    first, problems = {}, []
+    for column, source in made:
+        if column in first and source != first[column]:
+            problems.append(f"the analysis column '{column}' would be made twice, by {first[column]} and by "
+                            f"{source}; give them distinct ids")
+        first.setdefault(column, source)
+    return problems
+
+
+def _parameter_rules(study: dict) -> list[str]:
+    "What no single parameter can say: the effective sample size the gate asks of the draws made."
+    params, problems = study["parameters"], []
+    draws, chains, ess = params.get("draws"), params.get("chains"), params.get("ess_min")
+    if study.get("model") and None not in (draws, chains, ess) and ess > draws * chains:
+        problems.append(f"`parameters.ess_min` ({ess}) is more than the draws made (draws {draws} x chains "
+                        f"{chains} = {draws * chains}): the convergence gate would fail after the fit; "
+                        "raise draws or lower ess_min")
+    name = params.get("validate_against")
+    if isinstance(name, str) and ("/" in name or "\\" in name or name.startswith(".")):
+        problems.append(f"`parameters.validate_against` must be the name of a run (a plain folder name in the "
+                        f"runs folder); got {name!r}")
+    return problems
+
+# %% ../nbs/00a_config.ipynb #c007c
 def _study_rules(study: dict) -> list[str]:
     "What the schema cannot say alone: sections that a source or a design needs, ids that must agree."
     problems = []
     source = study.get("source", {})
+    cohort = study.get("cohort") or {}
     if source.get("format") == "omop":
         for key, why in (("cohort", "the cohort definition"), ("features", "the features to extract")):
             if key not in study:
@@ -275,13 +533,26 @@ def _study_rules(study: dict) -> list[str]:
         for key in ("type", "window"):
             if key not in study["outcome"]:
                 problems.append(f"missing required key `outcome.{key}` (an OMOP outcome needs it)")
+        event = (cohort.get("index") or {}).get("event", "visit")
+        problems += _window_rules(study["outcome"], event)
+        if (study.get("features") or {}).get("measurements") and event != "visit":
+            problems.append(f"`features.measurements` (a window after admission) need a visit index event; "
+                            f"`cohort.index.event` is {event!r}")
+        if study["outcome"].get("type") == "condition" and not study["outcome"].get("concepts"):
+            problems.append("missing required key `outcome.concepts` (an outcome of type condition needs "
+                            "its concept ids)")
+        problems += _column_rules(study)
     if source.get("format") == "flat":
         if "codebook" not in source:
             problems.append("missing required key `source.codebook` (a flat table needs its codebook)")
-        for i, criterion in enumerate((study.get("cohort") or {}).get("criteria") or []):
+        for i, criterion in enumerate(cohort.get("criteria") or []):
             if criterion.get("type") != "rule" or not isinstance(criterion.get("exclude"), str):
                 problems.append(f"`cohort.criteria[{i}]` of a flat table must be `type: rule` with "
                                 "`exclude:` a condition on the table's columns, e.g. exclude: \"age < 18\"")
+            elif not criterion["exclude"].strip():
+                problems.append(f"`cohort.criteria[{i}].exclude` must be a condition on the table's columns, "
+                                "e.g. exclude: \"age < 18\"; got an empty text")
+    problems += _criteria_rules(cohort.get("criteria") or [])
     for key, why in DESIGN_NEEDS.get(study.get("design"), []):
         if key not in study:
             problems.append(f"missing required key `{key}` (a {study['design']} paper needs {why})")
@@ -300,6 +571,10 @@ def _study_rules(study: dict) -> list[str]:
     if "group" in (model or {}) and not any(k in study["parameters"] for k in ("draws",)):
         problems.append("missing required key `parameters.draws` (a study with a Bayesian `model` "
                         "needs the sampler's settings: draws, tune, chains, target_accept)")
+    analysis, exposures = study.get("analysis"), cohort.get("exposures") or []
+    if analysis and exposures and analysis["treated"] not in [e["id"] for e in exposures]:
+        problems.append(f"`analysis.treated` is {analysis['treated']!r}, which is not the id of one of "
+                        f"`cohort.exposures` ({', '.join(e['id'] for e in exposures)})")
     unknown = sorted(set(study.get("sensitivity") or []) - set(SENSITIVITY_ANALYSES))
     if unknown:
         problems.append(f"`sensitivity` names unknown analyses {', '.join(unknown)}; the analyses are "
@@ -308,9 +583,13 @@ def _study_rules(study: dict) -> list[str]:
     low, high = curve.get("low", 0.01), curve.get("high", 0.5)
     if not 0 < low < high < 1:
         problems.append(f"`evaluation.decision_curve` needs 0 < low < high < 1; got low {low}, high {high}")
+    elif "step" in curve and curve["step"] > high - low:
+        problems.append(f"`evaluation.decision_curve.step` ({curve['step']}) is wider than the range from low "
+                        f"({low}) to high ({high}); e.g. step: 0.01")
     if "report_at" in curve and not low <= curve["report_at"] <= high:
         problems.append(f"`evaluation.decision_curve.report_at` ({curve['report_at']}) must lie "
                         f"between low ({low}) and high ({high})")
+    problems += _parameter_rules(study)
     return problems
 
 # %% ../nbs/00a_config.ipynb #c009
@@ -328,9 +607,11 @@ def parse_override(text: str) -> tuple[str, object]:
 
 
 def apply_overrides(study: dict, overrides=(), *, file: str = "study file") -> dict:
-    "A copy of `study` whose `parameters` are updated from 'key=value' strings."
+    """A copy of `study` whose `parameters` are updated from 'key=value' strings; each value must have
+    the type of the value it replaces and follow the parameter's rules (its range)."""
     study = copy.deepcopy(study)
     params = study["parameters"]
+    fields, given = STUDY_SCHEMA["parameters"], {}
     for text in overrides:
         key, value = parse_override(text)
         if key not in params:
@@ -338,22 +619,71 @@ def apply_overrides(study: dict, overrides=(), *, file: str = "study file") -> d
             hint = f" Did you mean `{near[0]}`?" if near else ""
             raise StudyError(f"-p {text}: `{key}` names no parameter of {file}.{hint} "
                              f"The parameters are: {', '.join(params)}.")
+        if key in given:
+            raise StudyError(f"-p {text}: `{key}` is set twice (also -p {given[key]}); give each "
+                             "parameter once.")
+        given[key] = text
+        field = fields.get(key)
+        if field is not None and str in field.types and isinstance(value, (int, float)) \
+                and not isinstance(value, bool):
+            value = text.split("=", 1)[1].strip()   # a run named 2024 is the text '2024'
         old = params[key]
-        if old is not None and value is not None and not _is_instance(value, (type(old),)):
+        if field is None and old is not None and value is not None and not _is_instance(value, (type(old),)):
             raise StudyError(f"-p {text}: `{key}` must be {_type_name((type(old),))} "
                              f"like its default {old!r}, got {_describe(value)}.")
+        if field is not None:
+            problems: list[str] = []
+            _check_leaf(value, field, f"parameters.{key}", problems, override=key)
+            if problems:
+                raise StudyError(f"-p {text}: {problems[0]}.")
         params[key] = value
     return study
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    "YAML's safe loader, refusing a key given twice in one mapping (YAML would keep the last silently)."
+
+
+def _construct_mapping(loader, node, deep=False):
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            repeated = key in seen
+        except TypeError:
+            continue
+        if repeated:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the key {key!r} is given twice in one mapping (first at line "
+                f"{seen[key] + 1}); YAML would keep only the last", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _read_text(path: Path) -> str:
+    "The study file as text: UTF-8 (with or without a byte-order mark), else a StudyError saying where."
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise StudyError(f"{path}: not UTF-8 text: byte {error.start + 1} (line {line}) is not valid UTF-8 "
+                         f"({error.reason}). Save the study file with UTF-8 encoding (an editor's "
+                         "\"Save with encoding\"; or `iconv -f latin1 -t utf-8`).") from None
+
+
 def load_study(path, overrides=()) -> dict:
-    "Read, validate and override the study file at `path`; adds `_file` and `_dir` keys."
+    """Read, validate and override the study file at `path`; adds `_file` and `_dir` keys. The study is
+    validated as written and again with the overrides, so every rule holds for what runs."""
     path = Path(path)
     if not path.is_file():
         raise StudyError(f"{path}: no such study file. Pass --study with the path of a study "
                          "YAML file, or make a paper project with `clinpaper new DIR --template NAME`.")
     try:
-        study = yaml.safe_load(path.read_text())
+        study = yaml.load(_read_text(path), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -362,7 +692,10 @@ def load_study(path, overrides=()) -> dict:
         raise StudyError(f"{path}: a study file must be a mapping of keys (title, source, "
                          "cohort, ...), got " + type(study).__name__ + ".")
     validate_study(study, file=str(path))
-    study = apply_overrides(study, overrides, file=str(path))
+    overrides = list(overrides)
+    if overrides:
+        study = apply_overrides(study, overrides, file=str(path))
+        validate_study(study, file=f"{path} with -p {' -p '.join(overrides)}")
     study["_file"], study["_dir"] = str(path.resolve()), str(path.resolve().parent)
     return study
 
