@@ -17,8 +17,8 @@ from scipy import linalg, optimize, stats
 from .core import format_percent, is_small, mask_count
 
 # %% auto #0
-__all__ = ['smd_continuous', 'smd_categorical', 'table_one', 'suppress_table_one', 'format_table_one', 'hidden_note',
-           'shown_percent', 'flow_boxes', 'flow_table']
+__all__ = ['smd_continuous', 'smd_categorical', 'table_one', 'suppress_table_one', 'protected_variables', 'format_table_one',
+           'hidden_note', 'shown_percent', 'shown_share', 'suppress_counts', 'flow_boxes', 'flow_table']
 
 # %% ../nbs/03_describe.ipynb #c007
 def _weighted_mean_var(values: np.ndarray, weights: np.ndarray | None) -> tuple[float, float]:
@@ -315,7 +315,7 @@ def _protect(values, equations, *, masked, unknown=(), hidden=(), candidates, co
     masked_index = {index[c] for c in masked}
     base = masked_index | {index[c] for c in unknown}
     chosen = {index[c] for c in hidden}
-    free = [index[c] for c in candidates if index[c] not in base]
+    free = sorted(index[c] for c in candidates if index[c] not in base)   # the cells' order: the same in every process
     touches = {j: set(np.flatnonzero(matrix[:, j])) for j in range(len(cells))}
 
     def determined(extra=()):
@@ -514,7 +514,34 @@ def suppress_table_one(shown: pd.DataFrame, t1: pd.DataFrame, *, threshold: int,
                                  else _masked_percent(threshold, size))
         elif not size_shown[cell[2]]:   # a percentage would give the size away
             result.iloc[i, j] = str(result.iloc[i, j]).split(" (")[0]
+    # with the groups' sizes and the shown cells, the SMD (or p-value) of a variable gives its masked or
+    # hidden proportions back: not shown either
+    for variable in _protected(t1, groups, masked, hidden):
+        i = next(i for (name, _), i in position.items() if name == variable)   # the variable's first row
+        for column in ("SMD", "p-value"):
+            if column in result.columns and str(result.iloc[i][column]) != "":
+                result.iloc[i, result.columns.get_loc(column)] = hidden_text
     return result
+
+
+def _protected(t1: pd.DataFrame, groups: list, masked: set, hidden: set) -> list:
+    "The categorical variables of `t1` with a count masked or hidden (every one when a group's size is masked)."
+    kinds = t1.drop_duplicates("variable").set_index("variable")["type"]
+    categorical = [v for v in kinds.index if v != "n" and kinds[v] == "categorical"]
+    if any(("n", "", g) in masked | hidden for g in groups[1:]):
+        return categorical
+    counted = {cell[0] for cell in masked | hidden if cell[1] not in ("missing", "weighted missing")}
+    return [v for v in categorical if v in counted]
+
+
+def protected_variables(t1: pd.DataFrame, *, threshold: int, unweighted: pd.DataFrame | None = None) -> list:
+    """The categorical variables whose counts Table 1 (format_table_one of `t1`, with `unweighted` for a
+    weighted table) masks or hides: a statistic of their proportions (an SMD, a p-value, a balance
+    diagnostic) would give the count back, so it is not shown either."""
+    groups = list(dict.fromkeys(t1.group))
+    position = {row: i for i, row in enumerate(_row_keys(t1))}
+    _, masked, hidden = _suppressed_cells(t1, groups, position, threshold=threshold, unweighted=unweighted)
+    return _protected(t1, groups, masked, hidden)
 
 # %% ../nbs/03_describe.ipynb #c025
 def _decimals(row_overall: pd.Series, entry: dict) -> int:
@@ -615,6 +642,84 @@ def shown_percent(shown: pd.DataFrame, t1: pd.DataFrame, *, variable: str, level
     text = str(shown.iloc[rows.index(key)][group])
     found = re.search(r"\((<?[\d.]+%)\)", text)
     return found.group(1) if found else ""
+
+# %% ../nbs/03_describe.ipynb #d020
+def _percent_bound(threshold: int, whole: float, digits: int = 1) -> str:
+    "'<p%': p = 100 * threshold / whole rounded up, so that the bound excludes no count below the threshold."
+    scale = 10 ** digits
+    return f"<{math.ceil(round(100 * threshold * scale / whole, 6)) / scale:.{digits}f}%"
+
+
+def shown_share(count, whole, *, threshold: int, digits: int = 1) -> str:
+    """The share `count / whole` as a sentence may show it beside the count: '13.8%', a bound ('<0.8%')
+    for a count from 1 to `threshold - 1`, 'NA' for an empty whole."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, np.integer)) or threshold < 1:
+        raise ValueError(f"`threshold` must be a whole number >= 1, got {threshold!r}.")
+    if not whole or whole <= 0:
+        return "NA"
+    if is_small(count, threshold=threshold):
+        return _percent_bound(threshold, whole, digits)
+    return f"{100 * count / whole:.{digits}f}%"
+
+# %% ../nbs/03_describe.ipynb #d023
+def _natural(text) -> list:
+    "'Hospital 2' before 'Hospital 10'."
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", str(text))]
+
+
+def suppress_counts(counts: pd.DataFrame, *, threshold: int, by: str | None = None, label: str | None = None,
+                    n: str = "n", events: str = "events", hidden_text: str = "–") -> pd.DataFrame:
+    """Patients (`n`) and events (`events`) per level as a table shows them beside the totals that the paper
+    shows (each block of `by`, e.g. a subgroup's levels, adds up to them): `counts` with `n_shown` and
+    `events_shown` (masked '<11', `hidden_text` where the cell would give a masked count away, else the
+    count) and `protected`: True where a rate, a ratio or an interval of the level would give a masked or
+    hidden count back. `label` (default: the index) names the levels, whose natural order breaks ties."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, np.integer)) or threshold < 1:
+        raise ValueError(f"`threshold` must be a whole number >= 1 (the study's small_count_threshold); "
+                         f"got {threshold!r}.")
+    if not isinstance(counts, pd.DataFrame):
+        raise TypeError(f"suppress_counts expects a pandas DataFrame, got {type(counts).__name__}.")
+    missing = [c for c in (n, events, by, label) if c is not None and c not in counts.columns]
+    if missing:
+        raise ValueError(f"suppress_counts needs the column(s) {missing}; the data has {list(counts.columns)}.")
+    numbers = counts[[n, events]].apply(pd.to_numeric, errors="coerce")
+    bad = int((numbers.isna().any(axis=1) | (numbers < 0).any(axis=1) | (numbers % 1 != 0).any(axis=1)).sum())
+    if bad:
+        raise ValueError(f"`{n}` and `{events}` must hold whole counts >= 0; {bad:,} row(s) do not.")
+    over = int((numbers[events] > numbers[n]).sum())
+    if over:
+        raise ValueError(f"`{events}` exceeds `{n}` in {over:,} row(s): a level cannot have more events than patients.")
+    small = lambda value: 0 < value < threshold
+    result = counts.copy()
+    result["n_shown"], result["events_shown"], result["protected"] = "", "", False
+    blocks = [counts.index] if by is None else [index for _, index in counts.groupby(by, sort=False, observed=True).groups.items()]
+    for index in blocks:
+        part = numbers.loc[index].astype(int)
+        names = (counts.loc[index, label] if label else index.to_series()).astype(str).to_numpy()
+        order = sorted(range(len(part)), key=lambda i: (int(part[n].iloc[i]), int(part[events].iloc[i]),
+                                                          _natural(names[i])))
+        # cells: (0, k) patients, (1, k) events, (2, k) patients without the event of the k-th level; k = -1: totals
+        values = {(0, -1): int(part[n].sum()), (1, -1): int(part[events].sum())}
+        values[(2, -1)] = values[(0, -1)] - values[(1, -1)]
+        equations = [{(0, -1): 1.0, (1, -1): -1.0, (2, -1): -1.0}]
+        for k, i in enumerate(order):
+            values[(0, k)], values[(1, k)] = int(part[n].iloc[i]), int(part[events].iloc[i])
+            values[(2, k)] = values[(0, k)] - values[(1, k)]
+            equations.append({(0, k): 1.0, (1, k): -1.0, (2, k): -1.0})
+        for kind in (0, 1, 2):
+            equations.append({(kind, -1): 1.0, **{(kind, k): -1.0 for k in range(len(order))}})
+        masked = {cell for cell, value in values.items() if small(value)}
+        unknown = {cell for cell in values if cell[0] == 2} - masked   # never shown
+        candidates = {(kind, k) for kind in (0, 1) for k in range(len(order))} - masked
+        hidden = _protect(values, equations, masked=masked, unknown=unknown, candidates=candidates, threshold=threshold,
+                          cost=lambda cell: (values[cell] == 0, values[cell], cell))
+        for k, i in enumerate(order):
+            row = index[i]
+            for kind, column in ((0, "n_shown"), (1, "events_shown")):
+                result.loc[row, column] = (hidden_text if (kind, k) in hidden
+                                           else mask_count(values[(kind, k)], threshold=threshold))
+            result.loc[row, "protected"] = any((kind, k) in masked | hidden for kind in (0, 1, 2))
+    return result
 
 # %% ../nbs/03_describe.ipynb #c033
 def _check_flow_frame(flow) -> None:
