@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
 import operator
 import re
@@ -16,13 +17,15 @@ from typing import Any, Callable
 import duckdb
 import ibis
 import pandas as pd
+from ibis.common.exceptions import IbisError
 
 from .core import CohortError, SourceError, StudyError, mask_count
 
 # %% auto #0
-__all__ = ['CRITERIA', 'AGGREGATES', 'DEMOGRAPHICS', 'connect_source', 'source_table', 'check_source', 'expand_concept_sets',
-           'register_criterion', 'age_criterion', 'visit_length_criterion', 'prior_observation_criterion',
-           'no_prior_criterion', 'exposure_to_comparator_criterion', 'Cohort', 'cohort_codebook', 'build_cohort']
+__all__ = ['CRITERIA', 'AGGREGATES', 'DEMOGRAPHICS', 'source_error', 'connect_source', 'source_table', 'check_source',
+           'expand_concept_sets', 'register_criterion', 'age_criterion', 'visit_length_criterion',
+           'prior_observation_criterion', 'no_prior_criterion', 'exposure_to_comparator_criterion', 'Cohort',
+           'cohort_codebook', 'build_cohort']
 
 # %% ../nbs/02_cohort.ipynb #c008
 _SOURCE_ALIAS = "omop_source"
@@ -34,16 +37,68 @@ def _sql_string(text: str) -> str:
     return "'" + str(text).replace("'", "''") + "'"
 
 
+def _sql_identifier(text: str) -> str:
+    return '"' + str(text).replace('"', '""') + '"'
+
+
+def _where_text(where) -> str:
+    "A path (Path, or text without spaces) is 'The data source PATH'; a phrase is used as it is."
+    text = str(where)
+    return text if isinstance(where, str) and " " in text else f"The data source {text}"
+
+
+def source_error(error: BaseException, *, where) -> SourceError:
+    """A database error (DuckDB, Ibis) or an OS error while reading a source, in clinpaper's words: what
+    failed at `where` (a path, or a phrase such as "The Parquet file X (table person)") and how to fix it.
+    The error's own text is never repeated: DuckDB's messages quote data values and SQL."""
+    text = str(error).lower()
+    if "could not set lock" in text or "conflicting lock" in text:
+        problem = ("is open in another program (DuckDB holds a lock on it while that program has it open for "
+                   "writing). Close that program or its connection to the file, or give a copy of the file, "
+                   "and run again.")
+    elif isinstance(error, PermissionError) or "permission denied" in text:
+        problem = ("cannot be read: permission denied. Give your user read access to the file and its folder, "
+                   "or copy it somewhere you can read.")
+    elif isinstance(error, IsADirectoryError):
+        problem = "is a folder where a file was expected."
+    elif isinstance(error, FileNotFoundError) or "no files found" in text:
+        problem = ("matches no file. A file name holding *, ? or [ ] is read as a pattern; rename the file "
+                   "without those characters, or check that it still exists.")
+    elif "not a valid duckdb database" in text:
+        problem = ("is not a DuckDB database. Give an OMOP CDM DuckDB file or a folder of Parquet files, one "
+                   "per table.")
+    elif "version number" in text or "newer version" in text or "storage version" in text:
+        problem = (f"was written by a DuckDB version that this one ({duckdb.__version__}) cannot read. Export "
+                   "it again with this version, or upgrade the duckdb package.")
+    elif "corrupt" in text or "checksum" in text or "could not read enough bytes" in text:
+        problem = "is damaged (truncated or corrupt). Copy or export it again."
+    elif "magic bytes" in text or "parquet" in text:
+        problem = ("is not a readable Parquet file (corrupt, truncated or in another format). Export that "
+                   "table again as Parquet.")
+    elif isinstance(error, duckdb.ConversionException) or "conversion error" in text:
+        problem = ("holds a value that cannot be converted to the type its column needs (an integer id or "
+                   "concept id, a date, or a number). Check the types of the exported OMOP columns; "
+                   "clinpaper does not print the values.")
+    elif isinstance(error, duckdb.OutOfMemoryException) or "out of memory" in text:
+        problem = "needs more memory than DuckDB could get. Close other programs, or run on a larger machine."
+    elif "no space left" in text or "disk is full" in text:
+        problem = "could not be read: the disk (DuckDB's temporary folder) is full. Free some space."
+    elif isinstance(error, OSError) and error.strerror:
+        problem = f"cannot be read ({error.strerror})."
+    else:
+        problem = (f"could not be read: the database failed ({type(error).__name__}). Check that it is an "
+                   "OMOP CDM extract; run with --debug to see the database's own message.")
+    return SourceError(f"{_where_text(where)} {problem}")
+
+
 def _attach_duckdb(con, path: Path) -> dict:
     if path.suffix.lower() == ".parquet":
         raise SourceError(f"The data source {path} is a single Parquet file. Give the folder that holds "
                           "one Parquet file (or one folder of files) per OMOP table, or a DuckDB file.")
     try:
         con.raw_sql(f"ATTACH {_sql_string(path)} AS {_SOURCE_ALIAS} (READ_ONLY)")
-    except duckdb.Error as error:
-        first_line = str(error).splitlines()[0][:200]
-        raise SourceError(f"The data source {path} is not a DuckDB database ({first_line}). Give an OMOP CDM "
-                          "DuckDB file or a folder of Parquet files, one per table.") from None
+    except (duckdb.Error, OSError) as error:
+        raise source_error(error, where=path) from None
     rows = con.raw_sql(
         "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = ? "
         "UNION ALL SELECT schema_name, view_name FROM duckdb_views() WHERE database_name = ? AND NOT internal",
@@ -113,8 +168,12 @@ def _register_parquet(con, folder: Path) -> dict:
         else:
             continue
         view = name.lower()
-        con.raw_sql(f'CREATE OR REPLACE VIEW "{view}" AS SELECT * FROM '
-                    f"read_parquet({_sql_string(pattern)}, union_by_name = true)")
+        try:
+            con.raw_sql(f"CREATE OR REPLACE VIEW {_sql_identifier(view)} AS SELECT * FROM "
+                        f"read_parquet({_sql_string(pattern)}, union_by_name = true)")
+        except (duckdb.Error, OSError) as error:
+            kind = "The Parquet file" if entry.is_file() else "The folder of Parquet files"
+            raise source_error(error, where=f"{kind} {entry} (table {view})") from None
         tables[view] = (None, None, view)
     if not tables:
         raise SourceError(f"The folder {folder} holds no Parquet files. Give a folder with one Parquet file "
@@ -130,10 +189,13 @@ def connect_source(path) -> ibis.BaseBackend:
         raise SourceError(f"The data source {path} does not exist. Give the path of an OMOP CDM DuckDB file "
                           "or of a folder of Parquet files (one per table), e.g. `clinpaper run --cohort PATH`.")
     con = ibis.duckdb.connect()
-    if path.is_dir():
-        tables, kind = _register_parquet(con, path), "parquet"
-    else:
-        tables, kind = _attach_duckdb(con, path), "duckdb"
+    try:
+        if path.is_dir():
+            tables, kind = _register_parquet(con, path), "parquet"
+        else:
+            tables, kind = _attach_duckdb(con, path), "duckdb"
+    except (duckdb.Error, OSError) as error:   # listing the folder, reading the catalogue
+        raise source_error(error, where=path) from None
     con.clinpaper_source = {"path": str(path.resolve()), "format": kind}
     con.clinpaper_tables = tables
     con.clinpaper_empty_tables = sorted(name for name, where in tables.items()
@@ -253,6 +315,102 @@ def check_source(con, study: dict) -> None:
         raise SourceError(f"The data source {where} lacks what the study needs ({'; '.join(parts)}). "
                           "Export these OMOP CDM tables and columns (names are matched case-insensitively), "
                           "or remove the study features that need them.")
+
+
+_OPTIONAL_COLUMNS = {  # columns read when present, beside the required ones
+    "person": ["month_of_birth", "day_of_birth", "birth_datetime"],
+    "death": ["person_id", "death_date", "death_datetime"],   # read when present: censoring, data rules
+    "measurement": ["measurement_datetime", "measurement_id"],
+    "observation_period": ["observation_period_start_datetime", "observation_period_end_datetime"],
+    "condition_occurrence": ["condition_start_datetime"],
+    "drug_exposure": ["drug_exposure_start_datetime"],
+    "concept_ancestor": ["ancestor_concept_id", "descendant_concept_id"],
+}
+_WHOLE_NUMBER_COLUMNS = ("year_of_birth", "month_of_birth", "day_of_birth")
+_TYPE_WORDS = {"int64": ("whole numbers", "a whole number"), "float64": ("numbers", "a number"),
+               "date": ("dates", "a date"), "timestamp": ("dates and times", "a date and time")}
+
+
+def _expected_type(column: str) -> str | None:
+    "The type clinpaper reads a column as (None: read as it is)."
+    if column in _WHOLE_NUMBER_COLUMNS or (column.endswith("_id") and not column.endswith("source_id")):
+        return "int64"
+    if column.endswith("_datetime"):
+        return "timestamp"
+    if column.endswith("_date"):
+        return "date"
+    if column == "value_as_number":
+        return "float64"
+    return None
+
+
+def _readable_as(dtype, target: str) -> bool:
+    "Whether every value of type `dtype` converts to `target` without error or rounding."
+    if dtype.is_null():
+        return True
+    if target == "int64":
+        return dtype.is_integer()
+    if target == "float64":
+        return dtype.is_numeric()
+    return dtype.is_date() or dtype.is_timestamp()
+
+
+def _type_fix(column: str, target: str) -> str:
+    if target in ("date", "timestamp"):
+        return "write dates as YYYY-MM-DD (and times as YYYY-MM-DD HH:MM:SS)"
+    if column.endswith("concept_id"):
+        return "map the source's own codes to OMOP concept ids (integers)"
+    if column.endswith("_id"):
+        return "replace local identifiers (such as medical record numbers) by integer ids"
+    if target == "int64":
+        return "store whole numbers without text"
+    return "store numbers without units or text"
+
+
+def _check_types(con, study: dict) -> None:
+    """Raise a SourceError naming every column the study reads whose values cannot be read as its type
+    (an id that holds text, a date that is not one), with how many rows; counted with TRY_CAST, so that no
+    value ever reaches a message."""
+    where = getattr(con, "clinpaper_source", {}).get("path", "the source")
+    event_table, *event_columns = _EVENT_TABLES[_event(study)]
+    wanted = {table: list(columns) for table, columns in _required_columns(study).items()}
+    wanted.setdefault(event_table, []).extend(event_columns)
+    group = study.get("group")
+    for table, columns in _OPTIONAL_COLUMNS.items():
+        if table in wanted or table in ("concept_ancestor", "death"):
+            wanted.setdefault(table, []).extend(columns)
+    problems = []
+    for table_name, columns in wanted.items():
+        table = source_table(con, table_name)
+        if table is None:
+            continue
+        schema = table.schema()
+        checks = {}
+        for column in dict.fromkeys(columns):
+            target = "int64" if group and column == group["column"].lower() and table_name == _group_table(study) \
+                else _expected_type(column)
+            if column not in schema or target is None or _readable_as(schema[column], target):
+                continue
+            value = table[column]
+            broken = value.notnull() & value.try_cast(target).isnull()
+            if target == "int64" and schema[column].is_numeric():   # 2.5 would be rounded to 3
+                number = value.try_cast("float64")
+                broken |= value.notnull() & (number != number.floor())
+            checks[column] = (target, broken)
+        if not checks:
+            continue
+        counts = table.aggregate(n_rows=table.count(), **{f"bad_{i}": table.count(where=broken)
+                                 for i, (_, broken) in enumerate(checks.values())}).to_pyarrow().to_pylist()[0]
+        for i, (column, (target, _)) in enumerate(checks.items()):
+            n_bad = counts[f"bad_{i}"]
+            if n_bad:
+                held = "text" if schema[column].is_string() else f"{schema[column]} values"
+                plural, single = _TYPE_WORDS[target]
+                problems.append(f"{table_name}.{column} must hold {plural}, but {n_bad:,} of {counts['n_rows']:,} "
+                                f"rows hold {held} that is not {single} ({_type_fix(column, target)})")
+    if problems:
+        raise SourceError(f"The data source {where} has columns of the wrong type: {'; '.join(problems)}. "
+                          "Fix these columns in the export and run again (clinpaper never prints the values).")
 
 # %% ../nbs/02_cohort.ipynb #c022
 def expand_concept_sets(con, concept_sets: dict[str, list[int]]) -> dict[str, list[int]]:
@@ -582,19 +740,54 @@ def _index_label(study: dict) -> tuple[str, str]:
     return ("Index visits", "index visit")
 
 
+_FIRST_BIRTH_YEAR = 1850   # OHDSI's data-quality checks: a year of birth before 1850 is implausible
+
+
 def _birth_date(person):
+    """The date of birth: birth_datetime, else year, month and day (month unknown: 1 July; day unknown: the
+    15th). Null when the year is missing or implausible (before 1850 or after this year)."""
+    this_year = datetime.date.today().year
+    year = person.year_of_birth.cast("int32")
     month = person.month_of_birth.cast("int32") if "month_of_birth" in person.columns else ibis.null("int32")
     day = person.day_of_birth.cast("int32") if "day_of_birth" in person.columns else ibis.null("int32")
-    from_parts = ibis.date(person.year_of_birth.cast("int32"), ibis.coalesce(month, 7),
-                           ibis.coalesce(day, ibis.ifelse(month.isnull(), 1, 15)))
+    month = ibis.ifelse(month.between(1, 12), month, ibis.null("int32"))
+    year_ok = year.between(_FIRST_BIRTH_YEAR, this_year)
+    first = ibis.date(ibis.ifelse(year_ok, year, 2000), ibis.coalesce(month, 7), 1)   # 2000: never used
+    day = ibis.coalesce(day, ibis.ifelse(month.isnull(), 1, 15))
+    on_day = first + (ibis.ifelse(day.between(1, 31), day, 15) - 1).as_interval("D")
+    on_day = ibis.ifelse(on_day.month() == first.month(), on_day, first + ibis.interval(days=14))  # 31 February
+    from_parts = ibis.ifelse(year_ok, on_day, ibis.null("date"))
     if "birth_datetime" in person.columns:
-        return ibis.coalesce(person.birth_datetime.cast("date"), from_parts)
+        recorded = person.birth_datetime.cast("date")
+        recorded = ibis.ifelse(recorded.year().between(_FIRST_BIRTH_YEAR, this_year), recorded, ibis.null("date"))
+        return ibis.coalesce(recorded, from_parts)
     return from_parts
 
 
 def _completed_years(birth, day):
     had_birthday = (day.month() > birth.month()) | ((day.month() == birth.month()) & (day.day() >= birth.day()))
     return day.year() - birth.year() - ibis.ifelse(had_birthday, 0, 1)
+
+
+def _without_duplicates(table, key: str, *, table_name: str, key_column: str, noun: str, checks: list):
+    """`table` without its exact duplicate rows (counted in `checks`, a cleaning row); an id held by rows that
+    differ in what the study reads is a CohortError: no rule can tell which row is true."""
+    n_rows = table.count().to_pyarrow().as_py()
+    distinct = table.distinct()
+    counts = distinct.aggregate(n_distinct=distinct.count(), n_keys=distinct[key].nunique(),
+                                n_null=distinct.count(where=distinct[key].isnull())).to_pyarrow().to_pylist()[0]
+    if counts["n_distinct"] - counts["n_null"] > counts["n_keys"]:
+        held = distinct.filter(distinct[key].notnull()).group_by(key).aggregate(n=ibis._.count())
+        n_conflicting = held.filter(held.n > 1).count().to_pyarrow().as_py()
+        raise CohortError(f"{table_name}.{key_column} must be unique (one row per {noun}), but {n_conflicting:,} "
+                          f"ids are each held by two or more rows that differ in what the study reads. "
+                          "Deduplicate the extract (one row per id) and run again.")
+    if n_rows > counts["n_distinct"]:
+        checks.append({"variable": f"{table_name}.{key_column}", "label": f"Duplicate rows of the same {noun} "
+                       "(one kept)", "n_rows_in_window": n_rows, "n_valid": counts["n_distinct"],
+                       "n_removed": n_rows - counts["n_distinct"]})
+        return distinct
+    return table
 
 
 def _exposure_map(study: dict, concept_sets: dict):
@@ -607,8 +800,9 @@ def _exposure_map(study: dict, concept_sets: dict):
                                        "exposure": list(owner.values())}))
 
 
-def _index_stays(con, study: dict, concept_sets: dict):
-    "All candidate index events (visits, drug exposures or condition records) with what criteria use."
+def _index_stays(con, study: dict, concept_sets: dict, checks: list):
+    """All candidate index events (visits, drug exposures or condition records) with what criteria and the
+    data rules use; exact duplicate rows are dropped and counted in `checks`."""
     event = _event(study)
     name, id_column, concept_column, start_date, start_datetime, end_date, end_datetime = _EVENT_TABLES[event]
     events = source_table(con, name)
@@ -629,15 +823,20 @@ def _index_stays(con, study: dict, concept_sets: dict):
     elif group_table == "visit_occurrence":
         columns["visit_link"] = events.visit_occurrence_id.cast("int64")
     events = events.select(**columns)
+    noun = {"visit": "visit", "drug": "drug exposure", "condition": "condition record"}[event]
     if group_table == "visit_occurrence" and "visit_link" in events.columns:
         visits = source_table(con, "visit_occurrence")
         visits = visits.select(visit_link=visits.visit_occurrence_id.cast("int64"),
                                group_value=visits[group_column].cast("int64"))
+        visits = _without_duplicates(visits, "visit_link", table_name="visit_occurrence",
+                                     key_column="visit_occurrence_id", noun="visit", checks=checks)
         events = events.left_join(visits, "visit_link").drop("visit_link", "visit_link_right")
     if study["cohort"].get("exposures"):
         events = events.join(_exposure_map(study, concept_sets), "concept_id")
     else:
         events = events.filter(events.concept_id.isin(concept_sets["__index__"]))
+    events = _without_duplicates(events, "event_id", table_name=name, key_column=id_column, noun=noun,
+                                 checks=checks)
     order = ibis.row_number().over(group_by=events.person_id, order_by=[events.index_start, events.event_id])
     events = events.mutate(stay_rank=order)
     person = source_table(con, "person")
@@ -646,8 +845,16 @@ def _index_stays(con, study: dict, concept_sets: dict):
                           birth_date=_birth_date(person))
     if group_table == "person":
         person_columns["group_value"] = person[group_column].cast("int64")
-    person = person.select(**person_columns)
+    person = _without_duplicates(person.select(**person_columns), "person_id", table_name="person",
+                                 key_column="person_id", noun="person", checks=checks)
+    person = person.mutate(person_found=ibis.literal(True))
     stays = events.left_join(person, "person_id").drop("person_id_right")
+    death = source_table(con, "death")
+    if death is not None and {"person_id", "death_date"} <= set(death.columns):
+        death = death.select(person_id=death.person_id.cast("int64"),
+                             death_date=_date(death, "death_date", "death_datetime"))
+        death = death.group_by("person_id").aggregate(death_first=death.death_date.min())
+        stays = stays.left_join(death, "person_id").drop("person_id_right")
     index_date = stays.index_start.date()
     return stays.mutate(
         index_date=index_date,
@@ -656,8 +863,47 @@ def _index_stays(con, study: dict, concept_sets: dict):
     )
 
 
+def _uses_age(study: dict) -> bool:
+    features = study.get("features") or {}
+    return "age" in (features.get("demographics") or []) or any(
+        c.get("type") == "age" for c in study["cohort"].get("criteria") or [])
+
+
+def _data_rules(stays, study: dict, label: tuple[str, str]) -> list:
+    """(step, box label, reason, table.column, broken) for every data rule (after OHDSI's data-quality
+    checks) that an index event must pass: a record that breaks one is removed in a flow step of its own,
+    before the criteria, so that no criterion counts it under its own reason."""
+    event = _event(study)
+    table, _, _, start_date, _, end_date, end_datetime = _EVENT_TABLES[event]
+    noun = label[1][:1].upper() + label[1][1:]
+    rules = [("person_recorded", "Person recorded", f"{noun} of a person missing from the person table",
+              f"{table}.person_id", stays.person_found.isnull()),
+             ("start_recorded", "Start recorded", f"{noun} without a start date", f"{table}.{start_date}",
+              stays.index_start.isnull())]
+    if event == "visit":
+        rules += [("end_recorded", "End recorded", f"{noun} without an end date", f"{table}.{end_date}",
+                   stays.index_end.isnull()),
+                  ("end_after_start", "Ends after it starts", f"{noun} that ends before it starts",
+                   f"{table}.{end_datetime}", stays.index_end < stays.index_start)]
+    if _uses_age(study):
+        rules += [("birth_recorded", "Year of birth plausible",
+                   f"Year of birth missing or implausible (before {_FIRST_BIRTH_YEAR} or in the future)",
+                   "person.year_of_birth", stays.birth_date.isnull()),
+                  ("after_birth", "Starts after birth", f"{noun} that starts before the person's birth",
+                   f"{table}.{start_date}", stays.index_date < stays.birth_date)]
+    if "death_first" in stays.columns:
+        rules += [("death_after_birth", "Death after birth", "Death recorded before birth", "death.death_date",
+                   stays.death_first < stays.birth_date),
+                  ("before_death", "Starts before death", f"{noun} that starts after the person's recorded death",
+                   f"{table}.{start_date}", stays.index_date > stays.death_first)]
+    rules.append(("not_in_future", "Not in the future", f"{noun} dated in the future", f"{table}.{start_date}",
+                  stays.index_date > ibis.today()))
+    return [(step, box, reason, column, broken.fill_null(False)) for step, box, reason, column, broken in rules]
+
+
 def _flow(stays, study: dict, context: _Context, label: tuple[str, str]):
-    "Keep flags of every step, the flow counts (one query) and the final filter."
+    """Keep flags of every step, the flow counts (one query), the final filter and the cleaning rows of the
+    data rules that removed any record (a data rule's step shows only then)."""
     first_only = study["cohort"]["index"].get("occurrence", "first") == "first"
     steps = []  # (step id, box label, side reason, cumulative keep expression)
     keep = stays.stay_rank == 0 if first_only else ibis.literal(True)
@@ -666,6 +912,11 @@ def _flow(stays, study: dict, context: _Context, label: tuple[str, str]):
                             "drug": ("first_exposure", "Later exposures of the same person"),
                             "condition": ("first_occurrence", "Later records of the same person")}[_event(study)]
         steps.append((step_id, f"First {label[1]} per person", repeats, keep))
+    rule_columns = {}
+    for step_id, box, reason, column, broken in _data_rules(stays, study, label):
+        keep = keep & ~broken
+        steps.append((step_id, box, reason, keep))
+        rule_columns[step_id] = column
     for position, criterion in enumerate(study["cohort"].get("criteria") or [], start=1):
         rule, text = CRITERIA[criterion["type"]](stays, criterion, context)
         keep = keep & rule.fill_null(False)
@@ -682,9 +933,15 @@ def _flow(stays, study: dict, context: _Context, label: tuple[str, str]):
     ).to_pyarrow().to_pylist()[0]
     rows = [{"step": "source", "label": f"{label[0]} in the source", "n_remaining": counts["n_all"],
              "n_removed": 0, "n_persons": counts["persons_all"], "reason": ""}]
+    checks = []
     for i, (step, text, reason, _) in enumerate(steps):
-        rows.append({"step": step, "label": text, "n_remaining": counts[f"n_{i}"],
-                     "n_removed": rows[-1]["n_remaining"] - counts[f"n_{i}"],
+        removed = rows[-1]["n_remaining"] - counts[f"n_{i}"]
+        if step in rule_columns:
+            if removed == 0:
+                continue
+            checks.append({"variable": rule_columns[step], "label": reason, "n_rows_in_window": rows[-1]["n_remaining"],
+                           "n_valid": counts[f"n_{i}"], "n_removed": removed})
+        rows.append({"step": step, "label": text, "n_remaining": counts[f"n_{i}"], "n_removed": removed,
                      "n_persons": counts[f"persons_{i}"], "reason": reason})
     if counts["n_group"] < rows[-1]["n_remaining"]:
         rows.append({"step": "group_recorded", "label": f"{group_label} recorded",
@@ -693,7 +950,7 @@ def _flow(stays, study: dict, context: _Context, label: tuple[str, str]):
     flow = pd.DataFrame(rows, columns=["step", "label", "n_remaining", "n_removed", "n_persons", "reason"])
     for column in ("n_remaining", "n_removed", "n_persons"):
         flow[column] = flow[column].astype("int64")
-    return flow, stays.filter(keep_group)
+    return flow, stays.filter(keep_group), checks
 
 
 def _check_flow(flow: pd.DataFrame, study: dict, concept_sets: dict) -> None:
@@ -945,6 +1202,42 @@ def _check_table(table: pd.DataFrame, flow: pd.DataFrame, study: dict) -> None:
                           "and the outcome window.")
 
 
+def _threshold(study: dict) -> int:
+    "The study's small-count threshold (11 unless its parameters say otherwise)."
+    value = (study.get("parameters") or {}).get("small_count_threshold", 11)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 11
+
+
+def _check_features(frame: pd.DataFrame, cleaning: pd.DataFrame, study: dict) -> None:
+    """A feature that every stay would miss because no value matches what the study asks (every unit or
+    code unknown, every value out of range) is an error; one whose concepts match no record, a warning."""
+    features = study.get("features") or {}
+    rows = cleaning.set_index("variable")
+    silent = []
+    for feature in features.get("measurements") or []:
+        fid = feature["id"]
+        row = rows.loc[fid]
+        if row.n_rows_in_window and not row.n_valid:
+            raise CohortError(
+                f"Measurement '{fid}' ({feature.get('label', fid)}): none of its {int(row.n_rows_in_window):,} "
+                f"measurement rows in the window is usable ({int(row.n_wrong_unit):,} in a unit_concept_id outside "
+                f"units {list(feature['units'])}, {int(row.n_out_of_range):,} outside valid {feature.get('valid')}, "
+                f"{int(row.n_no_value):,} without a value), so every stay would miss it. Check the study's "
+                "`units` (0 is the concept of 'no unit recorded') and `valid` against this source.")
+        if not row.n_rows_in_window:
+            silent.append(f"measurement '{fid}' (concepts {list(feature['concepts'])})")
+    for condition in features.get("conditions") or []:
+        if condition["id"] in frame and not frame[condition["id"]].any():
+            silent.append(f"condition '{condition['id']}' (concepts {list(condition['concepts'])})")
+    if "sex" in (features.get("demographics") or []) and len(frame) and (frame.sex == "Other/unknown").all():
+        raise CohortError(f"person.gender_concept_id: none of the {len(frame):,} persons of the cohort has a "
+                          "gender concept that clinpaper reads (8507 male, 8532 female), so sex would be "
+                          "'Other/unknown' for all. Map the source's gender codes to these OMOP concepts.")
+    if silent:
+        warnings.warn(f"No stay of the cohort has a record of {', '.join(silent)}: the column is missing (or 0) "
+                      "for everyone. Check those concept ids against the source.", UserWarning, stacklevel=3)
+
+
 def build_cohort(study: dict, source=None) -> Cohort:
     "Run the `study` (cohort, outcome, group, features) on an OMOP `source` (path or connection)."
     _check_study(study)
@@ -954,7 +1247,16 @@ def build_cohort(study: dict, source=None) -> Cohort:
         from clinpaper.config import source_path
         source = source_path(study)   # relative to the study file; eunomia:NAME materialised
     con = source if isinstance(source, ibis.BaseBackend) else connect_source(source)
+    where = Path(getattr(con, "clinpaper_source", {}).get("path", str(source)))
+    try:
+        return _build(con, study)
+    except (duckdb.Error, IbisError) as error:   # never DuckDB's own text: it quotes values and SQL
+        raise source_error(error, where=where) from None
+
+
+def _build(con, study: dict) -> Cohort:
     check_source(con, study)
+    _check_types(con, study)
     event = _event(study)
     features = study.get("features") or {}
     sets = {"__index__": [int(c) for c in study["cohort"]["index"].get("concepts") or []]}
@@ -972,8 +1274,10 @@ def build_cohort(study: dict, source=None) -> Cohort:
     concept_sets = expand_concept_sets(con, sets)
     context = _Context(con, study, concept_sets)
 
-    stays = _index_stays(con, study, concept_sets)
-    flow, cohort = _flow(stays, study, context, _index_label(study))
+    checks = []   # cleaning rows of the data rules: duplicates dropped, records removed
+    stays = _index_stays(con, study, concept_sets, checks)
+    flow, cohort, removed = _flow(stays, study, context, _index_label(study))
+    checks += removed
     _check_flow(flow, study, concept_sets)
 
     outcome_id = study["outcome"]["id"]
@@ -1019,8 +1323,15 @@ def build_cohort(study: dict, source=None) -> Cohort:
     frame = table.select(order).to_pandas()
     frame = frame.sort_values(["person_id", "index_datetime", id_column], kind="stable").reset_index(drop=True)
 
-    cleaning_frame = _cleaning_frame(features.get("measurements") or [], cleaning, len(frame))
+    cleaning_frame = _cleaning_frame(features.get("measurements") or [], cleaning, len(frame), checks)
     _check_table(frame, flow, study)
+    _check_features(frame, cleaning_frame, study)
+    if checks:
+        threshold = _threshold(study)
+        found = "; ".join(f"{c['variable']}: {c['label']} ({mask_count(c['n_removed'], threshold=threshold)})"
+                          for c in checks)
+        warnings.warn(f"The source breaks data rules; the records were left out and are counted in the cleaning "
+                      f"table (and in the flow where they were index events): {found}.", UserWarning, stacklevel=3)
     description = dict(getattr(con, "clinpaper_source", {"path": None, "format": type(con).__name__}))
     description["empty_tables"] = list(getattr(con, "clinpaper_empty_tables", []))
     description.update(_cdm_source(con))
@@ -1028,11 +1339,16 @@ def build_cohort(study: dict, source=None) -> Cohort:
                   source=description)
 
 
-def _cleaning_frame(measurements: list, cleaning, n_stays: int) -> pd.DataFrame:
+def _cleaning_frame(measurements: list, cleaning, n_stays: int, checks: list = ()) -> pd.DataFrame:
+    """One row per measurement (rows in the window, valid, out of range, other unit, no value, stays without
+    a value) and one per data rule that the source broke (`variable` is table.column, `label` the rule,
+    `n_rows_in_window` the records checked, `n_removed` those left out)."""
     columns = ["variable", "label", "unit", "n_rows_in_window", "n_valid", "n_out_of_range", "n_wrong_unit",
-               "n_no_value", "n_stays_missing"]
+               "n_no_value", "n_stays_missing", "n_removed"]
+    zero = dict.fromkeys(columns[3:], 0)
+    checked = [{**zero, "unit": None, **check} for check in checks]
     if not measurements:
-        return pd.DataFrame(columns=columns)
+        return pd.DataFrame(checked, columns=columns).astype({c: "int64" for c in columns[3:]})
     counted = cleaning.to_pandas().set_index("feature")
     rows = []
     for feature in measurements:
@@ -1043,5 +1359,5 @@ def _cleaning_frame(measurements: list, cleaning, n_stays: int) -> pd.DataFrame:
                      "n_rows_in_window": value("n_rows_in_window"), "n_valid": value("n_valid"),
                      "n_out_of_range": value("n_out_of_range"), "n_wrong_unit": value("n_wrong_unit"),
                      "n_no_value": value("n_no_value"),
-                     "n_stays_missing": n_stays - value("n_stays_with_value")})
-    return pd.DataFrame(rows, columns=columns)
+                     "n_stays_missing": n_stays - value("n_stays_with_value"), "n_removed": 0})
+    return pd.DataFrame(rows + checked, columns=columns)
