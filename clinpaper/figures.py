@@ -19,8 +19,8 @@ from .evaluate import auroc, calibration_curve, check_outcome, roc_curve
 
 # %% auto #0
 __all__ = ['OKABE_ITO', 'MAX_LABELLED_ROWS', 'set_style', 'save_figure', 'group_height', 'plot_forest', 'plot_caterpillar',
-           'plot_flow', 'plot_roc', 'plot_calibration', 'plot_decision_curve', 'plot_kaplan_meier',
-           'plot_prior_predictive', 'plot_posterior_predictive', 'plot_observed_expected']
+           'plot_flow', 'plot_roc', 'plot_calibration', 'plot_decision_curve', 'kaplan_meier_table',
+           'plot_kaplan_meier', 'plot_prior_predictive', 'plot_posterior_predictive', 'plot_observed_expected']
 
 # %% ../nbs/05_figures.ipynb #c005
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442",
@@ -314,14 +314,49 @@ def plot_decision_curve(data: pd.DataFrame, *, ax=None, figsize=(4.5, 3.2)):
     ax.legend(frameon=False)
     return ax
 
-# %% ../nbs/05_figures.ipynb #c034
-def plot_kaplan_meier(df: pd.DataFrame, *, duration: str, event: str, group: str | None = None,
-                      ax=None, ci: bool = True, xlabel: str = "Days",
-                      ylabel: str = "Survival probability", figsize=(4.5, 3.2)):
-    "Kaplan-Meier survival curves (one per level of `group`) with confidence bands."
-    from lifelines import KaplanMeierFitter
+# %% ../nbs/05_figures.ipynb #c033a
+def _kaplan_meier_steps(times: np.ndarray, events: np.ndarray, threshold: int | None) -> pd.DataFrame:
+    "Time, at_risk, events, survival, low, high of one group (rounded counts with `threshold`)."
+    order = np.argsort(times, kind="stable")
+    times, events = times[order], events[order]
+    unique, first = np.unique(times, return_index=True)
+    died = np.add.reduceat(events, first) if len(times) else np.zeros(0)
+    censored = np.add.reduceat(1 - events, first) if len(times) else np.zeros(0)
+    cumulative_events, cumulative_censored, size = np.cumsum(died), np.cumsum(censored), float(len(times))
+    if threshold:
+        up = lambda x: np.ceil(np.asarray(x, dtype=float) / threshold) * threshold
+        cumulative_events, cumulative_censored, size = up(cumulative_events), up(cumulative_censored), float(up(size))
+    step_events = np.diff(np.r_[0.0, cumulative_events])
+    at_risk = size - np.r_[0.0, (cumulative_events + cumulative_censored)[:-1]]
+    keep = at_risk > 0
+    unique, at_risk, step_events = unique[keep], at_risk[keep], np.minimum(step_events[keep], at_risk[keep])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        survival = np.cumprod(1 - step_events / at_risk)
+        greenwood = np.cumsum(np.where(at_risk > step_events, step_events / (at_risk * (at_risk - step_events)), np.inf))
+        spread = 1.959963984540054 * np.sqrt(greenwood) / np.abs(np.log(survival))
+        low = np.where(survival >= 1, 1.0, survival ** np.exp(spread))
+        high = np.where(survival >= 1, 1.0, survival ** np.exp(-spread))
+    low, high = np.nan_to_num(low, nan=0.0), np.nan_to_num(high, nan=1.0)
+    steps = pd.DataFrame({"time": unique, "at_risk": at_risk, "events": step_events, "survival": survival,
+                          "low": low, "high": high})
+    start = pd.DataFrame({"time": [0.0], "at_risk": [size], "events": [0.0], "survival": [1.0], "low": [1.0],
+                          "high": [1.0]})
+    # a step where no one has the event changes nothing: only the steps and the end of follow-up are kept
+    shown = steps[(steps.events > 0) | (steps.index == steps.index.max())] if len(steps) else steps
+    return pd.concat([start, shown], ignore_index=True)
 
-    _require_columns(df, [duration, event] + ([group] if group else []), "plot_kaplan_meier")
+
+def kaplan_meier_table(df: pd.DataFrame, *, duration: str, event: str, group: str | None = None,
+                       threshold: int | None = None) -> pd.DataFrame:
+    """Kaplan-Meier curves as a table: `group`, `time`, `at_risk`, `events`, `survival` and its 95% band
+    (`low`, `high`; Greenwood, log-log). With `threshold`, from counts rounded up to its multiples (the
+    cumulative events and censored, the group's size), and without the groups smaller than it (named in
+    `attrs['left_out']`)."""
+    _require_columns(df, [duration, event] + ([group] if group else []), "kaplan_meier_table")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, np.integer))
+                                  or threshold < 1):
+        raise ValueError(f"`threshold` must be a whole number >= 1 (the study's small_count_threshold) or None; "
+                         f"got {threshold!r}.")
     if not (pd.api.types.is_numeric_dtype(df[duration]) or pd.api.types.is_bool_dtype(df[duration])):
         raise TypeError(f"`{duration}` must hold numbers (times); got dtype {df[duration].dtype}.")
     times = df[duration].to_numpy(dtype=float)
@@ -330,15 +365,38 @@ def plot_kaplan_meier(df: pd.DataFrame, *, duration: str, event: str, group: str
                          f"values; {int(np.isnan(times).sum() + (times < 0).sum())} rows "
                          "break the rule.")
     check_outcome(df[event], name=event, both_classes=False)
+    parts = [("All patients", df)] if group is None else list(df.groupby(group, observed=True, sort=True))
+    curves, left_out = [], []
+    for level, part in parts:
+        if threshold and len(part) < threshold:
+            left_out.append(str(level))
+            continue
+        steps = _kaplan_meier_steps(part[duration].to_numpy(dtype=float), part[event].to_numpy(dtype=float),
+                                    threshold if threshold and threshold > 1 else None)
+        curves.append(steps.assign(group=str(level)))
+    table = (pd.concat(curves, ignore_index=True) if curves else
+             pd.DataFrame(columns=["time", "at_risk", "events", "survival", "low", "high", "group"]))
+    table = table[["group", "time", "at_risk", "events", "survival", "low", "high"]]
+    table.attrs["left_out"] = left_out
+    return table
+
+# %% ../nbs/05_figures.ipynb #c034
+def plot_kaplan_meier(df: pd.DataFrame, *, duration: str, event: str, group: str | None = None,
+                      ax=None, ci: bool = True, threshold: int | None = None, xlabel: str = "Days",
+                      ylabel: str = "Survival probability", figsize=(4.5, 3.2)):
+    """Kaplan-Meier survival curves (one per level of `group`) with confidence bands; with `threshold`,
+    from rounded counts and without the groups smaller than it (`kaplan_meier_table`)."""
+    curves = kaplan_meier_table(df, duration=duration, event=event, group=group, threshold=threshold)
     ax = _new_axes(ax, figsize)
-    parts = [(None, df)] if group is None else list(df.groupby(group, observed=True, sort=True))
-    for i, (level, part) in enumerate(parts):
-        fitter = KaplanMeierFitter(label="All patients" if level is None else str(level))
-        fitter.fit(part[duration], part[event])
-        fitter.plot_survival_function(ax=ax, ci_show=ci, color=OKABE_ITO[i % len(OKABE_ITO)],
-                                      linewidth=1.2)
+    for i, (level, curve) in enumerate(curves.groupby("group", sort=False)):
+        colour = OKABE_ITO[i % len(OKABE_ITO)]
+        ax.step(curve["time"], curve["survival"], where="post", color=colour, linewidth=1.2, label=level)
+        if ci:
+            ax.fill_between(curve["time"], curve["low"], curve["high"], step="post", color=colour, alpha=0.2,
+                            linewidth=0)
     ax.set(ylim=(0, 1.02), xlabel=xlabel, ylabel=ylabel)
-    ax.legend(frameon=False)
+    if len(curves):
+        ax.legend(frameon=False)
     return ax
 
 # %% ../nbs/05_figures.ipynb #c037
