@@ -408,7 +408,7 @@ def plot_prior_predictive(data: pd.DataFrame, *, xlabel: str = "Event rate per g
     ax.hist(data["rate"], bins=edges, density=True, color=OKABE_ITO[0], alpha=0.6,
             label="Simulated under the priors")
     if "observed_rate" in data.columns:
-        observed = data.drop_duplicates("group")["observed_rate"]
+        observed = data.drop_duplicates("group")["observed_rate"].dropna()   # a group not to be drawn: no rate
         ax.hist(observed, bins=edges, density=True, color=OKABE_ITO[1], alpha=0.7, label="Observed")
     ax.set(xlim=(0, 1), xlabel=xlabel, ylabel="Density")
     ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
