@@ -245,13 +245,66 @@ def _read_table(path: Path) -> tuple[pd.DataFrame, str]:
                           "give one of those.")
     try:
         if kind == "csv":  # everything as text: each variable is read as its codebook type below
-            frame = pd.read_csv(path, dtype=str, keep_default_na=True, skipinitialspace=True)
+            frame = _read_csv(path)
         else:
             frame = pd.read_parquet(path)
-    except (ValueError, OSError, pd.errors.ParserError) as error:
-        first_line = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-        raise SourceError(f"The flat table {path} could not be read as {kind.upper()} ({first_line}).") from None
+    except SourceError:
+        raise
+    except Exception as error:   # pandas, pyarrow and the OS raise many kinds; none is repeated as it is
+        raise _read_error(error, path, kind) from None
     return frame, kind
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A CSV file as text. Rows with more fields than the header would shift every value one column (pandas
+    then takes the first column as the index): an error, unless the extra fields are all empty (a comma at
+    the end of every line)."""
+    options = dict(dtype=str, keep_default_na=True, skipinitialspace=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        try:
+            return pd.read_csv(path, index_col=False, **options)
+        except pd.errors.ParserWarning:
+            pass
+    n_header = len(pd.read_csv(path, nrows=0, **options).columns)
+    extra = pd.read_csv(path, header=None, skiprows=1, **options).iloc[:, n_header:]
+    n_long = int(extra.notna().any(axis=1).sum())
+    if n_long:
+        raise SourceError(f"The flat table {path} is not a well-formed CSV file: {n_long:,} rows have more fields "
+                          f"than the header's {n_header:,}, so their values would shift columns. Check the "
+                          "quoting and the separator (a comma) of those rows.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pd.errors.ParserWarning)
+        return pd.read_csv(path, index_col=False, **options)
+
+
+_FIELDS = re.compile(r"expected (\d+) fields in line (\d+), saw (\d+)", re.IGNORECASE)
+
+
+def _read_error(error: Exception, path: Path, kind: str) -> SourceError:
+    "Why a flat table could not be read, in clinpaper's words (the reader's own text can quote the data)."
+    if isinstance(error, PermissionError):
+        problem = "cannot be read: permission denied. Give your user read access to the file and its folder."
+    elif isinstance(error, UnicodeDecodeError):
+        problem = (f"is not UTF-8 text (byte {error.start:,} cannot be read as UTF-8). Save it as UTF-8 (in "
+                   "Excel: CSV UTF-8) and run again.")
+    elif isinstance(error, pd.errors.EmptyDataError):
+        problem = "is empty: it holds no header and no rows."
+    elif isinstance(error, pd.errors.ParserError):
+        fields = _FIELDS.search(str(error))
+        problem = ((f"is not a well-formed CSV file: line {int(fields.group(2)):,} has {int(fields.group(3)):,} "
+                    f"fields where the header has {int(fields.group(1)):,}. Check the quoting and the separator "
+                    "(a comma) of that line.") if fields else
+                   "is not a well-formed CSV file (unbalanced quotes or ragged lines). Check its quoting and "
+                   "separator (a comma).")
+    elif kind == "parquet":
+        problem = ("is not a readable Parquet file (corrupt, truncated or in another format). Write it again "
+                   "as Parquet.")
+    elif isinstance(error, OSError) and error.strerror:
+        problem = f"cannot be read ({error.strerror})."
+    else:
+        problem = f"could not be read as {kind.upper()} ({type(error).__name__})."
+    return SourceError(f"The flat table {path} {problem}")
 
 
 def _match_columns(frame: pd.DataFrame, codebook: dict, path: Path) -> pd.DataFrame:
@@ -314,6 +367,37 @@ def _failures(schema: pa.DataFrameSchema, frame: pd.DataFrame) -> pd.DataFrame:
         cases = errors.failure_cases
         return cases[["column", "check", "index"]].copy()
     return pd.DataFrame(columns=["column", "check", "index"])
+
+
+def _check_usable(counts: dict, codebook: dict, path: Path, n_rows: int) -> None:
+    """A column whose every present value fails the codebook (no value is a level, a number or in range) is
+    a codebook that does not fit the file, not missing data: an error naming the column, the rules and the
+    counts, never the values. (An outcome so broken empties the flow's first step, which says so.)"""
+    for name, got in counts.items():
+        entry = codebook[name]
+        n_present = n_rows - got["n_no_value"]
+        failed = {"n_wrong_type": got["n_wrong_type"], "n_wrong_level": got.get("n_wrong_level", 0),
+                  "n_out_of_range": got.get("n_out_of_range", 0)}
+        if n_present == 0 or sum(failed.values()) < n_present:
+            continue
+        kind = entry["type"]
+        parts = []
+        if failed["n_wrong_type"]:
+            read_as = {"continuous": "numbers", "binary": "0/1", "date": "dates", "datetime": "dates and times"}
+            parts.append(f"{failed['n_wrong_type']:,} cannot be read as {read_as.get(kind, kind)}")
+        if failed["n_wrong_level"]:
+            levels = ", ".join(str(level) for level in entry.get("levels") or [0, 1])
+            parts.append(f"{failed['n_wrong_level']:,} are not a level of the codebook ({levels})")
+        if failed["n_out_of_range"]:
+            bounds = entry.get("valid")
+            parts.append(f"{failed['n_out_of_range']:,} lie outside "
+                         + (f"valid [{bounds[0]}, {bounds[1]}]" if bounds else "the plausible range (in the future)"))
+        fix = ("the codebook's `levels` (as the file writes them)" if failed["n_wrong_level"] else
+               "the codebook's `valid` range and the column's unit" if failed["n_out_of_range"] and
+               not failed["n_wrong_type"] else "the codebook's `type` and how the file writes the values")
+        raise CohortError(f"The flat table {path}: column '{name}' ({entry['label']}) holds {n_present:,} values "
+                          f"and none fits its codebook entry ({'; '.join(parts)}), so it would be missing in "
+                          f"every row. Check {fix}; clinpaper does not print the values.")
 
 
 def _resolve(name, codebook: dict, role: str, argument: str, where: str) -> str:
@@ -418,6 +502,14 @@ def load_flat(path, codebook, *, id_column: str | None = None, outcome: str | No
             frame.loc[rows, name] = np.nan if codebook[name]["type"] in ("continuous", "binary") else None
             if codebook[name]["type"] in ("date", "datetime"):
                 frame.loc[rows, name] = pd.NaT
+
+    now = pd.Timestamp.now()   # a date in the future is implausible whatever `valid` says (OHDSI's checks)
+    for name, entry in codebook.items():
+        if name in counts and entry["type"] in ("date", "datetime"):
+            future = frame[name] > now
+            counts[name]["n_out_of_range"] += int(future.sum())
+            frame.loc[future, name] = pd.NaT
+    _check_usable({name: got for name, got in counts.items() if name != outcome}, codebook, path, len(frame))
 
     n_rows = len(frame)
     cleaning = []
