@@ -97,7 +97,11 @@ def _squared(rows: list) -> list:
     if not rows:
         return rows
     width = max(len(r) for r in rows)
-    return [([""] * (width - len(r)) + r) if len(r) < width else r for r in rows]
+    rows = [([""] * (width - len(r)) + r) if len(r) < width else r for r in rows]
+    # pandas writes the index's name in a header row of its own: one header row
+    if len(rows) > 2 and rows[0][0] == "" and rows[1][0] and not any(rows[1][1:]):
+        rows = [[rows[1][0], *rows[0][1:]], *rows[2:]]
+    return rows
 
 
 def read_docx(path: Path, name: str | None = None) -> Page:
