@@ -244,11 +244,41 @@ def _privacy(text: str, forbidden, home: str | None) -> list[tuple[str, str]]:
     found += [("path", _snippet(text, m.start(), m.end())) for m in PATHS.finditer(text)]
     if home and len(home) > 1 and home in text and not PATHS.search(text):
         found.append(("path", _snippet(text, text.index(home), text.index(home) + len(home))))
-    for word in forbidden:
-        word = str(word)
-        if word and word in text:
-            found.append(("identifier", _snippet(text, text.index(word), text.index(word) + len(word))))
+    if forbidden:
+        for match in _forbidden_pattern(tuple(forbidden)).finditer(text):
+            found.append(("identifier", _snippet(text, match.start(), match.end())))
     return found
+
+
+_PATTERNS = {}
+
+
+def _forbidden_pattern(words: tuple) -> re.Pattern:
+    "One pattern for every string of `words` (compiled once: a source may hold thousands of identifiers)."
+    if words not in _PATTERNS:
+        listed = sorted({str(w) for w in words if str(w)}, key=len, reverse=True)
+        _PATTERNS[words] = re.compile("|".join(re.escape(w) for w in listed) or r"(?!x)x")
+    return _PATTERNS[words]
+
+
+def source_identifiers(database) -> list[str]:
+    """What identifies a person in an OMOP DuckDB file: every person_source_value (6 characters or more)
+    and every date of birth (ISO), for `scan_outputs(forbidden=...)`."""
+    import duckdb
+
+    with duckdb.connect(str(database), read_only=True) as con:
+        rows = con.execute("SELECT person_source_value, CAST(birth_datetime AS DATE) FROM person").fetchall()
+    values = {str(v) for v, _ in rows if v is not None and len(str(v)) >= 6}
+    values |= {born.isoformat() for _, born in rows if born is not None}
+    return sorted(values)
+
+
+def run_threshold(run_dir) -> int:
+    "The small-count threshold a run used (its study.yaml's parameters, as run)."
+    import yaml
+
+    study = yaml.safe_load((Path(run_dir) / "study.yaml").read_text())
+    return int(study["parameters"]["small_count_threshold"])
 
 
 # --- tables: cells, count rows and columns ------------------------------------------------------

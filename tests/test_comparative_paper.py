@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from conftest import clinpaper, new_project
+from leaks import run_threshold, scan_outputs
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("comparative_paper")]
 
@@ -64,6 +65,14 @@ def paper(tmp_path_factory):
 
 def plain(text: str) -> str:
     return re.sub(r"\s+([.,;:)])", r"\1", re.sub(r"\s+", " ", text))
+
+
+def test_no_leak_in_any_rendered_output(paper):
+    "At the study's threshold of 5, in the web book, the DOCX and the PDF, weighted tables included."
+    threshold = run_threshold(paper["run"])
+    assert threshold == 5
+    findings = scan_outputs(paper["build"], threshold=threshold, forbidden=[str(paper["project"])])
+    assert not findings, "\n".join(map(str, findings))
 
 
 def test_the_paper_speaks_of_its_own_study(paper):

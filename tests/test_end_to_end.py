@@ -15,6 +15,7 @@ import pytest
 from bs4 import BeautifulSoup
 
 from conftest import EXTERNAL, ROOT, clinpaper, tree_digest
+from leaks import run_threshold, scan_outputs, source_identifiers
 
 # all tests that use the built paper run in one xdist worker (it is built once per worker)
 pytestmark = pytest.mark.xdist_group("paper")
@@ -118,6 +119,13 @@ def test_pdf_shows_the_sql_counts(paper):
     counts = sql_counts(paper["cohort"])
     assert squash(f"We included {counts['n_patients']:,} patients in {counts['n_hospitals']:,}") in text
     assert len(reader.pages) >= 3
+
+
+def test_no_leak_in_any_rendered_output(paper):
+    "No count from 1 to the threshold - 1, shown or derivable, no identifier, date of birth or absolute path."
+    findings = scan_outputs(paper["builds"] / "first", threshold=run_threshold(paper["runs"] / "first"),
+                            forbidden=source_identifiers(paper["cohort"]) + [str(paper["base"])])
+    assert not findings, "\n".join(map(str, findings))
 
 
 def test_manifest(paper):

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from conftest import clinpaper, new_project
+from leaks import run_threshold, scan_outputs
 
 pytestmark = pytest.mark.xdist_group("paper")   # reuses the paper built by the session fixture
 
@@ -157,6 +158,9 @@ def test_lung_trial_paper_from_yaml_and_markdown_only(tmp_path):
     manuscript.write_text(source[:start] + f"## Discussion\n\n{sentence}\n\n" + source[end:])
     clinpaper("build", "lung", cwd=project)
     build = project / "_build" / "lung"
+    # no count below the study's threshold (5), shown or derivable, no identifier or absolute path
+    findings = scan_outputs(build, threshold=run_threshold(project / "_runs" / "lung"), forbidden=[str(tmp_path)])
+    assert not findings, "\n".join(map(str, findings))
     assert sentence in (build / "html" / "manuscript.html").read_text()
     with zipfile.ZipFile(build / "manuscript.docx") as archive:
         assert sentence in archive.read("word/document.xml").decode()

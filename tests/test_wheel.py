@@ -12,6 +12,7 @@ import zipfile
 import pytest
 
 from conftest import ROOT, TEMPLATES, clinpaper
+from leaks import run_threshold, scan_outputs
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("wheel")]
 TEMPLATE_NAMES = sorted(p.name for p in TEMPLATES.iterdir()
@@ -63,6 +64,8 @@ def test_template_from_the_wheel(template_paper, template):
     assert n_patients in "\n".join(p.text for p in docx.Document(build / "manuscript.docx").paragraphs)
     assert squash(n_patients) in squash("".join(p.extract_text()
                                                 for p in PdfReader(build / "manuscript.pdf").pages))
+    findings = scan_outputs(build, threshold=run_threshold(paper["run"]), forbidden=[str(project.parent)])
+    assert not findings, "\n".join(map(str, findings))
     if template == "hospital-variation":
         from test_end_to_end import sql_counts
         assert results["n_patients"]["value"] == sql_counts(paper["data"])["n_patients"]
