@@ -144,9 +144,18 @@ def _bootstrap_aucs(y: np.ndarray, p: np.ndarray, *, n_boot: int, seed: int) -> 
     return replicates
 
 
+def _bootstrap_interval(estimate: float, replicates, *, level: float, bounds=(-np.inf, np.inf)):
+    """The percentile interval of `replicates` moved so that their median sits on `estimate`, truncated
+    to `bounds`: the bootstrap's spread and skew, not its location (which resampling can shift). The
+    estimate lies inside by construction: q_low <= median <= q_high."""
+    low, median, high = np.quantile(np.asarray(replicates, dtype=float), [0.5 - level / 2, 0.5, 0.5 + level / 2])
+    shift = median - estimate
+    return float(max(low - shift, bounds[0])), float(min(high - shift, bounds[1]))
+
+
 def auroc(y, p, *, ci: str = "delong", n_boot: int = 2000, seed: int = 0,
           level: float = 0.95) -> dict:
-    "AUROC with a DeLong (default) or stratified percentile-bootstrap confidence interval."
+    "AUROC with a DeLong (default) or stratified bootstrap confidence interval (percentile, recentred on the estimate)."
     y, p = _check_pair(y, p)
     if ci not in ("delong", "bootstrap"):
         raise ValueError(f"`ci` must be 'delong' or 'bootstrap'; got {ci!r}.")
@@ -158,8 +167,8 @@ def auroc(y, p, *, ci: str = "delong", n_boot: int = 2000, seed: int = 0,
         return {"estimate": estimate, "low": low, "high": high, "method": "DeLong"}
     estimate = _auc_from_ranks(y, p)
     replicates = _bootstrap_aucs(y, p, n_boot=n_boot, seed=seed)
-    low, high = np.quantile(replicates, [0.5 - level / 2, 0.5 + level / 2])
-    return {"estimate": estimate, "low": float(low), "high": float(high),
+    low, high = _bootstrap_interval(estimate, replicates, level=level, bounds=(0.0, 1.0))
+    return {"estimate": estimate, "low": low, "high": high,
             "method": f"bootstrap ({n_boot} stratified replicates)"}
 
 # %% ../nbs/04a_evaluate.ipynb #c018
@@ -283,8 +292,10 @@ def calibration_curve(y, p, *, n_boot: int = 200, seed: int = 0, frac: float = 0
         for b in range(n_boot):
             idx = rng.integers(0, len(y), len(y))
             replicates[b] = on_grid(y[idx], p[idx])
-        curve["low"], curve["high"] = np.quantile(replicates, [0.5 - level / 2, 0.5 + level / 2],
-                                                  axis=0)
+        # each grid point's band recentred on the curve, like every bootstrap interval here
+        bands = [_bootstrap_interval(value, replicates[:, i], level=level, bounds=(0.0, 1.0))
+                 for i, value in enumerate(curve["observed"])]
+        curve["low"], curve["high"] = np.array(bands).T
     return curve
 
 # %% ../nbs/04a_evaluate.ipynb #c037
@@ -336,9 +347,14 @@ def observed_expected(y, p, *, level: float = 0.95) -> dict:
             "high": float(ratio * np.exp(z * se))}
 
 # %% ../nbs/04a_evaluate.ipynb #c048
+_BOUNDS = {"auprc": (0.0, 1.0), "brier": (0.0, 1.0), "scaled_brier": (-np.inf, 1.0),
+           "ici": (0.0, 1.0), "e50": (0.0, 1.0), "e90": (0.0, 1.0)}
+
+
 def performance_summary(y, p, *, n_boot: int = 200, seed: int = 0,
                         level: float = 0.95) -> pd.DataFrame:
-    "Tidy table of prediction performance: metric, estimate, low, high, method."
+    """Tidy table of prediction performance: metric, estimate, low, high, method. Bootstrap intervals
+    are percentile intervals recentred on the estimate (`_bootstrap_interval`): each holds its estimate."""
     y, p = _check_pair(y, p)
     auc = auroc(y, p, level=level)
     cal = calibration_intercept_slope(y, p, level=level)
@@ -356,19 +372,19 @@ def performance_summary(y, p, *, n_boot: int = 200, seed: int = 0,
                 "e50": smooth["e50"], "e90": smooth["e90"]}
 
     point = boot_metrics(y, p)
-    bounds = {key: (np.nan, np.nan) for key in point}
-    if n_boot > 0:
-        rng = np.random.default_rng(seed)
-        replicates = []
-        while len(replicates) < n_boot:
-            idx = rng.integers(0, len(y), len(y))
-            if 0 < y[idx].sum() < len(y):
-                replicates.append(boot_metrics(y[idx], p[idx]))
-        table = pd.DataFrame(replicates)
-        bounds = {key: tuple(np.quantile(table[key], [0.5 - level / 2, 0.5 + level / 2]))
-                  for key in point}
-    method = f"bootstrap ({n_boot})" if n_boot > 0 else "none"
-    rows += [(key, value, *bounds[key], method) for key, value in point.items()]
+    if n_boot <= 0:
+        rows += [(key, value, np.nan, np.nan, "none") for key, value in point.items()]
+        return pd.DataFrame(rows, columns=["metric", "estimate", "low", "high", "method"])
+    rng = np.random.default_rng(seed)
+    replicates = []
+    while len(replicates) < n_boot:
+        idx = rng.integers(0, len(y), len(y))
+        if 0 < y[idx].sum() < len(y):
+            replicates.append(boot_metrics(y[idx], p[idx]))
+    table = pd.DataFrame(replicates)
+    for key, value in point.items():
+        low, high = _bootstrap_interval(value, table[key].to_numpy(), level=level, bounds=_BOUNDS[key])
+        rows.append((key, value, low, high, f"bootstrap ({n_boot})"))
     return pd.DataFrame(rows, columns=["metric", "estimate", "low", "high", "method"])
 
 # %% ../nbs/04a_evaluate.ipynb #c051
