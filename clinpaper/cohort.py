@@ -70,11 +70,11 @@ def source_error(error: BaseException, *, where) -> SourceError:
     elif "version number" in text or "newer version" in text or "storage version" in text:
         problem = (f"was written by a DuckDB version that this one ({duckdb.__version__}) cannot read. Export "
                    "it again with this version, or upgrade the duckdb package.")
-    elif "corrupt" in text or "checksum" in text or "could not read enough bytes" in text:
-        problem = "is damaged (truncated or corrupt). Copy or export it again."
     elif "magic bytes" in text or "parquet" in text:
         problem = ("is not a readable Parquet file (corrupt, truncated or in another format). Export that "
                    "table again as Parquet.")
+    elif "corrupt" in text or "checksum" in text or "could not read enough bytes" in text:
+        problem = "is damaged (truncated or corrupt). Copy or export it again."
     elif isinstance(error, duckdb.ConversionException) or "conversion error" in text:
         problem = ("holds a value that cannot be converted to the type its column needs (an integer id or "
                    "concept id, a date, or a number). Check the types of the exported OMOP columns; "
