@@ -201,6 +201,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'clinpaper.config._column_rules': ('config.html#_column_rules', 'clinpaper/config.py'),
                                   'clinpaper.config._construct_mapping': ('config.html#_construct_mapping', 'clinpaper/config.py'),
                                   'clinpaper.config._criteria_rules': ('config.html#_criteria_rules', 'clinpaper/config.py'),
+                                  'clinpaper.config._criterion_types': ('config.html#_criterion_types', 'clinpaper/config.py'),
                                   'clinpaper.config._describe': ('config.html#_describe', 'clinpaper/config.py'),
                                   'clinpaper.config._in_range': ('config.html#_in_range', 'clinpaper/config.py'),
                                   'clinpaper.config._is_instance': ('config.html#_is_instance', 'clinpaper/config.py'),

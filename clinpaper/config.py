@@ -437,6 +437,43 @@ _CRITERION_NUMBERS = {"age": {"min": False, "max": False},
 _CRITERION_RANGES = {"age": ("min", "max"), "visit_length": ("min_hours", "max_hours")}
 
 
+# what each criterion type of an OMOP cohort needs: (one of these keys, words for the message)
+_CRITERION_NEEDS = {"age": (("min", "max"), "`min`, `max` or both (years)"),
+                    "visit_length": (("min_hours", "max_hours"), "`min_hours`, `max_hours` or both"),
+                    "prior_observation": (("days",), "`days` (of observation before the index date)"),
+                    "no_prior": (("concepts",), "`concepts` (the concept ids) and `domain` (condition or drug)"),
+                    "exposure_to_comparator": ((), "")}
+_CRITERION_DOMAINS = ("condition", "drug")
+
+
+def _criterion_types(criteria: list, *, event: str, exposures: list) -> list[str]:
+    "An OMOP cohort's criteria: known types, each with the keys it needs and the index event it needs."
+    problems = []
+    for i, criterion in enumerate(criteria):
+        kind, where = criterion.get("type"), f"cohort.criteria[{i}]"
+        if kind not in _CRITERION_NEEDS:
+            near = difflib.get_close_matches(str(kind), list(_CRITERION_NEEDS), n=1)
+            hint = f" (did you mean `{near[0]}`?)" if near else ""
+            problems.append(f"`{where}.type` is {kind!r}, not a criterion type{hint}; the types are "
+                            f"{', '.join(_CRITERION_NEEDS)}")
+            continue
+        keys, words = _CRITERION_NEEDS[kind]
+        if keys and not any(criterion.get(key) not in (None, []) for key in keys):
+            problems.append(f"`{where}` (type {kind}) needs {words}")
+        if kind == "no_prior" and criterion.get("domain") not in _CRITERION_DOMAINS:
+            problems.append(f"`{where}.domain` must be one of {', '.join(_CRITERION_DOMAINS)} (type no_prior); "
+                            f"got {criterion.get('domain')!r}")
+        if kind == "no_prior" and criterion.get("concepts") is not None:
+            _check_leaf(criterion["concepts"], CONCEPTS, f"{where}.concepts", problems)
+        if kind == "visit_length" and event != "visit":
+            problems.append(f"`{where}` (type visit_length) needs a visit index event; `cohort.index.event` "
+                            f"is {event!r}")
+        if kind == "exposure_to_comparator" and not exposures:
+            problems.append(f"`{where}` (type exposure_to_comparator) needs `cohort.exposures` (the groups "
+                            "compared)")
+    return problems
+
+
 def _criteria_rules(criteria: list) -> list[str]:
     "The numbers of the built-in criterion types: numbers, not negative, min <= max."
     problems = []
@@ -542,6 +579,8 @@ def _study_rules(study: dict) -> list[str]:
             problems.append("missing required key `outcome.concepts` (an outcome of type condition needs "
                             "its concept ids)")
         problems += _column_rules(study)
+        problems += _criterion_types(cohort.get("criteria") or [], event=event,
+                                     exposures=cohort.get("exposures") or [])
     if source.get("format") == "flat":
         if "codebook" not in source:
             problems.append("missing required key `source.codebook` (a flat table needs its codebook)")

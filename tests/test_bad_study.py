@@ -149,6 +149,17 @@ STUDY_CASES = [
      "`model.relevant_median_odds_ratio` must be a number greater than 1"),
     ("predictor_missing", lambda s: s["model"]["predictors"][3].update(column="chff"),
      "`model.predictors[3].column` names 'chff', which is not a column"),
+    ("criterion_type_unknown", lambda s: s["cohort"]["criteria"][0].update(type="agee"),
+     "`cohort.criteria[0].type` is 'agee', not a criterion type (did you mean `age`?)"),
+    ("criterion_without_bound", lambda s: s["cohort"]["criteria"][1].pop("min_hours"),
+     "`cohort.criteria[1]` (type visit_length) needs `min_hours`, `max_hours` or both"),
+    ("criterion_domain_unknown", lambda s: s["cohort"]["criteria"].append(
+        {"id": "gi", "label": "GI bleed before", "type": "no_prior", "domain": "procedure", "concepts": [192671]}),
+     "`cohort.criteria[2].domain` must be one of condition, drug"),
+    ("measurements_without_visit", lambda s: s["cohort"]["index"].update(event="condition"),
+     "`features.measurements` (a window after admission) need a visit index event"),
+    ("outcome_condition_without_concepts", lambda s: s["outcome"].update(type="condition"),
+     "missing required key `outcome.concepts`"),
 ]
 
 
