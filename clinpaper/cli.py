@@ -6,10 +6,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import json
+import signal
 import sys
 import traceback
 
-from .core import ClinpaperError, ProjectError
+from .core import ClinpaperError, ProjectError, Terminated, redact
 
 # %% auto #0
 __all__ = ['main']
@@ -81,9 +84,70 @@ def _new(args) -> None:
           "then `clinpaper run --name first` and `clinpaper build first`.")
 
 
+_OS_PROBLEMS = {
+    errno.EACCES: ("permission denied", "give clinpaper a folder it may write to, or change the permissions"),
+    errno.EPERM: ("operation not permitted", "give clinpaper a folder it may write to, or change the permissions"),
+    errno.EROFS: ("the file system is read-only", "give a folder on a writable disk (--out)"),
+    errno.ENOSPC: ("the disk is full", "free some space (or give --out on another disk) and run again; "
+                   "nothing that was finished before has been changed"),
+    errno.EDQUOT: ("the disk quota is exceeded", "free some space and run again"),
+    errno.ENAMETOOLONG: ("the name is too long for the file system", "choose a shorter name or folder"),
+    errno.ENOENT: ("no such file or folder", "check the path"),
+    errno.ENOTDIR: ("a part of the path is a file, not a folder", "check the path"),
+    errno.EISDIR: ("it is a folder, not a file", "give the path of a file"),
+    errno.EEXIST: ("it exists already", "move it away or choose another name"),
+    errno.EMFILE: ("too many open files", "raise the limit (ulimit -n) and run again"),
+}
+
+
+def _os_message(error: OSError) -> str:
+    "An OSError in clinpaper's words: the file, the problem, what to do."
+    problem, fix = _OS_PROBLEMS.get(error.errno, (error.strerror or "the operating system refused", ""))
+    where = error.filename if error.filename is not None else "a file"
+    other = f" (and {error.filename2})" if getattr(error, "filename2", None) else ""
+    return f"{where}{other}: {problem}" + (f"; {fix}." if fix else ".")
+
+
+def _user_error(error: BaseException) -> str | None:
+    """The message of a failure the user can cause and fix (files, permissions, disk, encodings,
+    JSON, the database), or None for a failure of clinpaper itself. Never a data value."""
+    if isinstance(error, ClinpaperError):
+        return str(error)
+    if isinstance(error, UnicodeDecodeError):
+        return (f"a file is not UTF-8 text ({error.reason} at byte {error.start}); save it as "
+                "UTF-8 and run again.")
+    if isinstance(error, json.JSONDecodeError):
+        return (f"a JSON file is damaged (line {error.lineno}, column {error.colno}); if it is a "
+                "run's, make the run again.")
+    if isinstance(error, OSError):
+        return _os_message(error)
+    try:
+        import duckdb
+    except ImportError:   # pragma: no cover - duckdb is a dependency
+        duckdb = None
+    if duckdb is not None and isinstance(error, duckdb.Error):
+        try:
+            from clinpaper.cohort import source_error
+            return str(source_error(error, where="the data source"))
+        except Exception:   # the translation is best effort; the fallback shows no value either
+            return (f"the database engine (DuckDB) reported a {type(error).__name__}; its message "
+                    "is not shown because it can hold patient data (--debug shows it).")
+    return None
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None) -> int:
-    "Entry point of the `clinpaper` console script."
+    """Entry point of the `clinpaper` console script. Every failure a user can cause ends in one
+    message naming the file and the problem, exit status 2, and no traceback unless --debug."""
     args = _parser().parse_args(argv)
+    previous = None
+    try:   # SIGTERM unwinds like Ctrl-C, so that partial folders are removed on the way out
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:   # not the main thread (main() called from a thread): leave SIGTERM be
+        pass
     try:
         if args.command == "new":
             _new(args)
@@ -112,14 +176,28 @@ def main(argv=None) -> int:
             page = compare(args.name_a, args.name_b, runs=args.runs, out=args.out)
             print(f"comparison: {page}")
         return 0
-    except ClinpaperError as error:
+    except KeyboardInterrupt:
+        print(f"clinpaper {args.command}: interrupted; nothing finished before was changed",
+              file=sys.stderr)
+        return 130
+    except Terminated:
+        print(f"clinpaper {args.command}: terminated; nothing finished before was changed",
+              file=sys.stderr)
+        return 143
+    except Exception as error:
+        message = _user_error(error)
         if args.debug:
             traceback.print_exc()
             notebook_traceback = getattr(error, "traceback", None)
             if notebook_traceback:
                 print("\n".join(notebook_traceback), file=sys.stderr)
-        print(f"clinpaper {args.command}: error: {error}", file=sys.stderr)
+        if message is None:   # clinpaper's own fault: say so, without the error's text
+            print(f"clinpaper {args.command}: internal error ({type(error).__name__}): "
+                  f"{redact(str(error))[:300]}\nThis is a bug in clinpaper; run again with "
+                  "--debug and report the traceback.", file=sys.stderr)
+            return 1
+        print(f"clinpaper {args.command}: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"clinpaper {args.command}: interrupted", file=sys.stderr)
-        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

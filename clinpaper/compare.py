@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .core import RunError, atomic_directory, find_project_root, project_root
+from .core import RunError, atomic_directory, clean_leftovers, find_project_root, project_root
 from .report import to_jsonable
 
 # %% auto #0
@@ -548,7 +548,7 @@ def write_comparison(run_a, run_b, out_dir) -> Path:
     a, b = _load_run(run_a), _load_run(run_b)
     sections = compare_runs(a["path"], b["path"])
     out_dir = Path(out_dir)
-    with atomic_directory(out_dir) as partial:
+    with atomic_directory(out_dir, kind="comparison") as partial:
         names, figure_note = _figures(a, b)
         figures = []
         if names:
@@ -579,6 +579,8 @@ def compare(name_a: str, name_b: str, *, runs=None, out=None) -> Path:
     """Compare runs NAME_A and NAME_B of the runs folder (default ROOT/_runs of the project around
     the current folder) into OUT (default ROOT/_build/compare_A_vs_B); return the path of index.html."""
     runs = Path(runs) if runs else project_root(".") / "_runs"
+    for done in clean_leftovers(runs):   # a run killed in the middle of its swap is put back first
+        print(done, file=sys.stderr)
     for name in (name_a, name_b):
         if not (runs / name).is_dir():
             known = sorted(p.name for p in runs.glob("*")
@@ -590,6 +592,6 @@ def compare(name_a: str, name_b: str, *, runs=None, out=None) -> Path:
     _load_run(runs / name_b)
     if out is None:
         named = run_a["manifest"].get("project_root")
-        root = find_project_root(named) if named else None
+        root = find_project_root(runs) or (find_project_root(named) if named else None)
         out = (root or project_root(".")) / "_build" / f"compare_{name_a}_vs_{name_b}"
     return write_comparison(runs / name_a, runs / name_b, out)

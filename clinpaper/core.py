@@ -6,17 +6,27 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import json
 import math
 import numbers
 import os
+import re
 import shutil
+import signal
+import socket
+import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['PROJECT_MARKER', 'ClinpaperError', 'StudyError', 'SourceError', 'CohortError', 'ConvergenceError', 'RunError',
-           'ProjectError', 'mask_count', 'is_small', 'format_percent', 'format_interval', 'find_project_root',
-           'project_root', 'replace_directory', 'atomic_directory']
+__all__ = ['PROJECT_MARKER', 'MARKER', 'KINDS', 'LEGACY_FILES', 'LEFTOVER', 'ClinpaperError', 'StudyError', 'SourceError',
+           'CohortError', 'ConvergenceError', 'RunError', 'ProjectError', 'Terminated', 'redact', 'mask_count',
+           'is_small', 'format_percent', 'format_interval', 'find_project_root', 'project_root', 'write_marker',
+           'read_marker', 'folder_kind', 'check_replaceable', 'clean_leftovers', 'replace_directory',
+           'atomic_directory', 'writer_lock']
 
 # %% ../nbs/00_core.ipynb #c005
 class ClinpaperError(Exception):
@@ -45,6 +55,19 @@ class RunError(ClinpaperError, RuntimeError):
 
 class ProjectError(ClinpaperError, ValueError):
     "No paper project where one is needed, or a project that `clinpaper new` cannot write."
+
+
+class Terminated(BaseException):
+    "SIGTERM, raised in the main thread so that every partial folder is removed on the way out."
+
+# %% ../nbs/00_core.ipynb #c006b
+_QUOTED = re.compile(r"""(['"])(?=[^'"\n]*\d)[^'"\n]{1,300}\1""")
+
+
+def redact(text: str) -> str:
+    "`text` without what may be a data value: quoted texts holding a digit, and echoed SQL."
+    text = re.split(r"\n\s*LINE \d+:", str(text))[0]
+    return _QUOTED.sub("'…'", text)
 
 # %% ../nbs/00_core.ipynb #c008
 def mask_count(n, *, threshold: int = 11) -> str:
@@ -107,37 +130,233 @@ def project_root(start=".") -> Path:
     return root
 
 # %% ../nbs/00_core.ipynb #p007
-def replace_directory(new, final) -> Path:
-    "Put folder `new` where `final` is; the old `final` is removed only once `new` is in place."
+MARKER = ".clinpaper.json"
+KINDS = ("run", "build", "comparison", "project")
+# folders made before markers existed are known by the file that only clinpaper writes there
+LEGACY_FILES = {"run": "manifest.json", "build": "build.json", "comparison": "comparison.json"}
+LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<what>partial|previous)-(?P<id>[0-9a-f]{8})$")
+
+
+def write_marker(folder, kind: str, **extra) -> Path:
+    "Mark `folder` as a clinpaper folder of `kind`, with the writing process's id and host."
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}.")
+    marker = Path(folder) / MARKER
+    marker.write_text(json.dumps({
+        "kind": kind, "pid": os.getpid(), "host": socket.gethostname(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}, indent=2) + "\n")
+    return marker
+
+
+def read_marker(folder) -> dict | None:
+    "The marker of a clinpaper folder, or None (no marker, or one that is not clinpaper's)."
+    marker = Path(folder) / MARKER
+    try:
+        data = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("kind") in KINDS else None
+
+
+def folder_kind(folder) -> str | None:
+    "'run', 'build' or 'comparison' if clinpaper made `folder`, else None."
+    folder = Path(folder)
+    if folder.is_symlink() or not folder.is_dir():
+        return None
+    marker = read_marker(folder)
+    if marker is not None:
+        return marker["kind"]
+    for kind, file in LEGACY_FILES.items():
+        if (folder / file).is_file():
+            return kind
+    return None
+
+
+def check_replaceable(final, kind: str) -> None:
+    "Refuse to replace `final` unless it is absent, an empty folder, or a clinpaper folder of `kind`."
+    final = Path(final)
+    if not (final.exists() or final.is_symlink()):
+        return
+    if final.is_symlink() or not final.is_dir():
+        raise RunError(f"{final} exists and is not a folder; clinpaper will not replace it. "
+                       "Move it away or choose another --out.")
+    if not any(final.iterdir()):
+        return
+    made = folder_kind(final)
+    if made == kind:
+        return
+    if made is not None:
+        raise RunError(f"{final} is a clinpaper {made} folder; a {kind} will not replace it "
+                       f"(it would delete the {made}). Choose another --out.")
+    raise RunError(f"{final} exists and was not made by clinpaper (it holds no {MARKER}); "
+                   f"clinpaper replaces only folders it made. Move it away or choose another --out.")
+
+# %% ../nbs/00_core.ipynb #p008
+def _process_alive(pid) -> bool:
+    "Whether a process with id `pid` runs on this machine."
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError, OverflowError):
+        return isinstance(pid, int)   # another user's live process, or no usable pid
+    return True
+
+
+def _owned_by_live_process(folder, *, grace: float = 30.0) -> bool:
+    "Whether a partial folder's writer is still at work (its marker names a live process here)."
+    marker = read_marker(folder)
+    if marker is None:   # the marker is written right after the folder: allow the writer a moment
+        try:
+            return time.time() - folder.stat().st_mtime < grace
+        except OSError:
+            return False
+    if marker.get("host") != socket.gethostname():
+        return True   # a writer on another machine (a shared disk): leave its folder alone
+    return _process_alive(marker.get("pid"))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _remove_stale_lock(lock: Path) -> None:
+    "Remove a writer's lock file that no process holds (its writer was killed)."
+    import fcntl
+    try:
+        with open(lock, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock.unlink(missing_ok=True)   # a writer that opens it now locks a fresh file
+    except (BlockingIOError, OSError):
+        pass   # held by a live writer, or gone already
+
+
+def clean_leftovers(parent, name: str | None = None) -> list[str]:
+    """Tidy what a killed or crashed clinpaper left in `parent` (for the folder `name`, or all):
+    a `.NAME.previous-*` whose NAME is missing is put back (a crash in the middle of a swap), any
+    other is removed; a `.NAME.partial-*` whose writer is gone is removed. Returns what was done."""
+    parent, done = Path(parent), []
+    if not parent.is_dir():
+        return done
+    for entry in sorted(parent.iterdir()):
+        if entry.name.startswith(".") and entry.name.endswith(".lock") and entry.is_file() and \
+                (name is None or entry.name == f".{name}.lock"):
+            _remove_stale_lock(entry)   # the lock of a killed writer: nobody holds it
+            continue
+        match = LEFTOVER.match(entry.name)
+        if not match or (name is not None and match["name"] != name):
+            continue
+        final = parent / match["name"]
+        if match["what"] == "previous":
+            if not (final.exists() or final.is_symlink()):
+                os.replace(entry, final)
+                done.append(f"restored {final.name} from an interrupted swap")
+            else:
+                _remove(entry)
+                done.append(f"removed the old copy of {final.name} left by an interrupted swap")
+        elif not _owned_by_live_process(entry):
+            _remove(entry)
+            done.append(f"removed the partial {final.name} of a clinpaper command that was stopped")
+    return done
+
+# %% ../nbs/00_core.ipynb #p009
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    "Swap the paths `a` and `b` in one atomic step (Linux renameat2); False where that is not possible."
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+        return False   # no exchange here: the caller renames twice
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def replace_directory(new, final, *, exchange: bool = True) -> Path:
+    """Put folder `new` where `final` is. With `exchange` (the default) one atomic swap, so that
+    `final` is never missing; otherwise, or where the file system cannot swap, the old `final` is
+    renamed aside first and removed only once `new` is in place (`clean_leftovers` repairs a crash
+    between the two renames)."""
     new, final = Path(new), Path(final)
-    previous = None
-    if final.exists() or final.is_symlink():
-        previous = final.with_name(f".{final.name}.previous-{uuid.uuid4().hex[:8]}")
-        os.replace(final, previous)
+    if not (final.exists() or final.is_symlink()):
+        os.replace(new, final)
+        return final
+    if exchange and _exchange(new, final):
+        _remove(new)   # `new` now holds the old folder
+        return final
+    previous = final.with_name(f".{final.name}.previous-{uuid.uuid4().hex[:8]}")
+    os.replace(final, previous)
     try:
         os.replace(new, final)
     except BaseException:
-        if previous is not None:
-            os.replace(previous, final)   # put the old folder back
+        os.replace(previous, final)   # put the old folder back
         raise
-    if previous is not None:
-        if previous.is_dir() and not previous.is_symlink():
-            shutil.rmtree(previous, ignore_errors=True)
-        else:
-            previous.unlink(missing_ok=True)
+    _remove(previous)
     return final
 
 
 @contextlib.contextmanager
-def atomic_directory(final):
-    "Yield a hidden partial folder beside `final`; on success it replaces `final`, on error it is deleted."
+def atomic_directory(final, *, kind: str = "run", **marker):
+    """Yield a hidden partial folder beside `final`, marked as a clinpaper folder of `kind`; on
+    success it replaces `final`, on any error (Ctrl-C and SIGTERM included) it is deleted. A
+    `final` that clinpaper did not make, or of another kind, is refused before anything is written."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(final.parent, final.name)
+    check_replaceable(final, kind)
     partial = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex[:8]}")
     partial.mkdir()
     try:
+        write_marker(partial, kind, **marker)
         yield partial
+        check_replaceable(final, kind)   # still ours: nothing took the name meanwhile
         replace_directory(partial, final)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+
+# %% ../nbs/00_core.ipynb #p019
+@contextlib.contextmanager
+def writer_lock(final, *, what: str = "run"):
+    """Hold the exclusive lock of folder `final` while it is written; a RunError if another process
+    holds it. The lock file is removed on release (a waiting writer sees that and locks afresh)."""
+    import fcntl
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    lock = final.with_name(f".{final.name}.lock")
+    while True:
+        handle = open(lock, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunError(f"{final} is being written by another clinpaper command ({holder}); "
+                           f"wait for it to finish, or choose another name for this {what}.") from None
+        try:   # the file may have been removed by the writer before us: then lock the new one
+            same = os.stat(lock).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        handle.close()
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}, since {datetime.now().isoformat(timespec='seconds')}")
+        handle.flush()
+        yield lock
+    finally:
+        lock.unlink(missing_ok=True)
+        handle.close()   # closing releases the lock

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from .core import ProjectError, atomic_directory, find_project_root
+from .core import MARKER, ProjectError, atomic_directory, find_project_root
 
 # %% auto #0
 __all__ = ['TEMPLATES', 'COMMON', 'GITIGNORE', 'list_templates', 'template_dir', 'new_project']
@@ -145,7 +145,7 @@ def new_project(folder, *, template: str, source: str | None = None, git: bool =
     skipped = {"template.yaml", "README.md"}
     for other in sources.values():
         skipped |= {str((other or {}).get("study", "study.yaml")), *map(str, (other or {}).get("files", []))}
-    with atomic_directory(folder.parent / f"{folder.name}.new") as partial:
+    with atomic_directory(folder.parent / f"{folder.name}.new", kind="project") as partial:
         for item, name in _common_files(spec):
             _copy(item, partial / name)
         for item in sorted(template_folder.iterdir()):   # the template's own files win
@@ -159,6 +159,7 @@ def new_project(folder, *, template: str, source: str | None = None, git: bool =
         (partial / "README.md").write_text(_readme(spec, source, study))
         (partial / "_data").mkdir(exist_ok=True)
     written = folder.parent / f"{folder.name}.new"
+    (written / MARKER).unlink(missing_ok=True)   # a project is the author's: nothing replaces it
     if folder.is_dir():   # an empty folder the user made: fill it, keep it
         for item in written.iterdir():
             item.rename(folder / item.name)

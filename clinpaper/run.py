@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,16 +26,17 @@ import yaml
 
 from .config import load_study, source_path
 from .core import (
-    ClinpaperError, ProjectError, RunError, SourceError, StudyError, atomic_directory,
-    find_project_root, project_root)
+    MARKER, ClinpaperError, ProjectError, RunError, SourceError, StudyError, atomic_directory,
+    clean_leftovers, find_project_root, folder_kind, project_root, redact, writer_lock)
 from .report import (
     glue_producers, glue_uses, library_glue_producers, read_results, render_manuscript,
     to_jsonable, write_json_atomic)
 
 # %% auto #0
-__all__ = ['PACKAGES', 'FLAT_SUFFIXES', 'NOTEBOOK_SUFFIXES', 'PAGE_SUFFIXES', 'default_runs_dir', 'default_build_dir',
-           'default_data_dir', 'fingerprint', 'package_versions', 'git_state', 'check_source_path', 'read_notebook',
-           'executed_name', 'check_before_run', 'find_study', 'run_study', 'merge_prose', 'web_page', 'build_book']
+__all__ = ['PACKAGES', 'FLAT_SUFFIXES', 'NOTEBOOK_SUFFIXES', 'PAGE_SUFFIXES', 'NAME_MAX', 'default_runs_dir', 'default_build_dir',
+           'default_data_dir', 'fingerprint', 'run_files', 'package_versions', 'git_state', 'check_source_path',
+           'read_notebook', 'executed_name', 'check_before_run', 'check_name', 'check_runs_folder', 'find_study',
+           'run_study', 'check_run', 'merge_prose', 'web_page', 'build_book']
 
 # %% ../nbs/07_run.ipynb #c005
 def default_runs_dir(start=".") -> Path:
@@ -65,6 +67,22 @@ def fingerprint(path) -> dict:
                 digest.update(block)
                 size += len(block)
     return {"sha256": digest.hexdigest(), "bytes": size, "files": len(files)}
+
+
+def run_files(folder) -> dict:
+    "{relative path: SHA-256} of every file of a run folder but its manifest and marker."
+    folder = Path(folder)
+    found = {}
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = file.relative_to(folder).as_posix()
+        if relative in ("manifest.json", MARKER):
+            continue
+        digest = hashlib.sha256()
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        found[relative] = digest.hexdigest()
+    return found
 
 
 PACKAGES = ("clinpaper", "numpy", "pandas", "pyarrow", "duckdb", "ibis-framework", "pymc",
@@ -300,10 +318,98 @@ def _notebook_error(error, notebook: str) -> RunError:
     evalue = getattr(error, "evalue", str(error))
     known = {"StudyError", "SourceError", "CohortError", "ConvergenceError", "RunError",
              "ClinpaperError", "ProjectError"}
-    prefix = "" if ename in known else f"{ename}: "
-    run_error = RunError(f"{notebook} failed: {prefix}{evalue}")
+    if ename in known:
+        message = evalue
+    elif ename in _database_errors():
+        # a database engine's message quotes the values and the SQL it failed on
+        message = (f"the database engine (DuckDB) reported a {ename} while the notebook read the "
+                   "data; its message is not shown because it can hold patient data (`clinpaper "
+                   "--debug run ...` shows it)")
+    else:
+        message = f"{ename}: {redact(evalue)}"
+    run_error = RunError(f"{notebook} failed: {message}")
     run_error.ename, run_error.traceback = ename, getattr(error, "traceback", None)
     return run_error
+
+
+NAME_MAX = 200   # bytes: the file system's 255 less room for `.NAME.partial-xxxxxxxx`
+
+
+def check_name(name: str, *, what: str = "run") -> str:
+    "A run's or build's name: a plain folder name, not hidden, not too long for the file system."
+    text = str(name or "")
+    problem = None
+    if not text.strip():
+        problem = "is empty"
+    elif "/" in text or "\\" in text or "\0" in text:
+        problem = "holds a path separator"
+    elif text.startswith(".") or text in (".", ".."):
+        problem = "starts with a dot (clinpaper keeps its hidden partial and lock files so)"
+    elif len(text.encode()) > NAME_MAX:
+        problem = f"is {len(text.encode())} bytes long; the most is {NAME_MAX}"
+    if problem:
+        flag = "--name" if what == "run" else "NAME"
+        raise StudyError(f"{flag} {text[:40]!r}{'...' if len(text) > 40 else ''}: a {what} name "
+                         f"must be a plain folder name, and this one {problem}.")
+    return text
+
+
+def check_runs_folder(runs: Path, root: Path) -> None:
+    "Refuse a runs folder that is itself a clinpaper run, build or comparison, or the project itself."
+    runs = Path(runs)
+    kind = folder_kind(runs)
+    if kind is not None:
+        raise RunError(f"--out {runs}: that folder is a clinpaper {kind}; give the folder that "
+                       "holds the runs (default: the project's _runs).")
+    if runs.resolve() == Path(root).resolve():
+        raise RunError(f"--out {runs}: that is the paper project itself; give a folder for the "
+                       "runs, e.g. its _runs (the default).")
+
+
+def _check_validate_against(config: dict, runs: Path, name: str) -> None:
+    "`validate_against` must name another finished run of the same runs folder."
+    other = (config.get("parameters") or {}).get("validate_against")
+    if not other:
+        return
+    file = config.get("_file", "study file")
+    if other == name:
+        raise StudyError(f"{file}: `validate_against` is {other!r}, the run being made; it names "
+                         "the run (of the development cohort) whose model this run validates.")
+    manifest = runs / str(other) / "manifest.json"
+    finished = False
+    if manifest.is_file():
+        try:
+            finished = json.loads(manifest.read_text()).get("status") == "finished"
+        except (OSError, ValueError):
+            finished = False
+    if not finished:
+        known = sorted(p.name for p in runs.glob("*") if folder_kind(p) == "run") if runs.is_dir() else []
+        raise StudyError(f"`validate_against` (-p validate_against={other}): {runs / str(other)} is not a "
+                         "finished run. " + (f"Runs there: {', '.join(known)}. " if known else "")
+                         + f"Run the development cohort first (`clinpaper run --name {other}`).")
+
+
+def _database_errors() -> set[str]:
+    "The names of DuckDB's exception classes."
+    import duckdb
+    return {name for name in dir(duckdb) if isinstance(getattr(duckdb, name), type)
+            and issubclass(getattr(duckdb, name), duckdb.Error)}
+
+
+def _kernel_manager(log_file):
+    """A Jupyter kernel manager whose kernel writes its own messages (start-up warnings, the noise
+    of a shutdown on Ctrl-C or SIGTERM) to `log_file` rather than to the user's terminal; the
+    notebooks' outputs and errors still come back through the kernel's messages."""
+    from jupyter_client import AsyncKernelManager
+
+    class QuietKernelManager(AsyncKernelManager):
+        async def _quiet_start(self, **kw):
+            kw.setdefault("stdout", log_file)
+            kw.setdefault("stderr", log_file)
+            return await AsyncKernelManager._async_start_kernel(self, **kw)
+        start_kernel = _quiet_start
+
+    return QuietKernelManager
 
 
 def find_study(study=None) -> Path:
@@ -357,14 +463,17 @@ def run_study(study=None, *, cohort=None, name=None, out=None, overrides=(), log
     if config["source"]["format"] == "omop":
         from clinpaper.cohort import check_source, connect_source
         check_source(connect_source(source), config)   # every table and column the study needs
-    name = name or source.stem
-    if not name or "/" in name or name.startswith("."):
-        raise StudyError(f"--name {name!r}: a run name must be a plain folder name.")
+    name = check_name(name or source.stem, what="run")
     runs = Path(out) if out else root / "_runs"
+    check_runs_folder(runs, root)
+    for done in clean_leftovers(runs):
+        log(done)
+    _check_validate_against(config, runs, name)
     import nbformat
     import papermill   # imported once the checks have passed: they take a fraction of a second
     started, timings = time.time(), {}
-    with atomic_directory(runs / name) as partial, \
+    with writer_lock(runs / name, what="run"), \
+            atomic_directory(runs / name, kind="run", name=name) as partial, \
             tempfile.TemporaryDirectory(prefix="clinpaper-run-") as work:
         resolved = {k: v for k, v in config.items() if not k.startswith("_")}
         resolved["source"] = {**resolved["source"], "path": str(source)}
@@ -380,6 +489,7 @@ def run_study(study=None, *, cohort=None, name=None, out=None, overrides=(), log
         # manuscript's reproducibility appendix); the timings are added at the end
         manifest = {
             "name": name,
+            "run_id": uuid.uuid4().hex,
             "study": {"file": str(study_file.resolve()), "config": resolved,
                       "sha256": fingerprint(study_file)["sha256"]},
             "parameters": config["parameters"],
@@ -401,6 +511,7 @@ def run_study(study=None, *, cohort=None, name=None, out=None, overrides=(), log
         write_json_atomic(partial / "manifest.json", to_jsonable(manifest))
         env_path = os.environ.get("PATH", "")
         os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env_path}"
+        kernel_log = open(Path(work) / "kernel.log", "ab")
         try:
             for path, executed in notebooks.items():
                 log(f"running {path.name} ...")
@@ -416,17 +527,20 @@ def run_study(study=None, *, cohort=None, name=None, out=None, overrides=(), log
                         str(runnable), str(partial / executed),
                         parameters={k: v for k, v in parameters.items() if k in declared},
                         cwd=str(partial), kernel_name="python3", progress_bar=False,
-                        log_output=False, report_mode=False)
+                        log_output=False, report_mode=False,
+                        kernel_manager_class=_kernel_manager(kernel_log))
                 except papermill.PapermillExecutionError as error:
                     raise _notebook_error(error, path.name) from None
                 timings[executed] = round(time.time() - tick, 1)
                 log(f"  {path.name} done in {timings[executed]:.1f} s")
         finally:
             os.environ["PATH"] = env_path
+            kernel_log.close()
         manifest["status"] = "finished"
         manifest["timings"] = {"notebooks": timings,
                                "total_seconds": round(time.time() - started, 1)}
         manifest["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        manifest["files"] = run_files(partial)   # what a build checks the run against
         write_json_atomic(partial / "manifest.json", to_jsonable(manifest))
     log(f"run {name}: {runs / name}")
     return runs / name
@@ -442,7 +556,38 @@ def _read_manifest(run: Path) -> dict:
     if not path.is_file():
         raise RunError(f"{run}: not a finished run (no manifest.json). Make it with "
                        f"`clinpaper run --name {run.name}`.")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        where = f" (line {error.lineno}, column {error.colno})" if hasattr(error, "lineno") else ""
+        raise RunError(f"{path}: not valid JSON{where}; the run is damaged. Make it again with "
+                       f"`clinpaper run --name {run.name}`.") from None
+    if not isinstance(manifest, dict) or manifest.get("status") != "finished":
+        raise RunError(f"{run}: not a finished run (its manifest says it did not finish). Make it "
+                       f"again with `clinpaper run --name {run.name}`.")
+    return manifest
+
+
+def check_run(run: Path, manifest: dict | None = None) -> dict:
+    """The manifest of a finished run whose files are those the run wrote: refuses a run with a
+    file changed, removed or added since (a hand edit is a new run, not a silent one)."""
+    run = Path(run)
+    manifest = manifest or _read_manifest(run)
+    recorded = manifest.get("files")
+    if recorded is None:   # a run made before runs recorded their files
+        return manifest
+    found = run_files(run)
+    changed = sorted(f for f in recorded if f in found and found[f] != recorded[f])
+    removed = sorted(f for f in recorded if f not in found)
+    added = sorted(f for f in found if f not in recorded)
+    if changed or removed or added:
+        parts = [f"{label}: {', '.join(files[:5])}{' ...' if len(files) > 5 else ''}"
+                 for label, files in (("changed", changed), ("removed", removed), ("added", added))
+                 if files]
+        raise RunError(f"run {run.name!r} does not match its manifest ({'; '.join(parts)}). A "
+                       "run's results are what its notebooks computed; a changed result is a new "
+                       f"run: `clinpaper run --name {run.name}`.")
+    return manifest
 
 
 def _is_injected(cell) -> bool:
@@ -660,28 +805,49 @@ def _check_glue_recorded(uses, results: dict, name: str) -> None:
 
 
 def _project_of_run(run: Path, manifest: dict) -> Path:
-    "The project a run belongs to: the one its manifest names, else the one around the current folder."
+    """The project a run belongs to: the one around the run folder (a copied or moved project
+    builds from its own sources), else the one its manifest names, else the one around the
+    current folder."""
+    around = find_project_root(run)
+    if around is not None:
+        return around
     named = manifest.get("project_root")
     if named and find_project_root(named) == Path(named).resolve():
         return Path(named).resolve()
-    return find_project_root(run) or project_root(".")
+    return project_root(".")
+
+
+def _results_sha(run: Path) -> str | None:
+    path = run / "results.json"
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 def build_book(name: str, *, runs=None, out=None, reference=None, log=None) -> dict:
     "Render run NAME into OUT/NAME (default ROOT/_build/NAME): html/index.html, manuscript.docx and .pdf."
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     runs = Path(runs) if runs else default_runs_dir(".")
+    name = check_name(name, what="run")
+    for done in clean_leftovers(runs):   # a run killed in the middle of its swap is put back first
+        log(done)
     run = runs / name
+    if run.is_dir() and folder_kind(run) not in ("run", None):
+        raise RunError(f"{run}: a clinpaper {folder_kind(run)}, not a run; give the name of a run.")
     if not run.is_dir():
         known = sorted(p.name for p in runs.glob("*") if p.is_dir() and not p.name.startswith(".")) \
             if runs.is_dir() else []
         raise RunError(f"{run}: no run named {name!r} in {runs}. "
                        + (f"Runs there: {', '.join(known)}." if known else
                           "Make one with `clinpaper run`."))
-    manifest = _read_manifest(run)
+    manifest = check_run(run)
     root = _project_of_run(run, manifest)
     out = Path(out) if out else root / "_build"
-    with atomic_directory(out / name) as partial:
+    if (out / name).resolve() == run.resolve():
+        raise RunError(f"--out {out}: the build of run {name!r} would replace the run itself; "
+                       "give a folder for builds (default: the project's _build).")
+    for done in clean_leftovers(out):
+        log(done)
+    with writer_lock(out / name, what="build"), \
+            atomic_directory(out / name, kind="build", run=name) as partial:
         stage = partial / "_source"
         stage.mkdir()
         staged = _stage_book(run, manifest, root, stage, reference=reference, log=log)
@@ -705,8 +871,15 @@ def build_book(name: str, *, runs=None, out=None, reference=None, log=None) -> d
                           authors=study.get("authors", []),
                           bibliography=bibliography[0] if bibliography else None,
                           paper_size=study.get("paper_size") or "a4")
+        # one paper from one run: the run must not have been replaced or edited during the build
+        now = _read_manifest(run)
+        if now.get("run_id") != manifest.get("run_id") or \
+                _results_sha(run) != (manifest.get("files") or {}).get("results.json", _results_sha(run)):
+            raise RunError(f"run {name!r} changed while it was being built (it was rerun or "
+                           "edited); nothing was replaced. Build again once the run has finished.")
         write_json_atomic(partial / "build.json", {
-            "run": name, "run_dir": str(run.resolve()), "project_root": str(root),
+            "run": name, "run_id": manifest.get("run_id"), "run_dir": str(run.resolve()),
+            "project_root": str(root),
             "prose": staged["prose"], "reference": str(reference) if reference else None,
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         shutil.rmtree(stage)
