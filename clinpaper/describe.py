@@ -431,7 +431,7 @@ def _masked_percent(threshold: int, whole: float, digits: int = 1) -> str:
     return f"<{threshold} (<{bound:.{digits}f}%)"
 
 
-def _suppressed_cells(t1, groups, position, *, threshold, unweighted=None, shown=None, hidden_text="–"):
+def _suppressed_cells(t1, groups, position, *, threshold, unweighted=None, shown=None, hidden_text="–", known=()):
     "(counts, masked cells, hidden cells) of a Table 1: the decisions of `suppress_table_one`."
     values, equations = _table_sums(t1, groups)
     small = lambda n: 0 < round(n) < threshold
@@ -442,7 +442,8 @@ def _suppressed_cells(t1, groups, position, *, threshold, unweighted=None, shown
         masked |= {cell for cell, n in raw.items() if cell in values and small(n)}
         if t1.attrs.get("weights") is not None:
             # the rows of missing values show unweighted counts: masked and hidden as in the unweighted table
-            _, masked_raw, hidden_raw = _suppressed_cells(unweighted, groups, position, threshold=threshold)
+            _, masked_raw, hidden_raw = _suppressed_cells(unweighted, groups, position, threshold=threshold,
+                                                          known=known)
             fixed = {cell for cell in values if cell[1] == "missing"}
             masked = (masked - fixed) | (masked_raw & fixed)
             hidden |= hidden_raw & fixed
@@ -459,7 +460,9 @@ def _suppressed_cells(t1, groups, position, *, threshold, unweighted=None, shown
     if any(("n", "", g) in masked for g in groups[1:]):
         # a group too small to show: every count of the Overall column would give it away
         hidden |= {cell for cell in values if cell[2] == "Overall" and cell not in masked | unknown | fixed}
-    candidates = {cell for cell in values if cell[0] != "n" and cell not in masked | unknown | fixed}
+    # what the paper shows elsewhere (the cleaning table's patients without a value): hiding it protects nothing
+    elsewhere = {(variable, level, "Overall") for variable, level in known}
+    candidates = {cell for cell in values if cell[0] != "n" and cell not in masked | unknown | fixed | elsewhere}
     # the cheapest cell: not 0 (a hidden 0 protects nothing), in the Overall column (Table 1 compares the
     # groups), the smallest
     cost = lambda cell: (values[cell] == 0, cell[2] != "Overall", values[cell])
@@ -479,12 +482,14 @@ def _suppressed_cells(t1, groups, position, *, threshold, unweighted=None, shown
 
 
 def suppress_table_one(shown: pd.DataFrame, t1: pd.DataFrame, *, threshold: int, unweighted: pd.DataFrame | None = None,
-                       hidden_text: str = "–") -> pd.DataFrame:
+                       hidden_text: str = "–", known=()) -> pd.DataFrame:
     """`shown` (format_table_one of `t1`) with small counts masked and the cells that would give one away
     hidden (complementary suppression). A count is masked when it is 1 to `threshold - 1`, or, with
     `unweighted` (table_one of the same columns without weights), when its unweighted count is. A
     masked count shows a bound on its percentage ('<11 (<1.6%)'), or none where the column's size is
-    not shown. Hidden cells show `hidden_text`."""
+    not shown. Hidden cells show `hidden_text`. `known` lists the (variable, level) rows whose Overall count
+    the paper shows elsewhere (level 'missing' for the missing values), never hidden: a cell of a group is
+    hidden instead."""
     if isinstance(threshold, bool) or not isinstance(threshold, (int, np.integer)) or threshold < 1:
         raise ValueError(f"`threshold` must be a whole number >= 1 (the study's small_count_threshold); "
                          f"got {threshold!r}.")
@@ -499,7 +504,7 @@ def suppress_table_one(shown: pd.DataFrame, t1: pd.DataFrame, *, threshold: int,
     groups = [g for g in dict.fromkeys(t1.group) if g in shown.columns]
     position = {row: i for i, row in enumerate(rows)}
     values, masked, hidden = _suppressed_cells(t1, groups, position, threshold=threshold, unweighted=unweighted,
-                                               shown=shown, hidden_text=hidden_text)
+                                               shown=shown, hidden_text=hidden_text, known=known)
     result = shown.copy()
     size_shown = {g: ("n", "", g) not in masked | hidden for g in groups}
     for cell in values:
@@ -534,13 +539,15 @@ def _protected(t1: pd.DataFrame, groups: list, masked: set, hidden: set) -> list
     return [v for v in categorical if v in counted]
 
 
-def protected_variables(t1: pd.DataFrame, *, threshold: int, unweighted: pd.DataFrame | None = None) -> list:
+def protected_variables(t1: pd.DataFrame, *, threshold: int, unweighted: pd.DataFrame | None = None,
+                        known=()) -> list:
     """The categorical variables whose counts Table 1 (format_table_one of `t1`, with `unweighted` for a
     weighted table) masks or hides: a statistic of their proportions (an SMD, a p-value, a balance
     diagnostic) would give the count back, so it is not shown either."""
     groups = list(dict.fromkeys(t1.group))
     position = {row: i for i, row in enumerate(_row_keys(t1))}
-    _, masked, hidden = _suppressed_cells(t1, groups, position, threshold=threshold, unweighted=unweighted)
+    _, masked, hidden = _suppressed_cells(t1, groups, position, threshold=threshold, unweighted=unweighted,
+                                          known=known)
     return _protected(t1, groups, masked, hidden)
 
 # %% ../nbs/03_describe.ipynb #c025
@@ -562,10 +569,11 @@ def _label(variable: str, entry: dict) -> str:
 
 
 def format_table_one(t1: pd.DataFrame, *, codebook: dict | None = None, threshold: int = 11,
-                     unweighted: pd.DataFrame | None = None, hidden_text: str = "–") -> pd.DataFrame:
+                     unweighted: pd.DataFrame | None = None, hidden_text: str = "–", known=()) -> pd.DataFrame:
     """Publication Table 1 from `table_one`'s output: labelled rows, formatted values, small counts masked
     and the cells that would give one away hidden (`suppress_table_one`; for a weighted `t1`, pass its
-    `unweighted` table so that a weighted count whose unweighted count is small is masked too)."""
+    `unweighted` table so that a weighted count whose unweighted count is small is masked too; `known`: the
+    rows whose Overall count the paper shows elsewhere, never hidden)."""
     required = {"variable", "level", "group", "n", "display", "type"}
     if not isinstance(t1, pd.DataFrame) or not required <= set(t1.columns):
         raise ValueError("format_table_one expects the output of table_one (columns variable, level, group, "
@@ -619,7 +627,8 @@ def format_table_one(t1: pd.DataFrame, *, codebook: dict | None = None, threshol
         if missing.get("Overall", 0) > 0:
             add("    Missing, n (%)", {g: _format_count(missing[g], sizes[g], threshold) for g in groups})
     shown = pd.DataFrame(out).set_index("Characteristic")
-    return suppress_table_one(shown, t1, threshold=threshold, unweighted=unweighted, hidden_text=hidden_text)
+    return suppress_table_one(shown, t1, threshold=threshold, unweighted=unweighted, hidden_text=hidden_text,
+                              known=known)
 
 # %% ../nbs/03_describe.ipynb #d012
 def hidden_note(*tables: pd.DataFrame, hidden_text: str = "–") -> str:

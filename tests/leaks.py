@@ -482,11 +482,15 @@ def _table_system(table: Table, threshold: int, page_totals: dict) -> System | N
                 if i < len(body) and body[i][0].startswith("Missing"):
                     for j in groups:
                         cell_key(i, j)
-                    if parts:
-                        keys = [cell_key(i, j) for j in groups]
-                        if all(keys):
-                            system.equal([keys[groups.index(total)]], [k for j, k in zip(groups, keys) if j != total],
-                                         slack if False else 0.0)
+                    keys = [cell_key(i, j) for j in groups]
+                    if parts and all(keys):
+                        system.equal([keys[groups.index(total)]], [k for j, k in zip(groups, keys) if j != total])
+                    # another table of the page (the cleaning table) shows this variable's patients without a value
+                    elsewhere = next((n for name, n in page_totals.get("missing", {}).items()
+                                      if label.lower().startswith(name.lower() + ",")), None)
+                    if elsewhere is not None and keys[groups.index(total)]:
+                        shown = system.add(("elsewhere", id(table), i), "shown", elsewhere, "")
+                        system.equal([keys[groups.index(total)]], [shown])
                     i += 1
                 continue
             # weighted tables show the missing values unweighted: their column sums do not hold
@@ -568,15 +572,26 @@ def _table_system(table: Table, threshold: int, page_totals: dict) -> System | N
 
 
 def _page_totals(page: Page, threshold: int) -> dict:
-    "Totals a page shows that other tables' parts add up to: the patients (Table 1's Overall size)."
+    """Totals a page shows that other tables' parts add up to: the patients (Table 1's Overall size), and
+    each variable's patients without a value (the cleaning table: Table 1's Overall count of missing values)."""
+    totals = {"missing": {}}
+    for table in page.tables:
+        header = [h.lower() for h in table.rows[0]] if table.rows else []
+        if "patients without a value" in header:
+            j = header.index("patients without a value")
+            for row in table.rows[1:]:
+                cell = _cell(row[j], threshold) if j < len(row) else None
+                if cell and cell[0] == "shown":
+                    totals["missing"][row[0]] = cell[1]
     for table in page.tables:
         if _is_table_one(table) and len(table.rows) > 1:
             header = table.rows[0]
             total = next(j for j in range(1, len(header)) if TOTAL_NAMES.match(header[j]))
             cell = _cell(table.rows[1][total], threshold)
             if cell and cell[0] == "shown":
-                return {"patients": cell[1]}
-    return {}
+                totals["patients"] = cell[1]
+                break
+    return totals
 
 
 # --- the scan -----------------------------------------------------------------------------------

@@ -319,3 +319,23 @@ def test_weighted_table_one_is_still_protected():
     row = shown.loc["cancer, n (%)"]
     assert row["a"].startswith("<11") and "–" in (row["Overall"], row["b"]) and row["SMD"] == "–"
     assert protected_variables(after, threshold=THRESHOLD, unweighted=before) == ["cancer"]
+
+
+def test_missing_values_against_the_cleaning_table(tmp_path):
+    # the cleaning table shows 15 patients without a lactate; Table 1 hid its Overall 15 and showed the
+    # survivors' 13: the deaths' masked 2 was 15 - 13
+    data = pd.DataFrame({"death": [0] * 200 + [1] * 50,
+                         "lactate": [np.nan] * 13 + [1.5] * 187 + [np.nan] * 2 + [2.5] * 48})
+    t1 = table_one(data, columns=["lactate"], group="death")
+    codebook = {"lactate": {"label": "Lactate, maximum", "unit": "mmol/L"}}
+    cleaning = pd.DataFrame({"Variable": ["Lactate"], "Unit": ["mmol/L"], "Out of range": ["0"],
+                             "Patients without a value": ["15"]})
+    assert 15 - 13 == 2
+    pages = {}
+    for name, known in (("old", ()), ("new", [("lactate", "missing")])):
+        shown = format_table_one(t1, codebook=codebook, threshold=THRESHOLD, known=known)
+        body = html_table(shown, index=True) + html_table(cleaning)
+        pages[name] = scan_page(read_html(html_page(tmp_path, body, f"{name}.html")), threshold=THRESHOLD,
+                                home="/nonexistent")
+    assert [f.detail for f in pages["old"]] == ["masked count worked out as 2 from the table's sums"]
+    assert pages["new"] == []
