@@ -302,13 +302,22 @@ def check_before_run(config: dict, notebooks: dict, *, root) -> dict:
             check_study(config)
         except StudyError as error:
             problems += [line.strip()[2:] for line in str(error).splitlines() if line.strip().startswith("- ")]
+    if config.get("source", {}).get("format") == "omop" and "cohort" in config:
+        # the cohort's own rules (criterion types and their keys, windows): before any kernel too
+        from clinpaper.cohort import _check_study as check_cohort_study
+        try:
+            check_cohort_study(config)
+        except StudyError as error:
+            lines = [line.strip()[2:] for line in str(error).splitlines() if line.strip().startswith("- ")]
+            problems += lines or [str(error)]
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems)
+        glue = any(p.startswith("glue name") for p in problems)
         raise StudyError(
             f"{study_file}: {len(problems)} problem(s) found before running:\n{listed}\n"
-            "A glue name is made by a notebook's paper.text/count/number/table/figure call with "
-            "that name (literal, or an f-string such as f\"or_{column}\"); fix the name or the "
-            "file, then run again.")
+            + ("A glue name is made by a notebook's paper.text/count/number/table/figure call with "
+               "that name (literal, or an f-string such as f\"or_{column}\"); fix the name or the "
+               "file, then run again." if glue else "Fix the file, then run again."))
     return {"uses": uses, "producers": producers}
 
 # %% ../nbs/07_run.ipynb #c014
