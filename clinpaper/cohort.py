@@ -853,8 +853,24 @@ def _index_stays(con, study: dict, concept_sets: dict, checks: list):
     if death is not None and {"person_id", "death_date"} <= set(death.columns):
         death = death.select(person_id=death.person_id.cast("int64"),
                              death_date=_date(death, "death_date", "death_datetime"))
-        death = death.group_by("person_id").aggregate(death_first=death.death_date.min())
-        stays = stays.left_join(death, "person_id").drop("person_id_right")
+        death = death.group_by("person_id").aggregate(death_first=death.death_date.min(),
+                                                      n_dates=death.death_date.nunique())
+        counts = death.aggregate(n_persons=death.count(),
+                                 n_several=death.count(where=death.n_dates > 1)).to_pyarrow().to_pylist()[0]
+        if counts["n_several"]:   # OMOP keeps one death per person; the earliest is used
+            checks.append({"variable": "death.person_id", "label": "Person with deaths on several dates (the "
+                           "earliest used)", "n_rows_in_window": counts["n_persons"],
+                           "n_valid": counts["n_persons"] - counts["n_several"], "n_removed": 0})
+        stays = stays.left_join(death.drop("n_dates"), "person_id").drop("person_id_right")
+    if "observation_period" in _required_columns(study):
+        periods = source_table(con, "observation_period")
+        periods = periods.select(
+            person_id=periods.person_id.cast("int64"),
+            period_start=_date(periods, "observation_period_start_date", "observation_period_start_datetime"),
+            period_end=_date(periods, "observation_period_end_date", "observation_period_end_datetime"))
+        inverted = periods.filter(periods.period_end < periods.period_start).select("person_id").distinct()
+        stays = stays.left_join(inverted.mutate(period_inverted=ibis.literal(True)), "person_id") \
+                     .drop("person_id_right")
     index_date = stays.index_start.date()
     return stays.mutate(
         index_date=index_date,
@@ -896,6 +912,10 @@ def _data_rules(stays, study: dict, label: tuple[str, str]) -> list:
                    stays.death_first < stays.birth_date),
                   ("before_death", "Starts before death", f"{noun} that starts after the person's recorded death",
                    f"{table}.{start_date}", stays.index_date > stays.death_first)]
+    if "period_inverted" in stays.columns:
+        rules.append(("periods_valid", "Observation periods valid", "Observation period of the person that ends "
+                      "before it starts", "observation_period.observation_period_end_date",
+                      stays.period_inverted.notnull()))
     rules.append(("not_in_future", "Not in the future", f"{noun} dated in the future", f"{table}.{start_date}",
                   stays.index_date > ibis.today()))
     return [(step, box, reason, column, broken.fill_null(False)) for step, box, reason, column, broken in rules]
@@ -953,7 +973,7 @@ def _flow(stays, study: dict, context: _Context, label: tuple[str, str]):
     return flow, stays.filter(keep_group), checks
 
 
-def _check_flow(flow: pd.DataFrame, study: dict, concept_sets: dict) -> None:
+def _check_flow(flow: pd.DataFrame, study: dict, concept_sets: dict, checks: list = ()) -> None:
     if flow.n_remaining.iloc[0] == 0:
         table, _, concept_column, *_ = _EVENT_TABLES[_event(study)]
         if study["cohort"].get("exposures"):
@@ -966,11 +986,16 @@ def _check_flow(flow: pd.DataFrame, study: dict, concept_sets: dict) -> None:
     if flow.n_remaining.iloc[-1] == 0:
         last = flow.index[flow.n_remaining == 0][0]
         step = flow.loc[last]
+        rule = next((c for c in checks if c["label"] == step.reason), None)
+        if rule is not None:
+            raise CohortError(f"The cohort is empty: the data rule '{step.reason}' removed the last "
+                              f"{int(step.n_removed):,} index events. The source's {rule['variable']} is broken "
+                              "for all of them; fix the extract.")
         raise CohortError(f"The cohort is empty: step '{step.step}' ({step.reason or step.label}) removed the "
                           f"last {int(step.n_removed):,} index events. Check that criterion in the study file.")
 
 # %% ../nbs/02_cohort.ipynb #c031
-def _measurement_features(con, cohort, study: dict, concept_sets: dict):
+def _measurement_features(con, cohort, study: dict, concept_sets: dict, checks: list | None = None):
     features = study["features"]["measurements"]
     hours = float(study["features"].get("measurement_window_hours", 24))
     rows = [{"feature": f["id"], "concept_id": c,
@@ -989,6 +1014,10 @@ def _measurement_features(con, cohort, study: dict, concept_sets: dict):
         time=_timestamp(measurement, "measurement_datetime", "measurement_date"),
         row_key=order_key,
     )
+    if checks is not None and "measurement_id" in source_table(con, "measurement").columns:
+        measurement = measurement.filter(measurement.concept_id.isin(sorted({row["concept_id"] for row in rows})))
+        measurement = _without_duplicates(measurement, "row_key", table_name="measurement",
+                                          key_column="measurement_id", noun="measurement", checks=checks)
     measurement = measurement.join(concept_map, "concept_id")
     stays = cohort.select("event_id", "person_id", "index_start", "index_end")
     rows_in = measurement.join(stays, "person_id")
@@ -1247,7 +1276,8 @@ def build_cohort(study: dict, source=None) -> Cohort:
         from clinpaper.config import source_path
         source = source_path(study)   # relative to the study file; eunomia:NAME materialised
     con = source if isinstance(source, ibis.BaseBackend) else connect_source(source)
-    where = Path(getattr(con, "clinpaper_source", {}).get("path", str(source)))
+    path = getattr(con, "clinpaper_source", {}).get("path")
+    where = Path(path) if path else "The data source (a connection made elsewhere)"
     try:
         return _build(con, study)
     except (duckdb.Error, IbisError) as error:   # never DuckDB's own text: it quotes values and SQL
@@ -1278,7 +1308,7 @@ def _build(con, study: dict) -> Cohort:
     stays = _index_stays(con, study, concept_sets, checks)
     flow, cohort, removed = _flow(stays, study, context, _index_label(study))
     checks += removed
-    _check_flow(flow, study, concept_sets)
+    _check_flow(flow, study, concept_sets, checks)
 
     outcome_id = study["outcome"]["id"]
     id_column = _EVENT_TABLES[event][1]
@@ -1307,7 +1337,7 @@ def _build(con, study: dict) -> Cohort:
     table = table.mutate(**{outcome_id: table[outcome_id].fill_null(0)})
     cleaning = None
     if features.get("measurements"):
-        wide, cleaning = _measurement_features(con, cohort, study, concept_sets)
+        wide, cleaning = _measurement_features(con, cohort, study, concept_sets, checks)
         table = table.left_join(wide, "event_id").drop("event_id_right")
         counts = [c for c in wide.columns if c.endswith("_count")]
         if counts:
@@ -1328,10 +1358,10 @@ def _build(con, study: dict) -> Cohort:
     _check_features(frame, cleaning_frame, study)
     if checks:
         threshold = _threshold(study)
-        found = "; ".join(f"{c['variable']}: {c['label']} ({mask_count(c['n_removed'], threshold=threshold)})"
-                          for c in checks)
-        warnings.warn(f"The source breaks data rules; the records were left out and are counted in the cleaning "
-                      f"table (and in the flow where they were index events): {found}.", UserWarning, stacklevel=3)
+        found = "; ".join(f"{c['variable']}: {c['label']} "
+                          f"({mask_count(c['n_rows_in_window'] - c['n_valid'], threshold=threshold)})" for c in checks)
+        warnings.warn(f"The source breaks data rules, counted in the cleaning table (index events left out are "
+                      f"also steps of the flow): {found}.", UserWarning, stacklevel=3)
     description = dict(getattr(con, "clinpaper_source", {"path": None, "format": type(con).__name__}))
     description["empty_tables"] = list(getattr(con, "clinpaper_empty_tables", []))
     description.update(_cdm_source(con))

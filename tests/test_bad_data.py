@@ -220,6 +220,57 @@ def test_exact_duplicate_rows_are_dropped_and_counted(study, omop, clean, tmp_pa
     assert n_rows > n_distinct and any("Duplicate rows" in m for m in said)
 
 
+def test_duplicate_measurement_rows_are_dropped_and_counted(study, omop, clean, tmp_path):
+    "An extract whose measurement table was appended twice in part: the copies would inflate counts and means."
+    path = damaged(omop, tmp_path, "INSERT INTO measurement SELECT * FROM measurement WHERE measurement_id % 5 = 0")
+    concepts = sorted({c for m in study["features"]["measurements"] for c in m["concepts"]})
+    with duckdb.connect(str(path), read_only=True) as con:
+        n_rows, n_distinct = con.execute(f"SELECT count(*), count(DISTINCT measurement_id) FROM measurement "
+                                         f"WHERE measurement_concept_id IN ({', '.join(map(str, concepts))})").fetchone()
+    cohort, _ = build(study, path)
+    pd.testing.assert_frame_equal(cohort.table, clean.table)
+    row = cohort.cleaning.set_index("variable").loc["measurement.measurement_id"]
+    assert (int(row.n_rows_in_window), int(row.n_removed)) == (n_rows, n_rows - n_distinct) and n_rows > n_distinct
+
+
+def test_several_death_dates_are_counted_and_the_earliest_used(study, omop, clean, tmp_path):
+    path = damaged(omop, tmp_path, "INSERT INTO death SELECT * REPLACE (death_date + 3 AS death_date) FROM death "
+                                   "WHERE person_id % 3 = 0")
+    with duckdb.connect(str(path), read_only=True) as con:
+        n_persons, n_several = con.execute("SELECT count(*), count(*) FILTER (WHERE n > 1) FROM (SELECT person_id, "
+                                           "count(DISTINCT death_date) AS n FROM death GROUP BY 1)").fetchone()
+    cohort, said = build(study, path)
+    row = cohort.cleaning.set_index("variable").loc["death.person_id"]
+    assert (int(row.n_rows_in_window), int(row.n_rows_in_window - row.n_valid)) == (n_persons, n_several)
+    assert n_several > 0 and any(f"(the earliest used) ({mask_count(n_several)})" in m for m in said)
+    pd.testing.assert_frame_equal(cohort.table, clean.table)   # the earliest date is the one recorded before
+
+
+def test_inverted_observation_periods_are_their_own_step(study, omop, tmp_path):
+    "Without the rule, a person whose observation period ends before it starts fell into 'less than 365 days'."
+    prior = copy.deepcopy(study)
+    prior["cohort"]["criteria"].append({"id": "lookback", "label": "Less than 30 days observed before admission",
+                                        "type": "prior_observation", "days": 30})
+    path = damaged(omop, tmp_path, "UPDATE observation_period SET observation_period_end_date = "
+                                   "observation_period_start_date - 10 WHERE person_id % 10 = 5")
+    with duckdb.connect(str(path), read_only=True) as con:
+        inverted = {p for (p,) in con.execute("SELECT person_id FROM observation_period "
+                                               "WHERE observation_period_end_date < observation_period_start_date").fetchall()}
+    cohort, _ = build(prior, path)
+    flow = cohort.flow.set_index("step")
+    assert flow.loc["periods_valid", "n_removed"] == len(inverted) > 0   # every person has an ICU stay
+    assert not set(cohort.table.person_id) & inverted
+    assert flow.loc["lookback", "reason"] == "Less than 30 days observed before admission"
+
+
+def test_a_data_rule_that_empties_the_cohort_says_so(study, omop, tmp_path):
+    path = damaged(omop, tmp_path, "DELETE FROM person")
+    with pytest.raises(CohortError, match="The cohort is empty: the data rule 'ICU stay of a person missing from "
+                                          "the person table' removed the last 300 index events. The source's "
+                                          r"visit_occurrence.person_id is broken"):
+        build_cohort(study, path)
+
+
 @pytest.mark.parametrize("table, key, change", [
     ("visit_occurrence", "visit_occurrence_id", "care_site_id + 1 AS care_site_id"),
     ("person", "person_id", "8532 + 8507 - gender_concept_id AS gender_concept_id"),
