@@ -43,9 +43,10 @@ class Field:
 
 class Each:
     """A list whose items all follow `spec`; `open_keys=True` lets items carry extra keys; `unique`
-    names the key that no two items may share (an id, a column)."""
+    names the key that no two items may share (an id, a column), or the keys whose values together
+    no two items may share."""
     def __init__(self, spec, *, required: bool = True, open_keys: bool = False,
-                 unique: str | None = None, min_items: int | None = None):
+                 unique: str | tuple | None = None, min_items: int | None = None):
         self.spec, self.required, self.open_keys = spec, required, open_keys
         self.unique, self.min_items = unique, min_items
 
@@ -181,7 +182,7 @@ STUDY_SCHEMA = {
                            "bands": Field(list, items=Field(NUMBER), required=False, min_items=1,
                                           increasing=True, why="the lower limits of the bands",
                                           example=[18, 50, 65, 80])},
-                          required=False, unique="column"),
+                          required=False, unique=("column", "bands")),   # one column, banded two ways, is two
         "kaplan_meier_by": Field(str, required=False),   # a binary column (default: the first binary predictor)
         "_optional": True,
     },
@@ -354,6 +355,18 @@ def _check_list(value: list, spec: Field, where: str, problems: list):
                               f"(item {first + 1})"))
 
 
+def _identity(item: dict, keys: tuple):
+    "What makes an item distinct: its first key's value, or the values of `keys` (lists as tuples)."
+    values = tuple(tuple(v) if isinstance(v, list) else v for v in (item.get(k) for k in keys))
+    return values[0] if len(keys) == 1 else _Same(values)
+
+
+class _Same(tuple):
+    "Several keys' values that identify an item, shown by the first (the column of a subgroup)."
+    def __repr__(self) -> str:
+        return repr(self[0])
+
+
 def _check_unique(values: list, where: str, key: str, problems: list):
     "No value twice: a duplicate id would take another item's place (its count, its column)."
     seen: dict = {}
@@ -407,7 +420,8 @@ def _check(value, spec, where: str, problems: list, open_keys: bool = False):
         for i, item in enumerate(value):
             _check(item, spec.spec, f"{where}[{i}]", problems, open_keys=spec.open_keys)
         if spec.unique and len(problems) == before:
-            _check_unique([item.get(spec.unique) for item in value], where, f"{spec.unique}", problems)
+            keys = (spec.unique,) if isinstance(spec.unique, str) else tuple(spec.unique)
+            _check_unique([_identity(item, keys) for item in value], where, keys[0], problems)
         return
     _check_leaf(value, spec, where, problems)
 
