@@ -545,6 +545,11 @@ def run_study(study=None, *, cohort=None, name=None, out=None, overrides=(), log
         finally:
             os.environ["PATH"] = env_path
             kernel_log.close()
+        if fingerprint(source) != manifest["source"]["fingerprint"]:
+            # the notebooks may have read the data partly before and partly after the change
+            raise SourceError(f"{source}: the data source changed while the run read it (another "
+                              "program wrote to it); nothing was replaced. Run again once it is "
+                              "complete.")
         manifest["status"] = "finished"
         manifest["timings"] = {"notebooks": timings,
                                "total_seconds": round(time.time() - started, 1)}

@@ -398,3 +398,60 @@ def test_internal_errors_are_not_passed_off_as_the_users(project, monkeypatch):
         assert cli.main(["run"]) == 1
     assert "internal error (TypeError)" in stderr.getvalue() and "MRN-0042" not in stderr.getvalue()
     assert "Traceback" not in stderr.getvalue()
+
+
+# ---- more faults of our own ------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_data_source_changed_during_the_run(project):
+    "Another program writes the cohort file while the run reads it: the run is not published."
+    before = tree(project / "_runs" / "first")
+    process = start_run(project, pause=8)
+    wait_for_partial(project)
+    with open(project / "data.csv", "a") as handle:
+        handle.write("9999,50,0\n")
+    stdout, stderr = process.communicate(timeout=180)
+    assert process.returncode == 2, stderr
+    assert "data.csv: the data source changed while the run read it" in stderr
+    assert tree(project / "_runs" / "first") == before and hidden(project / "_runs") == []
+
+
+def test_two_builds_of_the_same_name_at_once(project):
+    from clinpaper.core import writer_lock
+    built = tree(project / "_build" / "first")
+    with writer_lock(project / "_build" / "first", what="build"):   # another build holds it
+        result = clinpaper("build", "first", check=False, cwd=project)
+    refused(result, "_build/first is being written by another clinpaper command (pid")
+    assert tree(project / "_build" / "first") == built
+
+
+def test_out_through_a_symlink_to_a_users_folder(project):
+    mine = project / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("keep")
+    (project / "_build" / "linked").symlink_to(mine)
+    result = clinpaper("compare", "first", "first", "--out", project / "_build" / "linked", check=False,
+                       cwd=project)
+    refused(result, "exists and is not a folder; clinpaper will not replace it")
+    assert tree(mine) == {"keep.txt": b"keep"} and (project / "_build" / "linked").is_symlink()
+
+
+def test_a_copied_project_builds_from_its_own_sources(made, project):
+    "The copy's build lands in the copy, with the copy's prose; the original is not touched."
+    original = tree(made / "_build")
+    page = project / "manuscript.md"
+    page.write_text(page.read_text().replace("of whom", "among whom"))
+    result = clinpaper("build", "first", cwd=project)
+    assert str(project / "_build" / "first") in result.stdout
+    assert "among whom" in (project / "_build" / "first" / "html" / "manuscript.html").read_text()
+    assert tree(made / "_build") == original
+
+
+@pytest.mark.slow
+def test_a_project_path_with_spaces_quotes_and_accents(tmp_path):
+    "A folder name a user may well choose: the run and the build work, the outputs hold the counts."
+    project = tiny_project(tmp_path / "Études d'été 2026" / "my paper")
+    clinpaper("run", "--name", "first", cwd=project)
+    result = clinpaper("build", "first", cwd=project)
+    assert "240" in (project / "_build" / "first" / "html" / "manuscript.html").read_text()
+    assert (project / "_build" / "first" / "manuscript.pdf").stat().st_size > 1000, result.stderr
