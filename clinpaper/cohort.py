@@ -918,6 +918,9 @@ def _data_rules(stays, study: dict, label: tuple[str, str]) -> list:
                       stays.period_inverted.notnull()))
     rules.append(("not_in_future", "Not in the future", f"{noun} dated in the future", f"{table}.{start_date}",
                   stays.index_date > ibis.today()))
+    if event == "visit":   # a placeholder end (2099-12-31) or a stay still open: its outcome is not known yet
+        rules.append(("ended", "Ended before the extract", f"{noun} that ends in the future (still open, or a "
+                      "placeholder end date)", f"{table}.{end_date}", stays.index_end.date() > ibis.today()))
     return [(step, box, reason, column, broken.fill_null(False)) for step, box, reason, column, broken in rules]
 
 

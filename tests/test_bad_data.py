@@ -94,6 +94,7 @@ WITH icu AS (
         WHEN d.death < p.birth THEN 'death_after_birth'
         WHEN CAST(r.s AS DATE) > d.death THEN 'before_death'
         WHEN CAST(r.s AS DATE) > current_date THEN 'not_in_future'
+        WHEN CAST(r.e AS DATE) > current_date THEN 'ended'
         WHEN date_sub('year', p.birth, CAST(r.s AS DATE)) < 18 THEN 'adult'
         WHEN (epoch(r.e) - epoch(r.s)) / 3600.0 < 4 THEN 'stay_length'
         WHEN r.care_site_id IS NULL THEN 'group_recorded'
@@ -164,6 +165,10 @@ RULES = [
       "visit_end_datetime = visit_end_datetime + INTERVAL 90 YEAR, visit_start_date = visit_start_date + INTERVAL 90 YEAR, "
       "visit_end_date = visit_end_date + INTERVAL 90 YEAR WHERE person_id % 9 = 4"],
      "not_in_future", "visit_occurrence.visit_start_date"),
+    ("placeholder end date in the future",
+     ["UPDATE visit_occurrence SET visit_end_datetime = TIMESTAMP '2099-12-31', visit_end_date = DATE '2099-12-31' "
+      "WHERE person_id % 10 = 7"],
+     "ended", "visit_occurrence.visit_end_date"),
 ]
 
 
