@@ -14,6 +14,7 @@ import duckdb
 import pytest
 from bs4 import BeautifulSoup
 
+from clinpaper.core import write_marker
 from conftest import EXTERNAL, ROOT, clinpaper, tree_digest
 from leaks import run_threshold, scan_outputs, source_identifiers
 
@@ -247,6 +248,7 @@ def test_misspelt_glue_in_edited_prose_fails_before_sphinx(paper, edited_manuscr
                                      "\n## Discussion\n\nWe saw {glue:text}`n_patiens` patients.\n", 1))
     line = path.read_text().splitlines().index("We saw {glue:text}`n_patiens` patients.") + 1
     (tmp_path / "first").mkdir()
+    write_marker(tmp_path / "first", "build")   # an earlier build of clinpaper's
     (tmp_path / "first" / "keep.txt").write_text("an earlier build")
     failed = clinpaper("build", "first", "--out", tmp_path, check=False, cwd=paper["project"])
     assert failed.returncode == 2 and "Traceback" not in failed.stderr
