@@ -51,6 +51,9 @@ def _load_run(run) -> dict:
         raise RunError(f"{run}: not a finished run (no {' and no '.join(missing)}); a comparison "
                        f"needs both. Rerun it with `clinpaper run --name {run.name}`.")
     manifest = _read_json(run / "manifest.json")
+    if manifest.get("files") is not None:   # a run that recorded its files: they must be its own
+        from clinpaper.run import check_run
+        check_run(run, manifest)
     return {"path": run, "name": manifest.get("name") or run.name,
             "results": _read_json(run / "results.json"), "manifest": manifest}
 

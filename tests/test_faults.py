@@ -455,3 +455,10 @@ def test_a_project_path_with_spaces_quotes_and_accents(tmp_path):
     result = clinpaper("build", "first", cwd=project)
     assert "240" in (project / "_build" / "first" / "html" / "manuscript.html").read_text()
     assert (project / "_build" / "first" / "manuscript.pdf").stat().st_size > 1000, result.stderr
+
+
+def test_compare_refuses_an_edited_run(project):
+    results = project / "_runs" / "first" / "results.json"
+    results.write_text(results.read_text().replace('"240"', '"241"'))
+    refused(clinpaper("compare", "first", "first", check=False, cwd=project),
+            "does not match its manifest (changed: results.json)")
