@@ -426,17 +426,19 @@ def _check(value, spec, where: str, problems: list, open_keys: bool = False):
     _check_leaf(value, spec, where, problems)
 
 
-def validate_study(study, *, file: str = "study file", schema: dict | None = None) -> dict:
-    "Check `study` (a dict read from YAML) against the schema; raise StudyError listing every problem."
+def validate_study(study, *, file: str = "study file", schema: dict | None = None,
+                   advice: str | None = None) -> dict:
+    """Check `study` (a dict read from YAML) against the schema; raise StudyError listing every problem
+    (and `advice`, how to fix them, or a pointer to the templates)."""
     problems: list[str] = []
     _check(study, STUDY_SCHEMA if schema is None else schema, "", problems)
     if schema is None and isinstance(study, dict) and not problems:
         problems += _study_rules(study)
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems)
-        raise StudyError(f"{file}: {len(problems)} problem(s) in the study file:\n{listed}\n"
-                         "Fix the file (`clinpaper new DIR --template NAME` writes a complete "
-                         "example of each design).")
+        advice = advice or ("Fix the file (`clinpaper new DIR --template NAME` writes a complete "
+                            "example of each design).")
+        raise StudyError(f"{file}: {len(problems)} problem(s) in the study file:\n{listed}\n{advice}")
     return study
 
 # %% ../nbs/00a_config.ipynb #c007b
@@ -748,7 +750,8 @@ def load_study(path, overrides=()) -> dict:
     overrides = list(overrides)
     if overrides:
         study = apply_overrides(study, overrides, file=str(path))
-        validate_study(study, file=f"{path} with -p {' -p '.join(overrides)}")
+        validate_study(study, file=f"{path} with -p {' -p '.join(overrides)}",
+                       advice="Change the -p values, or the study file, so that they agree.")
     study["_file"], study["_dir"] = str(path.resolve()), str(path.resolve().parent)
     return study
 
