@@ -571,6 +571,20 @@ def _parameter_rules(study: dict) -> list[str]:
                         f"runs folder); got {name!r}")
     return problems
 
+
+def _leakage_rules(study: dict) -> list[str]:
+    "No model is given the outcome, or its follow-up time (known only at the end), as an input."
+    outcome = study["outcome"]
+    known_late = {outcome["id"]: "the outcome"}
+    if outcome.get("time"):
+        known_late[outcome["time"]] = "the outcome's follow-up time (`outcome.time`), known only at the end"
+    inputs = [(f"model.predictors[{i}].column", p["column"])
+              for i, p in enumerate((study.get("model") or {}).get("predictors") or [])]
+    inputs += [(f"baselines.features[{i}]", c) for i, c in enumerate((study.get("baselines") or {}).get("features") or [])]
+    inputs += [(f"analysis.covariates[{i}]", c) for i, c in enumerate((study.get("analysis") or {}).get("covariates") or [])]
+    return [f"`{where}` is '{column}', {known_late[column]}: a model may not be given it as an input; remove it"
+            for where, column in inputs if column in known_late]
+
 # %% ../nbs/00a_config.ipynb #c007c
 def _study_rules(study: dict) -> list[str]:
     "What the schema cannot say alone: sections that a source or a design needs, ids that must agree."
@@ -626,6 +640,7 @@ def _study_rules(study: dict) -> list[str]:
     if "group" in (model or {}) and not any(k in study["parameters"] for k in ("draws",)):
         problems.append("missing required key `parameters.draws` (a study with a Bayesian `model` "
                         "needs the sampler's settings: draws, tune, chains, target_accept)")
+    problems += _leakage_rules(study)
     analysis, exposures = study.get("analysis"), cohort.get("exposures") or []
     if analysis and exposures and analysis["treated"] not in [e["id"] for e in exposures]:
         problems.append(f"`analysis.treated` is {analysis['treated']!r}, which is not the id of one of "
