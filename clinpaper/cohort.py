@@ -772,7 +772,11 @@ def _completed_years(birth, day):
 def _without_duplicates(table, key: str, *, table_name: str, key_column: str, noun: str, checks: list):
     """`table` without its exact duplicate rows (counted in `checks`, a cleaning row); an id held by rows that
     differ in what the study reads is a CohortError: no rule can tell which row is true."""
-    n_rows = table.count().to_pyarrow().as_py()
+    first = table.aggregate(n_rows=table.count(), n_keys=table[key].nunique(),
+                            n_null=table.count(where=table[key].isnull())).to_pyarrow().to_pylist()[0]
+    if first["n_rows"] == first["n_keys"] + first["n_null"]:   # every id once: nothing to drop (one pass)
+        return table
+    n_rows = first["n_rows"]
     distinct = table.distinct()
     counts = distinct.aggregate(n_distinct=distinct.count(), n_keys=distinct[key].nunique(),
                                 n_null=distinct.count(where=distinct[key].isnull())).to_pyarrow().to_pylist()[0]
