@@ -896,35 +896,34 @@ def _data_rules(stays, study: dict, label: tuple[str, str]) -> list:
     event = _event(study)
     table, _, _, start_date, _, end_date, end_datetime = _EVENT_TABLES[event]
     noun = label[1][:1].upper() + label[1][1:]
-    rules = [("person_recorded", "Person recorded", f"{noun} of a person missing from the person table",
+    rules = [("person_recorded", "Person recorded", "Person missing from the person table",
               f"{table}.person_id", stays.person_found.isnull()),
              ("start_recorded", "Start recorded", f"{noun} without a start date", f"{table}.{start_date}",
               stays.index_start.isnull())]
     if event == "visit":
         rules += [("end_recorded", "End recorded", f"{noun} without an end date", f"{table}.{end_date}",
                    stays.index_end.isnull()),
-                  ("end_after_start", "Ends after it starts", f"{noun} that ends before it starts",
+                  ("end_after_start", "Ends after it starts", f"{noun} ending before it starts",
                    f"{table}.{end_datetime}", stays.index_end < stays.index_start)]
     if _uses_age(study):
         rules += [("birth_recorded", "Year of birth plausible",
-                   f"Year of birth missing or implausible (before {_FIRST_BIRTH_YEAR} or in the future)",
+                   "Year of birth missing or implausible",
                    "person.year_of_birth", stays.birth_date.isnull()),
-                  ("after_birth", "Starts after birth", f"{noun} that starts before the person's birth",
+                  ("after_birth", "Starts after birth", f"{noun} before the person's birth",
                    f"{table}.{start_date}", stays.index_date < stays.birth_date)]
     if "death_first" in stays.columns:
         rules += [("death_after_birth", "Death after birth", "Death recorded before birth", "death.death_date",
                    stays.death_first < stays.birth_date),
-                  ("before_death", "Starts before death", f"{noun} that starts after the person's recorded death",
+                  ("before_death", "Starts before death", f"{noun} after the person's recorded death",
                    f"{table}.{start_date}", stays.index_date > stays.death_first)]
     if "period_inverted" in stays.columns:
-        rules.append(("periods_valid", "Observation periods valid", "Observation period of the person that ends "
-                      "before it starts", "observation_period.observation_period_end_date",
+        rules.append(("periods_valid", "Observation periods valid", "Observation period ending before it starts", "observation_period.observation_period_end_date",
                       stays.period_inverted.notnull()))
     rules.append(("not_in_future", "Not in the future", f"{noun} dated in the future", f"{table}.{start_date}",
                   stays.index_date > ibis.today()))
     if event == "visit":   # a placeholder end (2099-12-31) or a stay still open: its outcome is not known yet
-        rules.append(("ended", "Ended before the extract", f"{noun} that ends in the future (still open, or a "
-                      "placeholder end date)", f"{table}.{end_date}", stays.index_end.date() > ibis.today()))
+        rules.append(("ended", "Ended before the extract", f"{noun} ending in the future (open, or a placeholder "
+                      "date)", f"{table}.{end_date}", stays.index_end.date() > ibis.today()))
     return [(step, box, reason, column, broken.fill_null(False)) for step, box, reason, column, broken in rules]
 
 

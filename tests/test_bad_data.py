@@ -270,7 +270,7 @@ def test_inverted_observation_periods_are_their_own_step(study, omop, tmp_path):
 
 def test_a_data_rule_that_empties_the_cohort_says_so(study, omop, tmp_path):
     path = damaged(omop, tmp_path, "DELETE FROM person")
-    with pytest.raises(CohortError, match="The cohort is empty: the data rule 'ICU stay of a person missing from "
+    with pytest.raises(CohortError, match="The cohort is empty: the data rule 'Person missing from "
                                           "the person table' removed the last 300 index events. The source's "
                                           r"visit_occurrence.person_id is broken"):
         build_cohort(study, path)
