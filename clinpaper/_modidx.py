@@ -623,6 +623,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'clinpaper.run._differences': ('run.html#_differences', 'clinpaper/run.py'),
                                'clinpaper.run._edit_distance': ('run.html#_edit_distance', 'clinpaper/run.py'),
                                'clinpaper.run._glued_paragraphs': ('run.html#_glued_paragraphs', 'clinpaper/run.py'),
+                               'clinpaper.run._in_project': ('run.html#_in_project', 'clinpaper/run.py'),
                                'clinpaper.run._is_injected': ('run.html#_is_injected', 'clinpaper/run.py'),
                                'clinpaper.run._is_weak': ('run.html#_is_weak', 'clinpaper/run.py'),
                                'clinpaper.run._kernel_manager': ('run.html#_kernel_manager', 'clinpaper/run.py'),

@@ -218,8 +218,11 @@ def _rule_rows(frame: pd.DataFrame, criterion: dict, path) -> pd.Series:
     try:
         dropped = frame.eval(rule, engine="python")
     except Exception as error:   # pandas raises many kinds; the message names the rule, never the rows
+        # a misspelt name or bad syntax is about the rule's own text; any other error's text can quote a value
+        about_rule = isinstance(error, (NameError, SyntaxError)) or type(error).__name__ == "UndefinedVariableError"
+        detail = f"{type(error).__name__}: {str(error)[:120]}" if about_rule else type(error).__name__
         raise StudyError(f"cohort.criteria '{criterion['id']}': the rule {rule!r} cannot be evaluated on the "
-                         f"columns of {Path(path).name} ({type(error).__name__}: {str(error)[:120]}). Write it "
+                         f"columns of {Path(path).name} ({detail}). Write it "
                          "with the codebook's column names, e.g. exclude: \"age < 18\".") from None
     if not isinstance(dropped, pd.Series) or dropped.dtype != bool:
         raise StudyError(f"cohort.criteria '{criterion['id']}': the rule {rule!r} must be a condition (true for "

@@ -575,3 +575,14 @@ def test_flat_unreadable_files(registry, tmp_path, write, words):
         load_flat(path, CODEBOOK)
     assert words in str(caught.value), str(caught.value)
     assert "extra" not in str(caught.value) and "Mâle" not in str(caught.value)
+
+
+def test_flat_rule_that_fails_on_the_values_does_not_quote_them(registry, tmp_path):
+    path = tmp_path / "registry.csv"
+    registry.to_csv(path, index=False)
+    rule = {"id": "cast", "label": "Cast", "type": "rule", "exclude": "sex.astype('float') > 1"}
+    with pytest.raises(Exception) as caught:
+        load_flat(path, CODEBOOK, criteria=[rule])
+    message = str(caught.value)
+    assert "cannot be evaluated" in message and "(ValueError)" in message
+    assert "Female" not in message and "Male" not in message
