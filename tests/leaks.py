@@ -439,7 +439,12 @@ def _table_system(table: Table, threshold: int, page_totals: dict) -> System | N
         text = body[i][j] if j < len(body[i]) else ""
         cell = _cell(text, threshold)
         key = ("cell", id(table), i, j)
-        label = f"row {body[i][0]!r}, column {header[j]!r}"
+        name = body[i][0]
+        if name.startswith("Missing"):   # which variable's missing values
+            owner = next((body[k][0] for k in range(i - 1, -1, -1) if SUMMARY_SUFFIX.search(body[k][0])
+                          and not body[k][0].startswith("Missing")), "")
+            name = f"{owner} / {name}" if owner else name
+        label = f"row {name!r}, column {header[j]!r}"
         if cell is None:
             return None
         kind, value, _ = cell
