@@ -168,13 +168,17 @@ def _register_parquet(con, folder: Path) -> dict:
         else:
             continue
         view = name.lower()
+        if view in tables:   # PERSON.parquet beside person.parquet, or person.parquet beside person/
+            raise SourceError(f"The folder {folder} holds two sources of table {view} ({tables[view][1]} and "
+                              f"{entry.name}); one would silently replace the other. Keep one of them.")
         try:
             con.raw_sql(f"CREATE OR REPLACE VIEW {_sql_identifier(view)} AS SELECT * FROM "
                         f"read_parquet({_sql_string(pattern)}, union_by_name = true)")
         except (duckdb.Error, OSError) as error:
             kind = "The Parquet file" if entry.is_file() else "The folder of Parquet files"
             raise source_error(error, where=f"{kind} {entry} (table {view})") from None
-        tables[view] = (None, None, view)
+        tables[view] = (None, entry.name, view)
+    tables = {view: (None, None, view) for view in tables}
     if not tables:
         raise SourceError(f"The folder {folder} holds no Parquet files. Give a folder with one Parquet file "
                           "(or folder of files) per OMOP table, e.g. person.parquet, visit_occurrence.parquet, "

@@ -445,6 +445,18 @@ def test_corrupt_parquet_file_names_its_table(study, omop, tmp_path):
     assert_clean_message(message)
 
 
+@pytest.mark.parametrize("other", ["PERSON.parquet", "person/part0.parquet"])
+def test_two_sources_of_one_table_are_refused(study, omop, tmp_path, other):
+    "PERSON.parquet beside person.parquet (or a person/ folder): one would silently replace the other."
+    folder = parquet_folder(omop, tmp_path / "cdm")
+    (folder / other).parent.mkdir(exist_ok=True)
+    shutil.copy(folder / "person.parquet", folder / other)
+    if other == "PERSON.parquet" and len(list(folder.glob("*.parquet"))) == len(list(folder.glob("*.PARQUET"))):
+        pytest.skip("a case-insensitive file system")
+    with pytest.raises(SourceError, match=r"holds two sources of table person \(.* and .*\); one would silently"):
+        connect_source(folder)
+
+
 @pytest.mark.parametrize("name", ["it's a cdm", 'the "cdm"', "cdm[1]", "cdm *"])
 def test_quotes_and_pattern_characters_in_folder_names(study, omop, clean, tmp_path, name):
     folder = parquet_folder(omop, tmp_path / name)
