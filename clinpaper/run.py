@@ -36,7 +36,7 @@ from .report import (
 __all__ = ['PACKAGES', 'FLAT_SUFFIXES', 'NOTEBOOK_SUFFIXES', 'PAGE_SUFFIXES', 'NAME_MAX', 'default_runs_dir', 'default_build_dir',
            'default_data_dir', 'fingerprint', 'run_files', 'package_versions', 'git_state', 'check_source_path',
            'read_notebook', 'executed_name', 'check_before_run', 'check_name', 'check_runs_folder', 'find_study',
-           'run_study', 'check_run', 'merge_prose', 'web_page', 'build_book']
+           'run_study', 'check_run', 'merge_prose', 'code_sha', 'run_status', 'format_status', 'web_page', 'build_book']
 
 # %% ../nbs/07_run.ipynb #c005
 def default_runs_dir(start=".") -> Path:
@@ -500,13 +500,17 @@ def run_study(study=None, *, cohort=None, name=None, out=None, overrides=(), log
             "name": name,
             "run_id": uuid.uuid4().hex,
             "study": {"file": str(study_file.resolve()), "config": resolved,
-                      "sha256": fingerprint(study_file)["sha256"]},
+                      "sha256": fingerprint(study_file)["sha256"],
+                      "inputs": _study_inputs(config, study_dir)},
             "parameters": config["parameters"],
             "seed": config["parameters"].get("seed"),
             "overrides": list(overrides),
             "source": {"path": str(source), "format": config["source"]["format"],
                        "fingerprint": fingerprint(source)},
             "notebooks": list(notebooks.values()),
+            # what `clinpaper status` and a build compare the project with later
+            "steps": {executed: {"source": _relative(path, root), "code": code_sha(read_notebook(path))}
+                      for path, executed in notebooks.items()},
             "manuscript": manuscript,
             "sources": {executed: _relative(path, root) for path, executed in notebooks.items()},
             "project_root": str(root),
@@ -648,6 +652,153 @@ def merge_prose(executed, source) -> tuple:
             cells.append(codes[number])
     merged.cells = cells
     return merged, "prose"
+
+# %% ../nbs/07_run.ipynb #s002
+def code_sha(notebook) -> str:
+    "SHA-256 of a notebook's code cells (papermill's injected parameters left out)."
+    digest = hashlib.sha256()
+    for source in _code_cells(notebook):
+        digest.update(source.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _study_inputs(config: dict, study_dir) -> dict:
+    "SHA-256 of the files the study names (its codebook and checklist), by role."
+    found = {}
+    for key, named in (("checklist", config.get("checklist")),
+                       ("codebook", (config.get("source") or {}).get("codebook"))):
+        if named:
+            file = Path(named) if Path(named).is_absolute() else Path(study_dir) / named
+            found[key] = fingerprint(file)["sha256"] if file.is_file() else None
+    return found
+
+
+def _comparable_study(config: dict) -> dict:
+    "The study without where its files lie (their contents are compared by `_study_inputs`)."
+    study = copy.deepcopy({k: v for k, v in config.items() if not str(k).startswith("_")})
+    study.pop("checklist", None)
+    source = study.get("source") or {}
+    source.pop("path", None)
+    source.pop("codebook", None)
+    return study
+
+
+def _shown(value) -> str:
+    text = json.dumps(value, default=str, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _differences(old, new, where: str = "") -> list[str]:
+    "What differs between two parsed study files, as 'key.sub: old → new'."
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in list(old) + [k for k in new if k not in old]:
+            here = f"{where}.{key}" if where else str(key)
+            if key not in new:
+                found.append(f"{here} removed")
+            elif key not in old:
+                found.append(f"{here} added")
+            else:
+                found += _differences(old[key], new[key], here)
+        return found
+    return [] if old == new else [f"{where}: {_shown(old)} → {_shown(new)}"]
+
+
+def _in_project(path, manifest: dict, root: Path) -> Path:
+    "A path the run recorded, moved with its project: inside the project then, inside it now."
+    path, then = Path(path), manifest.get("project_root")
+    if then and path.is_absolute() and path.is_relative_to(then):
+        return Path(root) / path.relative_to(then)
+    return path
+
+
+def _run_sources(manifest: dict, root: Path) -> list[str]:
+    "Why a run's study, data or packages no longer match the project (each a 'kind: what' line)."
+    reasons = []
+    study_file = _in_project(manifest["study"]["file"], manifest, root)
+    if not study_file.is_file():
+        reasons.append(f"study: {study_file} no longer exists")
+    else:
+        try:
+            current = load_study(study_file, manifest.get("overrides") or [])
+        except StudyError as error:
+            reasons.append(f"study: {study_file.name} no longer loads ({str(error).splitlines()[0]})")
+        else:
+            for difference in _differences(_comparable_study(manifest["study"]["config"]),
+                                           _comparable_study(current)):
+                reasons.append(f"study: {difference}")
+            recorded = manifest["study"].get("inputs")
+            if recorded is not None:
+                now = _study_inputs(current, current["_dir"])
+                reasons += [f"study: the {key} file changed" for key in sorted(set(recorded) | set(now))
+                            if recorded.get(key) != now.get(key)]
+    source = (manifest.get("source") or {}).get("path")
+    source = _in_project(source, manifest, root) if source else None
+    if source and not Path(source).exists():
+        reasons.append(f"data: {Path(source).name} no longer exists")
+    elif source and fingerprint(source) != manifest["source"].get("fingerprint"):
+        reasons.append(f"data: the fingerprint of {Path(source).name} changed")
+    then, now = manifest.get("packages") or {}, package_versions()
+    for package in sorted(set(then) | set(now)):
+        if then.get(package) != now.get(package):
+            reasons.append(f"package: {package} {then.get(package)} → {now.get(package)}")
+    return reasons
+
+
+def run_status(name: str, *, runs=None) -> dict:
+    """For each step of run NAME: 'up to date' or 'outdated' and why (code, study, data, package,
+    or an earlier outdated step); `up_to_date` is True when no step is outdated."""
+    import nbformat
+    runs = Path(runs) if runs else default_runs_dir(".")
+    name = check_name(name, what="run")
+    run = runs / name
+    if not run.is_dir():
+        known = sorted(p.name for p in runs.glob("*") if folder_kind(p) == "run") if runs.is_dir() else []
+        raise RunError(f"{run}: no run named {name!r} in {runs}. "
+                       + (f"Runs there: {', '.join(known)}." if known else "Make one with `clinpaper run`."))
+    manifest = check_run(run)
+    root = _project_of_run(run, manifest)
+    everywhere = _run_sources(manifest, root)
+    steps, first_outdated = [], None
+    recorded = manifest.get("steps") or {}
+    for executed in manifest["notebooks"]:
+        relative = (recorded.get(executed) or {}).get("source") or (manifest.get("sources") or {}).get(executed)
+        source = root / relative if relative else None
+        reasons, prose = list(everywhere), False
+        if source is None or not source.is_file():
+            reasons.append(f"code: {relative or executed} no longer exists")
+        else:
+            notebook = read_notebook(source)
+            then = (recorded.get(executed) or {}).get("code") or \
+                code_sha(nbformat.read(str(run / executed), as_version=4))
+            if code_sha(notebook) != then:
+                reasons.append(f"code: the code cells of {relative} changed")
+            else:
+                prose = merge_prose(nbformat.read(str(run / executed), as_version=4), notebook)[1] == "prose"
+        if first_outdated and not reasons:
+            reasons.append(f"after: {first_outdated} is outdated")
+        if reasons and first_outdated is None:
+            first_outdated = executed
+        steps.append({"step": executed, "source": relative, "state": "outdated" if reasons else "up to date",
+                      "reasons": reasons, "prose_edited": prose})
+    return {"run": name, "finished_at": manifest.get("finished_at"), "steps": steps,
+            "up_to_date": not any(step["reasons"] for step in steps)}
+
+
+def format_status(status: dict) -> str:
+    "The status as the command line prints it."
+    lines = [f"run {status['run']} (finished {status['finished_at']}): "
+             + ("up to date" if status["up_to_date"] else "outdated")]
+    width = max(len(step["step"]) for step in status["steps"]) if status["steps"] else 0
+    for step in status["steps"]:
+        note = "; prose edited since (a build takes it without a rerun)" if step["prose_edited"] else ""
+        lines.append(f"  {step['step']:<{width}}  {step['state']}{note}")
+        for reason in step["reasons"][:8]:
+            lines.append(f"  {'':<{width}}    - {reason}")
+        if len(step["reasons"]) > 8:
+            lines.append(f"  {'':<{width}}    - and {len(step['reasons']) - 8} more")
+    return "\n".join(lines)
 
 # %% ../nbs/07_run.ipynb #r010
 def _stage_notebooks(run: Path, manifest: dict, root: Path, stage: Path, log) -> dict:
@@ -836,6 +987,28 @@ def _results_sha(run: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
+def _check_current(name: str, runs: Path, log) -> None:
+    "Refuse to build a run whose code, study or data changed since; report changed packages."
+    status = run_status(name, runs=runs)
+    stale = {}
+    packages = set()
+    for step in status["steps"]:
+        for reason in step["reasons"]:
+            if reason.startswith("package:"):
+                packages.add(reason.split(": ", 1)[1])
+            elif not reason.startswith("after:"):
+                stale.setdefault(reason, step["step"])
+    if stale:
+        listed = "\n".join(f"  - {reason.split(': ', 1)[1]}" for reason in list(stale)[:10])
+        raise RunError(f"run {name!r} is out of date with the project, so its build would show "
+                       f"what the sources no longer say:\n{listed}\nRerun it (`clinpaper run "
+                       f"--name {name}`, with the same --cohort and -p as before); `clinpaper "
+                       f"status {name}` shows every step. Edits to prose alone need no rerun.")
+    if packages:
+        log(f"note: run {name} was made with other package versions ({'; '.join(sorted(packages))}); "
+            "its numbers are those it computed then.")
+
+
 def build_book(name: str, *, runs=None, out=None, reference=None, log=None) -> dict:
     "Render run NAME into OUT/NAME (default ROOT/_build/NAME): html/index.html, manuscript.docx and .pdf."
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
@@ -854,6 +1027,7 @@ def build_book(name: str, *, runs=None, out=None, reference=None, log=None) -> d
                           "Make one with `clinpaper run`."))
     manifest = check_run(run)
     root = _project_of_run(run, manifest)
+    _check_current(name, runs, log)
     out = Path(out) if out else root / "_build"
     if (out / name).resolve() == run.resolve():
         raise RunError(f"--out {out}: the build of run {name!r} would replace the run itself; "

@@ -258,16 +258,21 @@ def test_misspelt_glue_in_edited_prose_fails_before_sphinx(paper, edited_manuscr
     assert (tmp_path / "first" / "keep.txt").read_text() == "an earlier build"
 
 
-def test_changed_code_builds_the_run_and_warns(paper, edited_manuscript, tmp_path):
-    "A code cell changed after the run: the build shows the run's copy, says to rerun; a library reference can be added."
+def test_changed_code_refuses_the_build_then_a_reference_is_added(paper, edited_manuscript, tmp_path):
+    """A code cell changed after the run: the build refuses (it would show what the source no
+    longer says) and names the file; with the source as run, a library reference can be added."""
     path, original = edited_manuscript
     changed = original.replace("```{code-cell}\n", "```{code-cell}\n# a changed cell\n", 1)
     path.write_text(changed.replace("\n## Discussion\n", f"\n## Discussion\n\n{DISCUSSION}\n", 1))
-    built = clinpaper("build", "first", "--out", tmp_path, "--reference", ROOT / "nbs",
-                      cwd=paper["project"])
-    assert "warning: code cells of manuscript.md changed after run first" in built.stderr
-    assert "clinpaper run --name first" in built.stderr
-    assert "Our edited Discussion" not in docx_text(tmp_path / "first" / "manuscript.docx")
+    refused = clinpaper("build", "first", "--out", tmp_path, check=False, cwd=paper["project"])
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "the code cells of manuscript.md changed" in refused.stderr
+    assert "clinpaper run --name first" in refused.stderr
+    assert not (tmp_path / "first").exists()
+    status = clinpaper("status", "first", check=False, cwd=paper["project"])
+    assert status.returncode == 1 and "manuscript.ipynb" in status.stdout and "outdated" in status.stdout
+    path.write_text(original)
+    clinpaper("build", "first", "--out", tmp_path, "--reference", ROOT / "nbs", cwd=paper["project"])
     html = tmp_path / "first" / "html"
     assert (html / "reference" / "07_run.html").is_file()
     assert "Library reference" in (html / "manuscript.html").read_text()
