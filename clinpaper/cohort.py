@@ -52,7 +52,12 @@ def source_error(error: BaseException, *, where) -> SourceError:
     failed at `where` (a path, or a phrase such as "The Parquet file X (table person)") and how to fix it.
     The error's own text is never repeated: DuckDB's messages quote data values and SQL."""
     text = str(error).lower()
-    if "could not set lock" in text or "conflicting lock" in text:
+    if isinstance(error, duckdb.ConversionException) or text.startswith("conversion error"):
+        # first: the text of a conversion error quotes a data value, which may hold any of the words below
+        problem = ("holds a value that cannot be converted to the type its column needs (an integer id or "
+                   "concept id, a date, or a number). Check the types of the exported OMOP columns; "
+                   "clinpaper does not print the values.")
+    elif "could not set lock" in text or "conflicting lock" in text:
         problem = ("is open in another program (DuckDB holds a lock on it while that program has it open for "
                    "writing). Close that program or its connection to the file, or give a copy of the file, "
                    "and run again.")
@@ -75,10 +80,6 @@ def source_error(error: BaseException, *, where) -> SourceError:
                    "table again as Parquet.")
     elif "corrupt" in text or "checksum" in text or "could not read enough bytes" in text:
         problem = "is damaged (truncated or corrupt). Copy or export it again."
-    elif isinstance(error, duckdb.ConversionException) or "conversion error" in text:
-        problem = ("holds a value that cannot be converted to the type its column needs (an integer id or "
-                   "concept id, a date, or a number). Check the types of the exported OMOP columns; "
-                   "clinpaper does not print the values.")
     elif isinstance(error, duckdb.OutOfMemoryException) or "out of memory" in text:
         problem = "needs more memory than DuckDB could get. Close other programs, or run on a larger machine."
     elif "no space left" in text or "disk is full" in text:

@@ -598,3 +598,10 @@ def test_flat_rule_that_fails_on_the_values_does_not_quote_them(registry, tmp_pa
     message = str(caught.value)
     assert "cannot be evaluated" in message and "(ValueError)" in message
     assert "Female" not in message and "Male" not in message
+
+
+def test_a_conversion_error_is_classed_by_its_type_not_its_text():
+    "The value quoted by DuckDB could hold any word ('corrupt', 'lock', 'parquet'): the class decides."
+    error = duckdb.ConversionException("Conversion Error: Could not convert string 'corrupt parquet lock' to INT64")
+    message = str(source_error(error, where=Path("/data/cdm.duckdb")))
+    assert "cannot be converted" in message and "corrupt" not in message and "lock" not in message
