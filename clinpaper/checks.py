@@ -439,7 +439,7 @@ def lightgbm_cv(df: pd.DataFrame, *, outcome: str, features, group: str | None, 
                 n_splits: int = 5, params: dict | None = None, num_boost_round: int = 100) -> dict:
     """LightGBM classifier validated with hospital-grouped K-fold CV (`group=None`: K folds stratified by the
     outcome): {'predictions': DataFrame (group, outcome, fold, prediction; index of df), 'auroc': auroc
-    dict, 'n_splits', 'params'}."""
+    dict, 'n_splits' (the folds used: at most the number of groups), 'params'}."""
     import lightgbm as lgb
     from clinpaper.evaluate import auroc, stratified_folds
 
@@ -457,6 +457,11 @@ def lightgbm_cv(df: pd.DataFrame, *, outcome: str, features, group: str | None, 
     if group is None:
         folds = stratified_folds(y, n_splits=n_splits, seed=seed)
     else:
+        n_groups = int(df[group].nunique())
+        if n_groups < 2:
+            raise CohortError(f"lightgbm_cv: holding out whole groups of `{group}` needs at least 2 groups, "
+                              f"got {n_groups}; pass group=None for folds stratified by the outcome.")
+        n_splits = min(n_splits, n_groups)   # fewer groups than folds: each group is its own fold
         folds = grouped_folds(df[group], n_splits=n_splits, seed=seed)
     prediction = np.empty(len(df))
     for fold in range(n_splits):
