@@ -462,3 +462,19 @@ def test_compare_refuses_an_edited_run(project):
     results.write_text(results.read_text().replace('"240"', '"241"'))
     refused(clinpaper("compare", "first", "first", check=False, cwd=project),
             "does not match its manifest (changed: results.json)")
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_build_keeps_the_previous_build(project):
+    built = tree(project / "_build" / "first")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    process = subprocess.Popen([str(BIN / "clinpaper"), "build", "first"], cwd=project, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list((project / "_build").glob(".first.partial-*/_source")):
+        time.sleep(0.05)
+    time.sleep(1)   # inside Jupyter Book now
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert hidden(project / "_build") == [] and tree(project / "_build" / "first") == built
