@@ -129,7 +129,12 @@ def _user_error(error: BaseException) -> str | None:
         import duckdb
     except ImportError:   # pragma: no cover - duckdb is a dependency
         duckdb = None
-    if duckdb is not None and isinstance(error, duckdb.Error):
+    try:
+        from ibis.common.exceptions import IbisError
+    except ImportError:   # pragma: no cover - ibis is a dependency
+        IbisError = ()
+    if (duckdb is not None and isinstance(error, duckdb.Error)) or \
+            (IbisError and isinstance(error, IbisError)):
         try:
             from clinpaper.cohort import source_error
             return str(source_error(error, where="the data source"))
