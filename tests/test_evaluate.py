@@ -5,6 +5,8 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -311,6 +313,10 @@ def true_ici(shift, slope, *, size=2_000_000):
     return float(np.mean(np.abs(expit(linear) - expit(shift + slope * linear))))
 
 
+# CI runs 80 replicates (about 3 minutes); CLINPAPER_ICI_REPLICATES=200 gives the study quoted below
+REPLICATES = int(os.environ.get("CLINPAPER_ICI_REPLICATES", "80"))
+
+
 @pytest.mark.slow
 def test_ici_interval_covers_the_true_ici():
     """A miscalibrated model (true ICI 0.033, from the known risks), 1,500 patients, 200 replicates: the
@@ -319,9 +325,10 @@ def test_ici_interval_covers_the_true_ici():
     shift, slope = 0.1, 0.9
     truth = true_ici(shift, slope)
     covered = 0
-    for replicate in range(200):
+    for replicate in range(REPLICATES):
         y, p = simulated_model(1500, 10_000 + replicate, shift, slope)
         row = evaluate.performance_summary(y, p, n_boot=100, seed=replicate).set_index("metric").loc["ici"]
         assert row["low"] <= row["estimate"] <= row["high"]
         covered += row["low"] <= truth <= row["high"]
-    assert 0.85 <= covered / 200 <= 0.99, covered
+    # at a true coverage of 0.895, 80 replicates fall below 0.80 with a chance of about 1 in 400
+    assert (0.85 if REPLICATES >= 200 else 0.80) <= covered / REPLICATES <= 0.99, covered
