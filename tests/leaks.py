@@ -177,7 +177,7 @@ WHOLE = rf"(?<![\w.,/:\-–])({NUMBER})(?![\w%]|[.,/:\-–]\d)"
 # people and what happens to them: the nouns of a count that the disclosure rule protects
 NOUNS = (r"patients?|persons?|people|individuals?|participants?|subjects?|stays?|admissions?|visits?|"
          r"events?|deaths?|cases?|users?|women|men|children|adults?|survivors?|non-survivors?|"
-         r"exposures?|outcomes?|records?")
+         r"new users?")
 COUNT_IN_TEXT = [
     # "5 patients", "5 ICU stays", "5 new users", "5 index events"
     re.compile(rf"{WHOLE}\s+(?:[A-Za-z-]+\s+){{0,2}}?(?:{NOUNS})\b", re.I),
@@ -211,6 +211,8 @@ def text_counts(text: str, threshold: int) -> list[tuple[int, str]]:
             before = text[max(0, match.start() - 30):match.start()]
             if NOT_A_COUNT_BEFORE.search(before):
                 continue
+            if pattern is COUNT_IN_TEXT[0] and not before.strip() and re.match(r"\s+[A-Z][a-z]", text[match.end(1):]):
+                continue   # "7 Participants ...": a checklist's item number at the start of a PDF line
             found.append((value, _snippet(text, match.start(), match.end())))
     for match in MASKED_WITH_PERCENT.finditer(text):
         if _int(match.group(1)) == threshold:

@@ -339,3 +339,11 @@ def test_missing_values_against_the_cleaning_table(tmp_path):
                                 home="/nonexistent")
     assert [f.detail for f in pages["old"]] == ["masked count worked out as 2 from the table's sums"]
     assert pages["new"] == []
+
+
+@pytest.mark.parametrize("line", ["7 Variables Outcomes, exposures, predictors, confounders",
+                                  "6 Participants Eligibility criteria and sources",
+                                  "13 Participants Numbers at each stage"])
+def test_a_checklist_item_at_the_start_of_a_pdf_line_is_not_a_count(line):
+    assert text_counts(line, THRESHOLD) == []
+    assert [v for v, _ in text_counts("Of these, 7 participants were excluded.", THRESHOLD)] == [7]
