@@ -752,6 +752,8 @@ def run_status(name: str, *, runs=None) -> dict:
     import nbformat
     runs = Path(runs) if runs else default_runs_dir(".")
     name = check_name(name, what="run")
+    for done in clean_leftovers(runs):   # a run killed in the middle of its swap is put back first
+        print(done, file=sys.stderr)
     run = runs / name
     if not run.is_dir():
         known = sorted(p.name for p in runs.glob("*") if folder_kind(p) == "run") if runs.is_dir() else []

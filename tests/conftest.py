@@ -200,3 +200,16 @@ def template_paper(wheel_venv, tmp_path_factory):
         return made[template, source]
 
     return paper
+
+
+@pytest.fixture(scope="session")
+def tiny_made(tmp_path_factory):
+    """A tiny real paper project (test_faults.tiny_project: one MyST notebook on a flat table) with
+    runs `first` and `quick` (-p seed=5) and the build of `first`, made once per worker; the fault
+    and status tests work on copies of it."""
+    from test_faults import tiny_project
+    project = tiny_project(tmp_path_factory.mktemp("tiny") / "tiny")
+    clinpaper("run", "--name", "first", cwd=project)
+    clinpaper("run", "--name", "quick", "-p", "seed=5", cwd=project)
+    clinpaper("build", "first", cwd=project)
+    return project

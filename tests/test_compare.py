@@ -12,6 +12,7 @@ import pytest
 from bs4 import BeautifulSoup
 
 from clinpaper.compare import compare, compare_runs, write_comparison
+from clinpaper.run import run_files
 from clinpaper.core import RunError
 from conftest import clinpaper
 
@@ -184,6 +185,10 @@ def test_missing_table_is_reported(two_runs, tmp_path):
     shutil.copytree(two_runs / "B", partial,
                     ignore=shutil.ignore_patterns("data", "model", "*.ipynb"))
     (partial / "tables" / "table_one.csv").unlink()
+    # a run that never had the table (a study without Table 1): its manifest lists the files it holds
+    manifest = json.loads((partial / "manifest.json").read_text())
+    manifest["files"] = run_files(partial)
+    (partial / "manifest.json").write_text(json.dumps(manifest))
     sections = compare_runs(two_runs / "A", partial)
     assert sections["table_one"].attrs["note"] == "tables/table_one.csv is absent in run B."
     assert set(sections["table_one"]["Overall B"]) == {"(absent)"}

@@ -313,8 +313,8 @@ def true_ici(shift, slope, *, size=2_000_000):
     return float(np.mean(np.abs(expit(linear) - expit(shift + slope * linear))))
 
 
-# CI runs 80 replicates (about 3 minutes); CLINPAPER_ICI_REPLICATES=200 gives the study quoted below
-REPLICATES = int(os.environ.get("CLINPAPER_ICI_REPLICATES", "80"))
+# CI runs 50 replicates (about 2 minutes); CLINPAPER_ICI_REPLICATES=200 gives the study quoted below
+REPLICATES = int(os.environ.get("CLINPAPER_ICI_REPLICATES", "50"))
 
 
 @pytest.mark.slow
@@ -330,5 +330,5 @@ def test_ici_interval_covers_the_true_ici():
         row = evaluate.performance_summary(y, p, n_boot=100, seed=replicate).set_index("metric").loc["ici"]
         assert row["low"] <= row["estimate"] <= row["high"]
         covered += row["low"] <= truth <= row["high"]
-    # at a true coverage of 0.895, 80 replicates fall below 0.80 with a chance of about 1 in 400
-    assert (0.85 if REPLICATES >= 200 else 0.80) <= covered / REPLICATES <= 0.99, covered
+    # at a true coverage of 0.895, 50 replicates fall below 0.76 with a chance of about 1 in 700
+    assert (0.85 if REPLICATES >= 200 else 0.76) <= covered / REPLICATES <= 0.99, covered

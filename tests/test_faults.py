@@ -21,9 +21,6 @@ import yaml
 
 from conftest import BIN, clinpaper
 
-# one worker makes the module's project once and runs every test on a copy of it
-pytestmark = pytest.mark.xdist_group("faults")
-
 TEMPLATES = Path(__file__).resolve().parents[1] / "clinpaper" / "templates" / "_common"
 
 MANUSCRIPT = '''---
@@ -103,17 +100,10 @@ def refused(result, *fragments):
         assert fragment in result.stderr, (fragment, result.stderr)
 
 
-@pytest.fixture(scope="module")
-def made(tmp_path_factory):
-    "A tiny project with a finished run `first` and its build; the tests copy it before they harm it."
-    project = tiny_project(tmp_path_factory.mktemp("faults") / "tiny")
-    clinpaper("run", "--name", "first", cwd=project)
-    clinpaper("build", "first", cwd=project)
-    return project
-
-
 @pytest.fixture
-def project(made, tmp_path):
+def project(tiny_made, tmp_path):
+    "A copy of the session's tiny project (conftest: runs `first` and `quick`, and the build of `first`)."
+    made = tiny_made
     copy = tmp_path / "tiny"
     shutil.copytree(made, copy, symlinks=True)
     manifest = json.loads((copy / "_runs" / "first" / "manifest.json").read_text())
@@ -200,7 +190,7 @@ def test_crash_between_the_two_renames_is_recovered(project):
     runs = project / "_runs"
     before = tree(runs / "first")
     os.replace(runs / "first", runs / ".first.previous-0badf00d")
-    result = clinpaper("build", "first", check=False, cwd=project)
+    result = clinpaper("status", "first", check=False, cwd=project)   # any later command
     assert result.returncode == 0, result.stderr
     assert "restored first from an interrupted swap" in result.stderr
     assert tree(runs / "first") == before and hidden(runs) == []
@@ -240,7 +230,7 @@ def test_sigkill_leftover_is_removed_by_the_next_command(project):
     process.wait(timeout=60)
     assert (partial / "data" / "analysis.parquet").exists()   # patient-level data left behind
     assert tree(project / "_runs" / "first") == before
-    result = clinpaper("build", "first", check=False, cwd=project)   # any later command
+    result = clinpaper("status", "first", check=False, cwd=project)   # any later command
     assert result.returncode == 0, result.stderr
     assert "removed the partial first of a clinpaper command that was stopped" in result.stderr
     assert not partial.exists() and hidden(project / "_runs") == []
@@ -434,17 +424,6 @@ def test_out_through_a_symlink_to_a_users_folder(project):
                        cwd=project)
     refused(result, "exists and is not a folder; clinpaper will not replace it")
     assert tree(mine) == {"keep.txt": b"keep"} and (project / "_build" / "linked").is_symlink()
-
-
-def test_a_copied_project_builds_from_its_own_sources(made, project):
-    "The copy's build lands in the copy, with the copy's prose; the original is not touched."
-    original = tree(made / "_build")
-    page = project / "manuscript.md"
-    page.write_text(page.read_text().replace("of whom", "among whom"))
-    result = clinpaper("build", "first", cwd=project)
-    assert str(project / "_build" / "first") in result.stdout
-    assert "among whom" in (project / "_build" / "first" / "html" / "manuscript.html").read_text()
-    assert tree(made / "_build") == original
 
 
 @pytest.mark.slow

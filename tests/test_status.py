@@ -11,23 +11,14 @@ import pytest
 import yaml
 
 from conftest import clinpaper
-from test_faults import refused, tiny_project, tree
-
-pytestmark = pytest.mark.xdist_group("faults")
-
-
-@pytest.fixture(scope="module")
-def made(tmp_path_factory):
-    project = tiny_project(tmp_path_factory.mktemp("status") / "tiny")
-    clinpaper("run", "--name", "first", cwd=project)
-    clinpaper("run", "--name", "quick", "-p", "seed=5", cwd=project)
-    return project
+from test_faults import refused, tree
 
 
 @pytest.fixture
-def project(made, tmp_path):
+def project(tiny_made, tmp_path):
+    "A copy of the session's tiny project, elsewhere (conftest's tiny_made: runs `first` and `quick`)."
     copy = tmp_path / "tiny"
-    shutil.copytree(made, copy, symlinks=True)
+    shutil.copytree(tiny_made, copy, symlinks=True)
     return copy
 
 
@@ -49,13 +40,17 @@ def test_up_to_date_with_its_own_overrides(project):
         assert f"run {name} (finished " in result.stdout and "up to date" in result.stdout
 
 
-def test_prose_edit_is_up_to_date_and_builds(project):
+def test_prose_edit_is_up_to_date_and_builds(tiny_made, project):
+    "In a copy of the project: the edited prose reaches the copy's own build; the original is untouched."
+    original = tree(tiny_made / "_build")
     page = project / "manuscript.md"
     page.write_text(page.read_text().replace("of whom", "among whom"))
     result = status(project)
     assert result.returncode == 0 and "prose edited since (a build takes it without a rerun)" in result.stdout
-    clinpaper("build", "first", cwd=project)
+    built = clinpaper("build", "first", cwd=project)
+    assert str(project / "_build" / "first") in built.stdout
     assert "among whom" in (project / "_build" / "first" / "html" / "manuscript.html").read_text()
+    assert tree(tiny_made / "_build") == original
 
 
 def test_code_edit_is_outdated_and_the_build_refuses(project):
@@ -66,10 +61,11 @@ def test_code_edit_is_outdated_and_the_build_refuses(project):
     assert result.returncode == 1, result.stdout
     assert "manuscript.ipynb  outdated" in result.stdout
     assert "code: the code cells of manuscript.md changed" in result.stdout
+    built = tree(project / "_build" / "first")
     refused(clinpaper("build", "first", check=False, cwd=project),
             "is out of date with the project", "the code cells of manuscript.md changed",
             "clinpaper run --name first")
-    assert not (project / "_build" / "first").exists()
+    assert tree(project / "_build" / "first") == built   # the previous build stays as it was
 
 
 @pytest.mark.parametrize("change, reason", [
