@@ -56,7 +56,7 @@ system-packages:
 # The whole suite: every notebook's tests (nbdev-test) and the cross-module tests (pytest).
 test: setup system-packages
 	$(BIN)/nbdev-test --n-workers 2 --flags slow
-	$(BIN)/pytest -n 2 --dist loadgroup tests
+	$(BIN)/pytest -n 2 --dist loadgroup --durations=25 tests
 
 # The quick pass while developing: notebooks without their slow cells, pytest without slow tests.
 test-fast: setup
