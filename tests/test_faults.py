@@ -21,6 +21,9 @@ import yaml
 
 from conftest import BIN, clinpaper
 
+# one worker makes the tiny project (conftest tiny_made) once and runs these tests on copies of it
+pytestmark = pytest.mark.xdist_group("faults")
+
 TEMPLATES = Path(__file__).resolve().parents[1] / "clinpaper" / "templates" / "_common"
 
 MANUSCRIPT = '''---
@@ -84,6 +87,18 @@ def tiny_project(folder: Path, patients: int = 240) -> Path:
     return folder
 
 
+def cli(project, *args):
+    """The command line run in this process, from `project` (no interpreter start-up and imports
+    per call): a CompletedProcess with the exit status and what it printed."""
+    import contextlib
+    import io
+    from clinpaper.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(project), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
 def tree(folder: Path) -> dict:
     "Every file below `folder` with its bytes: what a test compares before and after."
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -135,14 +150,14 @@ def test_compare_out_onto_a_folder_of_the_users(project):
     mine = project / "thesis"
     mine.mkdir()
     (mine / "chapter1.docx").write_text("years of work")
-    result = clinpaper("compare", "first", "first", "--out", mine, check=False, cwd=project)
+    result = cli(project, "compare", "first", "first", "--out", mine)
     refused(result, "was not made by clinpaper", "thesis")
     assert tree(mine) == {"chapter1.docx": b"years of work"}
 
 
 def test_build_out_onto_the_runs_folder(project):
     before = tree(project / "_runs" / "first")
-    result = clinpaper("build", "first", "--out", project / "_runs", check=False, cwd=project)
+    result = cli(project, "build", "first", "--out", project / "_runs")
     refused(result, "would replace the run itself")
     assert tree(project / "_runs" / "first") == before
 
@@ -153,16 +168,16 @@ def test_build_out_onto_another_run(project):
     other = project / "elsewhere"
     (other / "first").mkdir(parents=True)
     shutil.copytree(project / "_runs" / "second", other / "first", dirs_exist_ok=True)
-    result = clinpaper("build", "first", "--out", other, check=False, cwd=project)
+    result = cli(project, "build", "first", "--out", other)
     refused(result, "is a clinpaper run folder; a build will not replace it")
     assert tree(project / "_runs" / "second") == before
     assert (other / "first" / "manifest.json").is_file()
 
 
 def test_run_out_onto_a_run_or_the_project(project):
-    result = clinpaper("run", "--name", "x", "--out", project / "_runs" / "first", check=False, cwd=project)
+    result = cli(project, "run", "--name", "x", "--out", project / "_runs" / "first")
     refused(result, "that folder is a clinpaper run")
-    result = clinpaper("run", "--name", "x", "--out", project, check=False, cwd=project)
+    result = cli(project, "run", "--name", "x", "--out", project)
     refused(result, "that is the paper project itself")
     assert not (project / "x").exists()
 
@@ -171,7 +186,7 @@ def test_run_over_a_users_folder_of_the_same_name(project):
     mine = project / "_runs" / "notes"
     mine.mkdir()
     (mine / "todo.txt").write_text("mine")
-    result = clinpaper("run", "--name", "notes", check=False, cwd=project)
+    result = cli(project, "run", "--name", "notes")
     refused(result, "was not made by clinpaper")
     assert tree(mine) == {"todo.txt": b"mine"}
 
@@ -190,7 +205,7 @@ def test_crash_between_the_two_renames_is_recovered(project):
     runs = project / "_runs"
     before = tree(runs / "first")
     os.replace(runs / "first", runs / ".first.previous-0badf00d")
-    result = clinpaper("status", "first", check=False, cwd=project)   # any later command
+    result = cli(project, "status", "first")   # any later command
     assert result.returncode == 0, result.stderr
     assert "restored first from an interrupted swap" in result.stderr
     assert tree(runs / "first") == before and hidden(runs) == []
@@ -230,7 +245,7 @@ def test_sigkill_leftover_is_removed_by_the_next_command(project):
     process.wait(timeout=60)
     assert (partial / "data" / "analysis.parquet").exists()   # patient-level data left behind
     assert tree(project / "_runs" / "first") == before
-    result = clinpaper("status", "first", check=False, cwd=project)   # any later command
+    result = cli(project, "status", "first")   # any later command
     assert result.returncode == 0, result.stderr
     assert "removed the partial first of a clinpaper command that was stopped" in result.stderr
     assert not partial.exists() and hidden(project / "_runs") == []
@@ -255,7 +270,7 @@ def test_hand_edited_results_are_refused(project):
     data["n_patients"]["text"] = "9,999"
     results.write_text(json.dumps(data))
     built = tree(project / "_build" / "first")
-    result = clinpaper("build", "first", check=False, cwd=project)
+    result = cli(project, "build", "first")
     refused(result, "does not match its manifest (changed: results.json)", "clinpaper run --name first")
     assert tree(project / "_build" / "first") == built   # the previous build stays
 
@@ -274,7 +289,7 @@ def test_changed_run_files_are_refused(project, harm):
         notebook = run / "manuscript.ipynb"
         notebook.write_text(notebook.read_text().replace("A tiny paper", "A tidy paper"))
         expected = "changed: manuscript.ipynb"
-    refused(clinpaper("build", "first", check=False, cwd=project), expected)
+    refused(cli(project, "build", "first"), expected)
 
 
 def test_build_refuses_a_run_that_changes_under_it(project, monkeypatch):
@@ -301,20 +316,20 @@ def test_build_refuses_a_run_that_changes_under_it(project, monkeypatch):
 def test_runs_folder_that_cannot_be_written(project):
     "A folder clinpaper may not write to: the folder and the problem, status 2, nothing made."
     if os.geteuid() == 0:   # root writes through permission bits: use a folder the kernel refuses
-        result = clinpaper("run", "--name", "second", "--out", "/sys/clinpaper_runs", check=False, cwd=project)
+        result = cli(project, "run", "--name", "second", "--out", "/sys/clinpaper_runs")
         refused(result, "/sys/clinpaper_runs", "operation not permitted")
         return
     runs = project / "_runs"
     runs.chmod(0o555)
     try:
-        refused(clinpaper("run", "--name", "second", check=False, cwd=project), "permission denied")
+        refused(cli(project, "run", "--name", "second"), "permission denied")
     finally:
         runs.chmod(0o755)
 
 
 def test_runs_folder_on_a_file(project):
     (project / "runs_file").write_text("not a folder")
-    result = clinpaper("run", "--name", "x", "--out", project / "runs_file" / "deeper", check=False, cwd=project)
+    result = cli(project, "run", "--name", "x", "--out", project / "runs_file" / "deeper")
     refused(result, "runs_file")
 
 
@@ -324,13 +339,13 @@ def test_runs_folder_on_a_file(project):
     ("a/b", "holds a path separator"),
 ])
 def test_bad_run_names(project, name, words):
-    refused(clinpaper("run", "--name", name, check=False, cwd=project), words)
-    refused(clinpaper("build", name, check=False, cwd=project), words)
+    refused(cli(project, "run", "--name", name), words)
+    refused(cli(project, "build", name), words)
 
 
 def test_corrupt_manifest(project):
     (project / "_runs" / "first" / "manifest.json").write_text('{"name": "first", ')
-    refused(clinpaper("build", "first", check=False, cwd=project), "manifest.json: not valid JSON (line 1")
+    refused(cli(project, "build", "first"), "manifest.json: not valid JSON (line 1")
 
 
 def test_unfinished_run(project):
@@ -338,15 +353,15 @@ def test_unfinished_run(project):
     data = json.loads(manifest.read_text())
     data["status"] = "running"
     manifest.write_text(json.dumps(data))
-    refused(clinpaper("build", "first", check=False, cwd=project), "not a finished run")
+    refused(cli(project, "build", "first"), "not a finished run")
 
 
 def test_validate_against_a_missing_run_is_refused_at_once(project):
     started = time.time()
-    result = clinpaper("run", "--name", "ext", "-p", "validate_against=nosuchrun", check=False, cwd=project)
+    result = cli(project, "run", "--name", "ext", "-p", "validate_against=nosuchrun")
     refused(result, "`validate_against`", "nosuchrun", "is not a finished run", "Runs there: first")
     assert time.time() - started < 20   # refused before any kernel starts
-    refused(clinpaper("run", "--name", "first", "-p", "validate_against=first", check=False, cwd=project),
+    refused(cli(project, "run", "--name", "first", "-p", "validate_against=first"),
             "the run being made")
 
 
@@ -369,7 +384,7 @@ def test_database_error_in_a_notebook_shows_no_value(project):
     page.write_text(page.read_text().replace(
         '(Path(run_dir) / "started").write_text("yes")',
         'import duckdb\nduckdb.connect().execute("SELECT CAST(\'MRN-0042-7781\' AS INTEGER)")'))
-    result = clinpaper("run", "--name", "second", check=False, cwd=project)
+    result = cli(project, "run", "--name", "second")
     refused(result, "manuscript.md failed", "ConversionException", "not shown")
     assert "MRN-0042" not in result.stderr and "SELECT" not in result.stderr
     assert hidden(project / "_runs") == [] and not (project / "_runs" / "second").exists()
@@ -396,7 +411,7 @@ def test_internal_errors_are_not_passed_off_as_the_users(project, monkeypatch):
 def test_data_source_changed_during_the_run(project):
     "Another program writes the cohort file while the run reads it: the run is not published."
     before = tree(project / "_runs" / "first")
-    process = start_run(project, pause=8)
+    process = start_run(project, pause=4)
     wait_for_partial(project)
     with open(project / "data.csv", "a") as handle:
         handle.write("9999,50,0\n")
@@ -410,7 +425,7 @@ def test_two_builds_of_the_same_name_at_once(project):
     from clinpaper.core import writer_lock
     built = tree(project / "_build" / "first")
     with writer_lock(project / "_build" / "first", what="build"):   # another build holds it
-        result = clinpaper("build", "first", check=False, cwd=project)
+        result = cli(project, "build", "first")
     refused(result, "_build/first is being written by another clinpaper command (pid")
     assert tree(project / "_build" / "first") == built
 
@@ -420,8 +435,7 @@ def test_out_through_a_symlink_to_a_users_folder(project):
     mine.mkdir()
     (mine / "keep.txt").write_text("keep")
     (project / "_build" / "linked").symlink_to(mine)
-    result = clinpaper("compare", "first", "first", "--out", project / "_build" / "linked", check=False,
-                       cwd=project)
+    result = cli(project, "compare", "first", "first", "--out", project / "_build" / "linked")
     refused(result, "exists and is not a folder; clinpaper will not replace it")
     assert tree(mine) == {"keep.txt": b"keep"} and (project / "_build" / "linked").is_symlink()
 
@@ -439,7 +453,7 @@ def test_a_project_path_with_spaces_quotes_and_accents(tmp_path):
 def test_compare_refuses_an_edited_run(project):
     results = project / "_runs" / "first" / "results.json"
     results.write_text(results.read_text().replace('"240"', '"241"'))
-    refused(clinpaper("compare", "first", "first", check=False, cwd=project),
+    refused(cli(project, "compare", "first", "first"),
             "does not match its manifest (changed: results.json)")
 
 

@@ -11,7 +11,10 @@ import pytest
 import yaml
 
 from conftest import clinpaper
-from test_faults import refused, tree
+from test_faults import cli, refused, tree
+
+# one worker makes the tiny project (conftest tiny_made) once and runs these tests on copies of it
+pytestmark = pytest.mark.xdist_group("faults")
 
 
 @pytest.fixture
@@ -23,7 +26,7 @@ def project(tiny_made, tmp_path):
 
 
 def status(project, name="first"):
-    return clinpaper("status", name, check=False, cwd=project)
+    return cli(project, "status", name)
 
 
 def edit_study(project, change):
@@ -62,7 +65,7 @@ def test_code_edit_is_outdated_and_the_build_refuses(project):
     assert "manuscript.ipynb  outdated" in result.stdout
     assert "code: the code cells of manuscript.md changed" in result.stdout
     built = tree(project / "_build" / "first")
-    refused(clinpaper("build", "first", check=False, cwd=project),
+    refused(cli(project, "build", "first"),
             "is out of date with the project", "the code cells of manuscript.md changed",
             "clinpaper run --name first")
     assert tree(project / "_build" / "first") == built   # the previous build stays as it was
@@ -78,7 +81,7 @@ def test_study_edits_are_outdated(project, change, reason):
     edit_study(project, change)
     result = status(project)
     assert result.returncode == 1 and reason in result.stdout, result.stdout
-    refused(clinpaper("build", "first", check=False, cwd=project), reason.split(": ", 1)[1])
+    refused(cli(project, "build", "first"), reason.split(": ", 1)[1])
 
 
 def test_the_runs_own_override_is_not_a_change_but_the_default_is(project):
