@@ -1027,9 +1027,9 @@ def build_book(name: str, *, runs=None, out=None, reference=None, log=None) -> d
         raise RunError(f"{run}: no run named {name!r} in {runs}. "
                        + (f"Runs there: {', '.join(known)}." if known else
                           "Make one with `clinpaper run`."))
-    manifest = check_run(run)
+    _check_current(name, runs, log)   # run_status checks the run's files (check_run) first
+    manifest = _read_manifest(run)
     root = _project_of_run(run, manifest)
-    _check_current(name, runs, log)
     out = Path(out) if out else root / "_build"
     if (out / name).resolve() == run.resolve():
         raise RunError(f"--out {out}: the build of run {name!r} would replace the run itself; "
