@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from .cache import RunCache, cache_dir, changes, library_sha, snapshot, step_key
 from .config import load_study, source_path
 from .core import (
     MARKER, ClinpaperError, ProjectError, RunError, SourceError, StudyError, atomic_directory,
@@ -36,7 +37,8 @@ from .report import (
 __all__ = ['PACKAGES', 'FLAT_SUFFIXES', 'NOTEBOOK_SUFFIXES', 'PAGE_SUFFIXES', 'NAME_MAX', 'default_runs_dir', 'default_build_dir',
            'default_data_dir', 'fingerprint', 'run_files', 'package_versions', 'git_state', 'check_source_path',
            'read_notebook', 'executed_name', 'check_before_run', 'check_name', 'check_runs_folder', 'find_study',
-           'run_study', 'check_run', 'merge_prose', 'code_sha', 'run_status', 'format_status', 'web_page', 'build_book']
+           'step_components', 'why_executed', 'run_study', 'check_run', 'merge_prose', 'code_sha', 'run_status',
+           'format_status', 'web_page', 'build_book']
 
 # %% ../nbs/07_run.ipynb #c005
 def default_runs_dir(start=".") -> Path:
@@ -456,8 +458,83 @@ def _study_notebooks(config: dict, study_file) -> tuple[dict, str]:
     return notebooks, manuscript
 
 
-def run_study(study=None, *, cohort=None, name=None, out=None, overrides=(), log=None) -> Path:
-    "Execute the study's notebooks on a cohort into OUT/NAME (default ROOT/_runs/NAME), atomically."
+def _source_stat(source: Path) -> list:
+    "Size and modification time of the data source's files: a cheap check that it did not change."
+    source = Path(source)
+    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+    return [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+
+
+def _validated_run(config: dict, runs: Path) -> dict | None:
+    "The identity of the run that `validate_against` names: its run_id and its files' SHA-256."
+    other = (config.get("parameters") or {}).get("validate_against")
+    if not other:
+        return None
+    try:
+        manifest = json.loads((Path(runs) / str(other) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {"run": str(other), "run_id": None}
+    return {"run": str(other), "run_id": manifest.get("run_id"),
+            "files": step_key(manifest.get("files") or {})}
+
+
+def _cache_base(config: dict, study_dir, source: Path, data_sha: str, runs: Path, root: Path) -> dict:
+    """What every step's key holds: the study as run, its files, the data (where it is, relative to
+    the project when inside it, so that a copied project keeps its cache), the environment."""
+    study = _comparable_study(config)
+    for key in ("notebooks", "manuscript", "toc"):   # the chain of keys says what came before
+        study.pop(key, None)
+    return {"format": 1, "study": study, "study_inputs": _study_inputs(config, study_dir),
+            "data": {"path": _relative(source, root), "sha256": data_sha},
+            "packages": package_versions(), "library": library_sha(),
+            "validates": _validated_run(config, runs)}
+
+
+def _reads_manifest(notebook, executed: str, manuscript: str) -> bool:
+    "Whether a step states facts of the run's manifest (the manuscript's reproducibility table)."
+    code = "\n".join(_code_cells(notebook))
+    return executed == manuscript or "manifest" in code or "record_manuscript_matter" in code
+
+
+def step_components(base: dict, notebook, executed: str, previous: str | None, facts: dict | None) -> dict:
+    "A step's components: the shared ones, its code, the key of the step before, and facts it states."
+    return {**base, "step": executed, "code": code_sha(notebook), "previous": previous, "facts": facts}
+
+
+def why_executed(old: dict | None, new: dict) -> str:
+    "Why a step runs again: what differs between the components of its last cache entry and now."
+    if old is None:
+        return "not in the cache"
+    reasons = []
+    if old.get("code") != new.get("code"):
+        reasons.append("its code changed")
+    reasons += [f"study {d}" for d in _differences(old.get("study"), new.get("study"))][:3]
+    for key in sorted(set(old.get("study_inputs") or {}) | set(new.get("study_inputs") or {})):
+        if (old.get("study_inputs") or {}).get(key) != (new.get("study_inputs") or {}).get(key):
+            reasons.append(f"the {key} file changed")
+    if (old.get("data") or {}).get("path") != (new.get("data") or {}).get("path"):
+        reasons.append("another data source")
+    elif (old.get("data") or {}).get("sha256") != (new.get("data") or {}).get("sha256"):
+        reasons.append("the data fingerprint changed")
+    then, now = old.get("packages") or {}, new.get("packages") or {}
+    reasons += [f"package {p} {then.get(p)} → {now.get(p)}" for p in sorted(set(then) | set(now))
+                if then.get(p) != now.get(p)]
+    if old.get("library") != new.get("library"):
+        reasons.append("the clinpaper library changed")
+    if old.get("validates") != new.get("validates"):
+        reasons.append("the validated run changed")
+    if old.get("facts") != new.get("facts"):
+        reasons.append("the facts of the run it states changed (git commit, study file)")
+    if not reasons and old.get("previous") != new.get("previous"):
+        reasons.append("a step before it changed")
+    return "; ".join(reasons) or "its cache entry was removed"
+
+
+def run_study(study=None, *, cohort=None, name=None, out=None, overrides=(), log=None,
+              force: bool = False, cache: bool = True) -> Path:
+    """Execute the study's notebooks on a cohort into OUT/NAME (default ROOT/_runs/NAME), atomically.
+    A step whose key is in the project's run cache is taken from it (`force` executes every step;
+    `cache=False` neither reads nor writes the cache)."""
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     study_file = find_study(study)
     config = load_study(study_file, overrides)
@@ -522,16 +599,49 @@ def run_study(study=None, *, cohort=None, name=None, out=None, overrides=(), log
             "status": "running",
         }
         write_json_atomic(partial / "manifest.json", to_jsonable(manifest))
+        store = RunCache(cache_dir(root)) if cache else None
+        base = _cache_base(config, study_dir, source, manifest["source"]["fingerprint"]["sha256"], runs, root)
+        facts = {"study_sha256": manifest["study"]["sha256"], "git": manifest["git"]}
+        source_stat, previous, executing = _source_stat(source), None, False
         env_path = os.environ.get("PATH", "")
         os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env_path}"
         kernel_log = open(Path(work) / "kernel.log", "ab")
         try:
             for path, executed in notebooks.items():
-                log(f"running {path.name} ...")
                 tick = time.time()
+                source_notebook = read_notebook(path)
+                components = step_components(
+                    base, source_notebook, executed, previous,
+                    facts if _reads_manifest(source_notebook, executed, manuscript) else None)
+                key = previous = step_key(components)
+                step = manifest["steps"][executed]
+                step["key"] = key
+                entry = None
+                if store is not None and not force and not executing:
+                    entry = store.restore(key, partial, notebook=Path(work) / f"cached-{executed}")
+                    for problem in store.problems:
+                        log(f"  {problem}")
+                    store.problems.clear()
+                if entry is not None:
+                    # the cached outputs, with the prose of the source as it is now
+                    merged, _ = merge_prose(nbformat.read(str(entry["notebook_file"]), as_version=4),
+                                            source_notebook)
+                    nbformat.write(merged, str(partial / executed))
+                    step.update({"state": "reused", "why": "its key is in the cache",
+                                 "executed_in": entry.get("run_id")})
+                    timings[executed] = round(time.time() - tick, 1)
+                    log(f"{path.name}: up to date, taken from the cache")
+                    continue
+                why = "--force" if force else (
+                    "a step before it was executed" if executing else
+                    (why_executed(store.latest(executed), components) if store is not None else "the cache is off"))
+                step.update({"state": "executed", "why": why, "executed_in": manifest["run_id"]})
+                executing = True
+                log(f"running {path.name} ({why}) ...")
+                before = snapshot(partial)
                 if path.suffix == ".md":   # a MyST Markdown notebook: papermill runs its .ipynb
                     runnable = Path(work) / executed
-                    nbformat.write(read_notebook(path), str(runnable))
+                    nbformat.write(source_notebook, str(runnable))
                 else:
                     runnable = path
                 declared = papermill.inspect_notebook(str(runnable))
@@ -546,6 +656,21 @@ def run_study(study=None, *, cohort=None, name=None, out=None, overrides=(), log
                     raise _notebook_error(error, path.name) from None
                 timings[executed] = round(time.time() - tick, 1)
                 log(f"  {path.name} done in {timings[executed]:.1f} s")
+                if _source_stat(source) != source_stat and \
+                        fingerprint(source) != manifest["source"]["fingerprint"]:
+                    raise SourceError(f"{source}: the data source changed while the run read it "
+                                      "(another program wrote to it); nothing was replaced. Run "
+                                      "again once it is complete.")
+                if store is not None:   # only a step that succeeded, on the data it was keyed by
+                    changed, removed = changes(before, snapshot(partial))
+                    store.store(key, step=executed, components=components,
+                                notebook=partial / executed, folder=partial,
+                                changed=[f for f in changed if f != executed],
+                                removed=removed, run_id=manifest["run_id"],
+                                seconds=timings[executed])
+                    for problem in store.problems:
+                        log(f"  {problem}")
+                    store.problems.clear()
         finally:
             os.environ["PATH"] = env_path
             kernel_log.close()
@@ -555,12 +680,17 @@ def run_study(study=None, *, cohort=None, name=None, out=None, overrides=(), log
                               "program wrote to it); nothing was replaced. Run again once it is "
                               "complete.")
         manifest["status"] = "finished"
+        manifest["cache"] = {"folder": str(cache_dir(root)) if store is not None else None,
+                             "reused": [e for e, s in manifest["steps"].items() if s.get("state") == "reused"],
+                             "executed": [e for e, s in manifest["steps"].items() if s.get("state") == "executed"]}
         manifest["timings"] = {"notebooks": timings,
                                "total_seconds": round(time.time() - started, 1)}
         manifest["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         manifest["files"] = run_files(partial)   # what a build checks the run against
         write_json_atomic(partial / "manifest.json", to_jsonable(manifest))
-    log(f"run {name}: {runs / name}")
+    reused = len(manifest["cache"]["reused"])
+    log(f"run {name}: {runs / name}" + (f" ({reused} of {len(notebooks)} steps taken from the cache)"
+                                        if reused else ""))
     return runs / name
 
 

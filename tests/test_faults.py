@@ -129,7 +129,7 @@ def project(tiny_made, tmp_path):
 def start_run(project: Path, *args, pause: float = 60) -> subprocess.Popen:
     "`clinpaper run --name first` in the background, its notebook waiting `pause` seconds."
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "TINY_PAUSE": str(pause)}
-    return subprocess.Popen([str(BIN / "clinpaper"), "run", "--name", "first", *args], cwd=project,
+    return subprocess.Popen([str(BIN / "clinpaper"), "run", "--name", "first", "--force", *args], cwd=project,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
