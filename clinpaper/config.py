@@ -19,8 +19,8 @@ from .core import StudyError, find_project_root
 
 # %% auto #0
 __all__ = ['NUMBER', 'CONCEPT_ID', 'CONCEPTS', 'ID', 'LABEL', 'DAYS', 'SEED_MAX', 'STUDY_SCHEMA', 'SENSITIVITY_ANALYSES',
-           'DESIGN_NEEDS', 'EUNOMIA_PREFIX', 'EUNOMIA_DATASETS', 'Field', 'Each', 'validate_study', 'parse_override',
-           'apply_overrides', 'load_study', 'eunomia_path', 'source_path']
+           'MAIN_ANALYSIS', 'SECONDARY_ANALYSES', 'DESIGN_NEEDS', 'EUNOMIA_PREFIX', 'EUNOMIA_DATASETS', 'Field', 'Each',
+           'validate_study', 'parse_override', 'apply_overrides', 'load_study', 'eunomia_path', 'source_path']
 
 # %% ../nbs/00a_config.ipynb #c005
 class Field:
@@ -193,6 +193,16 @@ STUDY_SCHEMA = {
         "_optional": True,
     },
     "sensitivity": Field(list, items=Field(str), required=False, unique=True),
+    # gated alternative analyses whose failed convergence gate is reported, not fatal (default: all of them)
+    "secondary": Field(list, items=Field(str), required=False, unique=True),
+    # a stricter gate for the secondary analyses' fits (never weaker than the parameters' gate)
+    "secondary_gate": {
+        "r_hat_max": Field(float, required=False, minimum=1, maximum=2, exclusive_minimum=True, example=1.01,
+                           why="R-hat is about 1 at convergence"),
+        "ess_min": Field(NUMBER, required=False, minimum=0, example=400),
+        "divergences_max": Field(int, required=False, minimum=0, example=0),
+        "_optional": True,
+    },
     "parameters": {
         "seed": Field(int, minimum=0, maximum=SEED_MAX, example=20261121,
                       why="numpy and the samplers take seeds of 32 bits"),
@@ -224,6 +234,10 @@ STUDY_SCHEMA = {
 }
 
 SENSITIVITY_ANALYSES = ("predictive_checks", "pooling", "observed_expected", "survival")
+# the analyses with a convergence gate: the main model (its estimates are the paper's: a failed gate always
+# stops the run) and the alternative analyses that a study may call secondary (a failed gate is reported)
+MAIN_ANALYSIS = "model"
+SECONDARY_ANALYSES = ("survival",)
 # what each design needs beyond the schema: (key, why)
 DESIGN_NEEDS = {
     "hospital-variation": [("group", "hospital variation is variation between the groups of `group`"),
@@ -645,6 +659,15 @@ def _study_rules(study: dict) -> list[str]:
     if analysis and exposures and analysis["treated"] not in [e["id"] for e in exposures]:
         problems.append(f"`analysis.treated` is {analysis['treated']!r}, which is not the id of one of "
                         f"`cohort.exposures` ({', '.join(e['id'] for e in exposures)})")
+    secondary = study.get("secondary") or []
+    if MAIN_ANALYSIS in secondary:
+        problems.append(f"`secondary` names `{MAIN_ANALYSIS}`, the paper's main model: its estimates are the paper's, "
+                        "so its convergence gate always stops a run that fails it; list only alternative analyses "
+                        f"({', '.join(SECONDARY_ANALYSES)})")
+    unknown = sorted(set(secondary) - set(SECONDARY_ANALYSES) - {MAIN_ANALYSIS})
+    if unknown:
+        problems.append(f"`secondary` names unknown analyses {', '.join(unknown)}; the gated analyses that can be "
+                        f"secondary are {', '.join(SECONDARY_ANALYSES)} (e.g. secondary: [survival])")
     unknown = sorted(set(study.get("sensitivity") or []) - set(SENSITIVITY_ANALYSES))
     if unknown:
         problems.append(f"`sensitivity` names unknown analyses {', '.join(unknown)}; the analyses are "

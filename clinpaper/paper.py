@@ -399,6 +399,69 @@ class PaperChoices:
             return wanted and self.group is not None
         return wanted
 
+    def is_secondary(self, analysis: str) -> bool:
+        """Whether a gated analysis is secondary (a failed gate is reported, the paper still builds): the study's
+        `secondary`, by default every alternative analysis; the main model never is."""
+        from clinpaper.config import MAIN_ANALYSIS, SECONDARY_ANALYSES
+        if analysis != MAIN_ANALYSIS and analysis not in SECONDARY_ANALYSES:
+            raise ValueError(f"unknown gated analysis {analysis!r}; the gated analyses are "
+                             f"{', '.join((MAIN_ANALYSIS, *SECONDARY_ANALYSES))}.")
+        declared = self.study.get("secondary")
+        return analysis != MAIN_ANALYSIS and (analysis in declared if declared is not None else True)
+
+    def gate_thresholds(self, analysis: str) -> dict:
+        """The convergence gate of an analysis: the parameters' `r_hat_max`, `ess_min`, `divergences_max`; a
+        secondary analysis takes the study's `secondary_gate` where that is stricter (never weaker)."""
+        settings = self.parameters
+        gate = {"r_hat_max": settings["r_hat_max"], "ess_min": settings["ess_min"],
+                "divergences_max": settings["divergences_max"]}
+        stricter = (self.study.get("secondary_gate") or {}) if self.is_secondary(analysis) else {}
+        if "r_hat_max" in stricter:
+            gate["r_hat_max"] = min(gate["r_hat_max"], stricter["r_hat_max"])
+        if "ess_min" in stricter:
+            gate["ess_min"] = max(gate["ess_min"], stricter["ess_min"])
+        if "divergences_max" in stricter:
+            gate["divergences_max"] = min(gate["divergences_max"], stricter["divergences_max"])
+        return gate
+
+    def gate(self, model, analysis: str, *, label: str) -> dict:
+        """The convergence gate of `analysis`'s fitted `model` (its reported parameters). A main analysis that
+        fails raises ConvergenceError: the run stops and the last good run is untouched. A secondary one that
+        fails is reported, not fatal: a line in the notebook's output and the kernel's log, and in results.json
+        `{analysis}_converged` (false) and `{analysis}_gate` (the gate's figures against its thresholds, and a
+        sentence that says the analysis did not converge and its estimates are withheld). Returns passed,
+        table, figures and sentence; `label` names the analysis in the sentence ("The Weibull model")."""
+        import sys
+        from clinpaper.core import ConvergenceError
+        from clinpaper.models import check_convergence, convergence_message
+        thresholds = self.gate_thresholds(analysis)
+        table = check_convergence(model.idata_, var_names=model._reported(), **thresholds)
+        message = convergence_message(table, model=type(model).__name__,
+                                      divergences_max=thresholds["divergences_max"])
+        secondary = self.is_secondary(analysis)
+        if message and not secondary:
+            raise ConvergenceError(message)
+        passed = message is None
+        figures = {"r_hat": float(table["r_hat"].max()),
+                   "ess": float(table[["ess_bulk", "ess_tail"]].min().min()),
+                   "divergences": int(table.attrs["divergences"]), **thresholds,
+                   "failed": [f"{r.parameter}: {r.problem}" for r in table.itertuples() if not r.passed]}
+        measured = (f"largest r-hat {figures['r_hat']:.3f}, at most {thresholds['r_hat_max']:g} required; smallest "
+                    f"effective sample size {figures['ess']:,.0f}, at least {thresholds['ess_min']:,.0f} required; "
+                    f"{figures['divergences']:,} divergent transitions, at most {thresholds['divergences_max']:,} "
+                    "allowed")
+        sentence = (f"{label} passed the convergence gate ({measured})." if passed else
+                    f"{label} did not converge: it failed the convergence gate ({measured}), so its estimates are "
+                    "withheld.")
+        self.text(f"{analysis}_converged", passed, "converged" if passed else "did not converge")
+        self.text(f"{analysis}_gate", figures, sentence)
+        if not passed:
+            line = (f"secondary analysis {analysis!r} did not converge (reported as not converged, its estimates "
+                    f"withheld; the run goes on): {message}")
+            print(line)
+            print(line, file=sys.__stderr__, flush=True)
+        return {"passed": passed, "table": table, "figures": figures, "sentence": sentence}
+
 
 def _natural_key(text: str) -> list:
     "'Hospital 10' sorts after 'Hospital 2'; 'Missing' last."
