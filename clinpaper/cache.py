@@ -281,11 +281,15 @@ class RunCache:
         return removed
 
     def clean(self) -> tuple[int, int]:
-        "Empty the cache; (entries, bytes) removed."
+        "Empty the cache (the steps, and the builds' workspaces); (entries, bytes) removed."
         if not self.folder.is_dir():
             return 0, 0
         with self._lock(exclusive=True):
             entries = self.entries()
+            builds = self.folder / "builds"
+            size = sum(entry["bytes"] for entry in entries) + \
+                sum(p.stat().st_size for p in builds.rglob("*") if p.is_file())
             shutil.rmtree(self.steps, ignore_errors=True)
+            shutil.rmtree(builds, ignore_errors=True)
             self._leftovers()
-        return len(entries), sum(entry["bytes"] for entry in entries)
+        return len(entries), size

@@ -1141,6 +1141,47 @@ def _check_current(name: str, runs: Path, log) -> None:
             "its numbers are those it computed then.")
 
 
+def _sync_tree(new: Path, old: Path, keep: str = "_build") -> dict:
+    """Make folder `old` hold exactly the files of `new`, rewriting only the files whose bytes
+    differ (the others keep their modification time, which is what Sphinx reads to rebuild only
+    what changed); `old/keep` is left alone. Returns the relative paths changed, added, removed."""
+    old.mkdir(parents=True, exist_ok=True)
+    fresh = {p.relative_to(new).as_posix() for p in new.rglob("*") if p.is_file()}
+    there = {p.relative_to(old).as_posix() for p in old.rglob("*")
+             if p.is_file() and p.relative_to(old).parts[0] != keep}
+    report = {"changed": [], "added": sorted(fresh - there), "removed": sorted(there - fresh)}
+    for relative in report["removed"]:
+        (old / relative).unlink()
+    for relative in sorted(fresh):
+        source, target = new / relative, old / relative
+        if relative in there:
+            if source.stat().st_size == target.stat().st_size and source.read_bytes() == target.read_bytes():
+                continue
+            report["changed"].append(relative)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    return report
+
+
+def _build_workspace(root: Path, final: Path) -> Path:
+    "Where the build of `final` keeps its Sphinx state and its last DOCX and PDF (in the run cache)."
+    return cache_dir(root) / "builds" / hashlib.sha256(str(Path(final).resolve()).encode()).hexdigest()[:16]
+
+
+def _manuscript_key(stage: Path, manuscript: str, run: Path, study: dict, bibliography) -> str:
+    "What the DOCX and the PDF are made of: the manuscript, the results and figures, the settings."
+    parts = {"manuscript": hashlib.sha256((stage / manuscript).read_bytes()).hexdigest(),
+             "results": _results_sha(run),
+             "figures": {p.relative_to(run).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                         for p in sorted((run / "figures").rglob("*")) if p.is_file()}
+             if (run / "figures").is_dir() else {},
+             "bibliography": [hashlib.sha256(Path(b).read_bytes()).hexdigest() for b in bibliography],
+             "title": study["title"], "authors": study.get("authors", []),
+             "paper_size": study.get("paper_size") or "a4",
+             "library": library_sha(), "packages": package_versions(("pypandoc-binary", "typst", "python-docx"))}
+    return step_key(parts)
+
+
 def build_book(name: str, *, runs=None, out=None, reference=None, log=None) -> dict:
     "Render run NAME into OUT/NAME (default ROOT/_build/NAME): html/index.html, manuscript.docx and .pdf."
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
@@ -1168,29 +1209,56 @@ def build_book(name: str, *, runs=None, out=None, reference=None, log=None) -> d
         log(done)
     with writer_lock(out / name, what="build"), \
             atomic_directory(out / name, kind="build", run=name) as partial:
-        stage = partial / "_source"
-        stage.mkdir()
-        staged = _stage_book(run, manifest, root, stage, reference=reference, log=log)
+        fresh = partial / "_source"
+        fresh.mkdir()
+        staged = _stage_book(run, manifest, root, fresh, reference=reference, log=log)
         _check_glue_recorded(staged["uses"], read_results(run), name)
-        log("building the web book ...")
+        # incremental: the book is built in a workspace that keeps Sphinx's state between builds;
+        # only the pages whose staged files changed are read again
+        workspace = _build_workspace(root, out / name)
+        stage = workspace / "_source"
+        synced = _sync_tree(fresh, stage)
+        if synced["added"] or synced["removed"] or not (stage / "_build" / "html").is_dir():
+            shutil.rmtree(stage / "_build", ignore_errors=True)   # another set of pages: all anew
+            pages = "every page"
+        else:
+            pages = f"{len(synced['changed'])} changed file(s)"
+        log(f"building the web book ({pages}) ...")
         result = subprocess.run(
             [str(Path(sys.executable).parent / "jupyter-book"), "build", str(stage),
              "--path-output", str(stage), "--builder", "html", "-W", "--keep-going",
              "-q"], capture_output=True, text=True)
         if result.returncode != 0:
+            shutil.rmtree(workspace, ignore_errors=True)   # the next build starts clean
             output = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)
             lines = [line for line in output.splitlines()
                      if "WARNING" in line or "ERROR" in line or "rror" in line]
             detail = "\n".join(lines[-15:]) or output[-2000:]
             raise RunError(f"jupyter-book could not build the web book of run {name!r}:\n{detail}")
-        shutil.move(str(stage / "_build" / "html"), str(partial / "html"))
-        log("rendering the manuscript (DOCX, PDF) ...")
+        shutil.copytree(stage / "_build" / "html", partial / "html")
         study = manifest["study"]["config"]
         bibliography = staged["bibliography"]
-        render_manuscript(stage / manifest["manuscript"], run, partial, title=study["title"],
-                          authors=study.get("authors", []),
-                          bibliography=bibliography[0] if bibliography else None,
-                          paper_size=study.get("paper_size") or "a4")
+        key = _manuscript_key(stage, manifest["manuscript"], run, study, bibliography)
+        kept = workspace / "manuscript"
+        documents = ("manuscript.docx", "manuscript.pdf")
+        if (kept / "key").is_file() and (kept / "key").read_text() == key and \
+                all((kept / d).is_file() for d in documents):
+            log("the manuscript (DOCX, PDF) is unchanged since the last build: kept")
+            for document in documents:
+                shutil.copyfile(kept / document, partial / document)
+            rendered = "kept"
+        else:
+            log("rendering the manuscript (DOCX, PDF) ...")
+            render_manuscript(stage / manifest["manuscript"], run, partial, title=study["title"],
+                              authors=study.get("authors", []),
+                              bibliography=bibliography[0] if bibliography else None,
+                              paper_size=study.get("paper_size") or "a4")
+            shutil.rmtree(kept, ignore_errors=True)
+            kept.mkdir(parents=True)
+            for document in documents:
+                shutil.copyfile(partial / document, kept / document)
+            (kept / "key").write_text(key)
+            rendered = "rendered"
         # one paper from one run: the run must not have been replaced or edited during the build
         now = _read_manifest(run)
         if now.get("run_id") != manifest.get("run_id") or \
@@ -1201,8 +1269,9 @@ def build_book(name: str, *, runs=None, out=None, reference=None, log=None) -> d
             "run": name, "run_id": manifest.get("run_id"), "run_dir": str(run.resolve()),
             "project_root": str(root),
             "prose": staged["prose"], "reference": str(reference) if reference else None,
+            "incremental": {"web_book": pages, "manuscript": rendered},
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-        shutil.rmtree(stage)
+        shutil.rmtree(fresh)
     final = out / name
     return {"html": final / "html" / "index.html", "docx": final / "manuscript.docx",
             "pdf": final / "manuscript.pdf"}

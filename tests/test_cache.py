@@ -337,3 +337,33 @@ def test_two_runs_at_once_share_the_cache(project):
     assert states(project, "d") == ["reused"] * 3, result.stderr
     assert run_files(project / "_runs" / "d") == run_files(project / "_runs" / "a")
     assert run_files(project / "_runs" / "b") == run_files(project / "_runs" / "c")
+
+
+def test_the_build_is_incremental(project):
+    "A build again reads no page again and keeps the DOCX and PDF; an edit redoes only what it touches."
+    first = cli(project, "build", "a")
+    assert first.returncode == 0 and "building the web book (every page)" in first.stderr, first.stderr
+    html = project / "_build" / "a" / "html"
+    pages = {p.name: p.read_bytes() for p in html.glob("*.html")}
+    docx = (project / "_build" / "a" / "manuscript.docx").read_bytes()
+    again = cli(project, "build", "a")
+    assert "building the web book (0 changed file(s))" in again.stderr, again.stderr
+    assert "the manuscript (DOCX, PDF) is unchanged since the last build: kept" in again.stderr
+    assert {p.name: p.read_bytes() for p in html.glob("*.html")} == pages
+    assert (project / "_build" / "a" / "manuscript.docx").read_bytes() == docx
+    step = project / "step1.md"
+    step.write_text(step.read_text().replace("Step 1 counted the patients.", "Step 1 counted them all."))
+    edited = cli(project, "build", "a")
+    assert "building the web book (1 changed file(s))" in edited.stderr, edited.stderr
+    assert "unchanged since the last build: kept" in edited.stderr   # the manuscript did not change
+    assert "Step 1 counted them all." in (html / "step1.html").read_text()
+    page = project / "manuscript.md"
+    page.write_text(page.read_text().replace("The discussion.", "A new Discussion."))
+    edited = cli(project, "build", "a")
+    assert "rendering the manuscript (DOCX, PDF)" in edited.stderr
+    import docx as word
+    assert "A new Discussion." in "\n".join(p.text for p in word.Document(project / "_build" / "a" / "manuscript.docx").paragraphs)
+    assert json.loads((project / "_build" / "a" / "build.json").read_text())["incremental"] == {
+        "web_book": "1 changed file(s)", "manuscript": "rendered"}
+    assert cli(project, "clean").returncode == 0
+    assert not (project / "_cache" / "builds").exists()
