@@ -15,9 +15,9 @@ from .core import CohortError
 from .models import HierarchicalLogistic, sample_posterior
 
 # %% auto #0
-__all__ = ['prior_predictive', 'posterior_predictive_check', 'expected_risk', 'observed_expected_by_group', 'loo_compare',
-           'loo_summary', 'loo_sentence', 'observed_expected_sentence', 'glm_baseline', 'cox_baseline', 'grouped_folds',
-           'lightgbm_cv']
+__all__ = ['prior_predictive', 'posterior_predictive_check', 'expected_risk', 'observed_expected_by_group', 'psis_loo',
+           'loo_compare', 'loo_summary', 'loo_sentence', 'observed_expected_sentence', 'glm_baseline', 'cox_baseline',
+           'grouped_folds', 'lightgbm_cv']
 
 # %% ../nbs/04c_checks.ipynb #c005
 def _thin(n_total: int, n_draws: int | None) -> np.ndarray:
@@ -253,6 +253,89 @@ def _pointwise_log_likelihood(logit, y):
     return y[:, None] * logit - np.logaddexp(0.0, logit)
 
 
+def _psis_rows(log_ratios: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pareto-smoothed log weights (normalised) and the Pareto k of each row of `log_ratios` (rows x draws, with
+    r_eff 1): ArviZ's `psislw`, vectorized over the rows (ArviZ fits one row at a time in Python). Rows whose tail is
+    not the usual one (ties, the smallest float as cutoff, a failed fit) take ArviZ's own per-row code."""
+    from arviz.stats.stats import _psislw
+    from arviz.stats.stats_utils import logsumexp
+
+    x = np.array(log_ratios, dtype=float)
+    n_rows, n = x.shape
+    cutoff_ind = -int(np.ceil(min(n / 5.0, 3 * n ** 0.5))) - 1
+    cutoffmin = np.log(np.finfo(float).tiny)
+    x -= x.max(axis=1, keepdims=True)
+    order = np.argsort(x, axis=1)
+    ordered = np.take_along_axis(x, order, axis=1)
+    cutoff = ordered[:, n + cutoff_ind]
+    tail_len = -cutoff_ind - 1
+    tail = ordered[:, n - tail_len:]                     # the right tail, ascending
+    usual = (cutoff > cutoffmin) & (tail[:, 0] > cutoff) & (np.diff(tail, axis=1) > 0).all(axis=1)
+    k = np.full(n_rows, np.inf)
+    if tail_len > 4 and usual.any():
+        rows = np.flatnonzero(usual)
+        exp_cutoff = np.exp(cutoff[rows])
+        ary = np.exp(tail[rows]) - exp_cutoff[:, None]   # ArviZ's _gpdfit, one row of the tail per row
+        m_est = 30 + int(tail_len ** 0.5)
+        b_ary = 1 - np.sqrt(m_est / (np.arange(1, m_est + 1, dtype=float) - 0.5))
+        b_ary = b_ary[None, :] / (3 * ary[:, int(tail_len / 4 + 0.5) - 1])[:, None] + 1 / ary[:, -1:]
+        k_ary = np.log1p(-b_ary[:, :, None] * ary[:, None, :]).mean(axis=2)
+        len_scale = tail_len * (np.log(-(b_ary / k_ary)) - k_ary - 1)
+        weights = 1 / np.exp(len_scale[:, None, :] - len_scale[:, :, None]).sum(axis=2)
+        weights = np.where(weights >= 10 * np.finfo(float).eps, weights, 0.0)
+        weights /= weights.sum(axis=1, keepdims=True)
+        b_post = (b_ary * weights).sum(axis=1)
+        k_post = np.log1p(-b_post[:, None] * ary).mean(axis=1)
+        sigma = -k_post / b_post
+        k_post = (tail_len * k_post + 10 * 0.5) / (tail_len + 10)
+        probs = np.arange(0.5, tail_len) / tail_len
+        with np.errstate(all="ignore"):
+            small = np.abs(k_post) < np.finfo(float).eps
+            smoothed = np.where(small[:, None], -np.log1p(-probs)[None, :],
+                                np.expm1(-k_post[:, None] * np.log1p(-probs)[None, :]) / k_post[:, None]) * sigma[:, None]
+            smoothed = np.log(smoothed + exp_cutoff[:, None])
+        fitted = np.isfinite(k_post) & (sigma > 0)
+        rows, k_post, smoothed = rows[fitted], k_post[fitted], smoothed[fitted]
+        usual[:] = False
+        usual[rows] = True
+        positions = order[rows, n - tail_len:]
+        block = x[rows]
+        np.put_along_axis(block, positions, smoothed, axis=1)
+        block[block > 0] = 0
+        x[rows] = block
+        k[rows] = k_post
+    for row in np.flatnonzero(~usual):                  # ArviZ's own code for the unusual rows
+        x[row], k[row] = _psislw(np.array(log_ratios[row], dtype=float), cutoff_ind, cutoffmin, True)
+    x[usual] -= logsumexp(x[usual], axis=1, keepdims=True)
+    return x, k
+
+
+def psis_loo(chunks, *, n_draws: int) -> "az.ELPDData":
+    """PSIS-LOO (`arviz.loo(..., pointwise=True)` of a single chain) from the pointwise log-likelihood given as an
+    iterable of row blocks (rows x draws): the same numbers, without the whole rows x draws matrix in memory, and
+    vectorized over the rows (`_psis_rows`)."""
+    import xarray as xr
+    from arviz.stats.stats_utils import ELPDData, logsumexp
+
+    loo_i, lppd_i, pareto_k = [], [], []
+    for log_likelihood in chunks:
+        log_weights, k = _psis_rows(-log_likelihood)
+        loo_i.append(logsumexp(log_weights + log_likelihood, axis=1))
+        lppd_i.append(logsumexp(log_likelihood, axis=1) - np.log(n_draws))
+        pareto_k.append(k)
+    loo_i, pareto_k = np.concatenate(loo_i), np.concatenate(pareto_k)
+    n_obs = len(loo_i)
+    elpd = loo_i.sum()
+    good_k = min(1 - 1 / np.log10(n_draws), 0.7)
+    obs = {"obs": np.arange(n_obs)}
+    return ELPDData(
+        data=[elpd, (n_obs * np.var(loo_i)) ** 0.5, np.concatenate(lppd_i).sum() - elpd, n_draws, n_obs,
+              bool(np.any(pareto_k > good_k)), xr.DataArray(loo_i, dims="obs", coords=obs, name="loo_i"),
+              xr.DataArray(pareto_k, dims="obs", coords=obs, name="pareto_shape"), "log", good_k],
+        index=["elpd_loo", "se", "p_loo", "n_samples", "n_data_points", "warning", "loo_i", "pareto_k", "scale",
+               "good_k"])
+
+
 def loo_compare(df: pd.DataFrame, *, outcome: str, group: str | None, predictors, draws: int = 500,
                 tune: int = 500, chains: int = 2, seed: int = 0, target_accept: float = 0.9, sampler: str = "nutpie",
                 hierarchical=None, n_draws: int = 1000) -> pd.DataFrame:
@@ -260,7 +343,6 @@ def loo_compare(df: pd.DataFrame, *, outcome: str, group: str | None, predictors
     table (model, rank, elpd_loo, se, p_loo, elpd_diff, dse, weight, warning) plus the number of
     patients with Pareto k above 0.7 and the draws used. With `group=None`, the single-level model's row."""
     import arviz as az
-    import xarray as xr
 
     predictors = [predictors] if isinstance(predictors, str) else list(predictors)
     template = HierarchicalLogistic(outcome, group, predictors)
@@ -280,7 +362,15 @@ def loo_compare(df: pd.DataFrame, *, outcome: str, group: str | None, predictors
           or hierarchical.predictors != predictors):
         raise ValueError("`hierarchical` must be a HierarchicalLogistic fitted on the same groups and predictors"
                          + (" (and group=None)." if group is None else "."))
-    results, idatas = {}, {}
+    # each model's pointwise log-likelihood is made and used block by block of rows (never rows x draws at once)
+    block_rows = 5000
+
+    def blocks(logit_of):
+        for start in range(0, len(y), block_rows):
+            rows = slice(start, start + block_rows)
+            yield _pointwise_log_likelihood(logit_of(rows), y[rows])
+
+    models = {}
     for name in (("pooled", "unpooled") if group is not None else ()):
         built = _pooled_model(design, unpooled=name == "unpooled", predictors=predictors, means=means,
                               groups=design["levels"])
@@ -288,29 +378,28 @@ def loo_compare(df: pd.DataFrame, *, outcome: str, group: str | None, predictors
         stacked = idata.posterior.stack(sample=("chain", "draw"))
         keep = _thin(stacked.sizes["sample"], n_draws)
         beta = stacked["beta"].transpose("sample", ...).values[keep]
-        logit = (x - means) @ beta.T
         if name == "unpooled":
-            logit += stacked["group_intercept"].transpose("sample", ...).values[keep][:, codes].T
+            offsets = stacked["group_intercept"].transpose("sample", ...).values[keep]   # draws x groups
+            models[name] = (len(keep), lambda rows, beta=beta, offsets=offsets:
+                            (x[rows] - means) @ beta.T + offsets[:, codes[rows]].T)
         else:
-            logit += stacked["intercept_centered"].values[keep]
-        idatas[name] = (idata, keep, logit)
-    fixed, effects, _ = _logistic_draws(hierarchical, df, n_draws=n_draws)
-    idatas["hierarchical" if group is not None else "single-level"] = (hierarchical.idata_, None, fixed + effects)
-    for name, (idata, keep, logit) in idatas.items():
-        pointwise = _pointwise_log_likelihood(logit, y).T  # draws x rows
-        n_kept = pointwise.shape[0]
-        log_likelihood = xr.Dataset({"y": (("chain", "draw", "obs"), pointwise[None, :, :])},
-                                    coords={"chain": [0], "draw": np.arange(n_kept), "obs": np.arange(len(y))})
-        posterior = xr.Dataset({"dummy": (("chain", "draw"), np.zeros((1, n_kept)))},
-                               coords={"chain": [0], "draw": np.arange(n_kept)})
-        results[name] = az.InferenceData(posterior=posterior, log_likelihood=log_likelihood)
+            intercept = stacked["intercept_centered"].values[keep]
+            models[name] = (len(keep), lambda rows, beta=beta, intercept=intercept:
+                            (x[rows] - means) @ beta.T + intercept)
+
+    def hierarchical_logit(rows):
+        fixed, effects, _ = _logistic_draws(hierarchical, df.iloc[rows], n_draws=n_draws)
+        return fixed + effects
+
+    n_hierarchical = len(_thin(len(hierarchical._draws("intercept")), n_draws))
+    models["hierarchical" if group is not None else "single-level"] = (n_hierarchical, hierarchical_logit)
+    loos = {name: psis_loo(blocks(logit_of), n_draws=n_kept) for name, (n_kept, logit_of) in models.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        loos = {name: az.loo(data, pointwise=True) for name, data in results.items()}
         table = az.compare(loos, ic="loo")
     table = table.rename_axis("model").reset_index()
     table["pareto_k_high"] = [int((loos[name].pareto_k.values > 0.7).sum()) for name in table["model"]]
-    table["n_draws"] = [results[name].posterior.sizes["draw"] for name in table["model"]]
+    table["n_draws"] = [int(loos[name]["n_samples"]) for name in table["model"]]
     return table[["model", "rank", "elpd_loo", "se", "p_loo", "elpd_diff", "dse", "weight", "warning",
                   "pareto_k_high", "n_draws"]]
 

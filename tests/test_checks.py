@@ -176,3 +176,44 @@ def test_lightgbm_cv_without_group_uses_seeded_stratified_folds(cohort):
     assert first["predictions"]["group"].isna().all() and 0.5 < first["auroc"]["estimate"] < 1
     third = lightgbm_cv(cohort, outcome="death", features=["male", "sepsis"], group=None, seed=3, n_splits=3)
     assert not np.array_equal(third["predictions"]["fold"], first["predictions"]["fold"])
+
+
+def _loo_input(seed=1, n_obs=2500, n_draws=600):
+    rng = np.random.default_rng(seed)
+    logit = rng.normal(-1, 0.3, (n_obs, 1)) + rng.normal(0, 0.4, (n_obs, n_draws)) * rng.gamma(2, 0.5, (n_obs, 1))
+    y = (rng.random(n_obs) < 0.3).astype(float)
+    log_likelihood = y[:, None] * logit - np.logaddexp(0, logit)
+    log_likelihood[7] = log_likelihood[7].round(1)     # ties in the tail: ArviZ's per-row path
+    log_likelihood[11, :] = log_likelihood[11, 0]       # every draw the same: no tail to fit
+    return log_likelihood
+
+
+def test_psis_loo_is_arvizs_loo_block_by_block():
+    "The vectorized PSIS-LOO gives ArviZ's numbers (to rounding), whole or in blocks of rows, ties and all."
+    import warnings
+
+    import arviz as az
+    import xarray as xr
+    from clinpaper.checks import psis_loo
+
+    log_likelihood = _loo_input()
+    n_obs, n_draws = log_likelihood.shape
+    data = az.InferenceData(
+        posterior=xr.Dataset({"dummy": (("chain", "draw"), np.zeros((1, n_draws)))}),
+        log_likelihood=xr.Dataset({"y": (("chain", "draw", "obs"), log_likelihood.T[None])}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = az.loo(data, pointwise=True)
+        ours = psis_loo((log_likelihood[s:s + 700] for s in range(0, n_obs, 700)), n_draws=n_draws)
+        whole = psis_loo([log_likelihood], n_draws=n_draws)
+    for key in ("elpd_loo", "se", "p_loo"):
+        assert ours[key] == pytest.approx(reference[key], rel=1e-12), key
+        assert ours[key] == whole[key]
+    assert (ours["n_samples"], ours["n_data_points"], ours["warning"]) == (n_draws, n_obs, reference["warning"])
+    np.testing.assert_allclose(ours.pareto_k.values, reference.pareto_k.values, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(ours.loo_i.values, reference.loo_i.values, rtol=1e-12)
+    assert np.isinf(ours.pareto_k.values[11]) and np.isfinite(ours.pareto_k.values[7])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compared = az.compare({"ours": ours, "arviz": reference}, ic="loo")
+    assert compared["elpd_diff"].abs().max() < 1e-9
