@@ -125,7 +125,7 @@ def test_a_paper_whose_secondary_fit_fails_still_builds_and_a_main_failure_stops
     study["secondary_gate"] = {"ess_min": 1_000_000}
     study_file.write_text(yaml.safe_dump(study, sort_keys=False, allow_unicode=True))
     quick = [a for key, value in QUICK.items() for a in ("-p", f"{key}={value}")]
-    ran = clinpaper("run", "--cohort", small_cohort, "--name", "sec", *quick, cwd=project)
+    clinpaper("run", "--cohort", small_cohort, "--name", "sec", *quick, cwd=project)
     run = project / "_runs" / "sec"
     recorded = results(run)
     assert recorded["survival_converged"]["value"] is False
@@ -151,8 +151,8 @@ def test_a_paper_whose_secondary_fit_fails_still_builds_and_a_main_failure_stops
     assert "did not converge" in docx_text(build / "manuscript.docx")
     # a main model that fails its gate still stops the run, and the last good run is untouched
     before = (run / "results.json").read_bytes()
-    failed = clinpaper("run", "--cohort", small_cohort, "--name", "sec", *quick, "-p", "ess_min=1000000",
-                       cwd=project, check=False)
+    strict = [a for key, value in {**QUICK, "ess_min": 1_000_000}.items() for a in ("-p", f"{key}={value}")]
+    failed = clinpaper("run", "--cohort", small_cohort, "--name", "sec", *strict, cwd=project, check=False)
     assert failed.returncode != 0
     assert "did not pass the convergence gate" in failed.stdout + failed.stderr
     assert (run / "results.json").read_bytes() == before
