@@ -278,3 +278,36 @@ def test_changed_code_refuses_the_build_then_a_reference_is_added(paper, edited_
     html = tmp_path / "first" / "html"
     assert (html / "reference" / "07_run.html").is_file()
     assert "Library reference" in (html / "manuscript.html").read_text()
+
+
+def test_a_late_code_edit_reexecutes_only_that_step_and_later_with_the_same_bytes(paper):
+    """One figure's code changed in a late notebook (04_performance): the earlier steps are taken
+    from the run cache, that notebook and the manuscript are executed, and every file the run
+    wrote is byte-identical to the full run's (the reproducibility table excepted: it states that
+    the project now has uncommitted changes)."""
+    page = paper["project"] / "04_performance.ipynb"
+    original = page.read_text()
+    notebook = json.loads(original)
+    code = [c for c in notebook["cells"] if c["cell_type"] == "code" and "parameters" not in c["metadata"].get("tags", [])]
+    code[-1]["source"] = ["# a figure's label edited\n"] + code[-1]["source"]
+    page.write_text(json.dumps(notebook, indent=1))
+    try:
+        ran = clinpaper("run", "--cohort", paper["cohort"], "--name", "cached", cwd=paper["project"])
+    finally:
+        page.write_text(original)
+    runs = paper["runs"]
+    manifest = json.loads((runs / "cached" / "manifest.json").read_text())
+    assert manifest["cache"]["reused"] == ["01_cohort.ipynb", "02_describe.ipynb", "03_model.ipynb",
+                                           "03a_model_checks.ipynb"], ran.stderr
+    assert manifest["cache"]["executed"] == ["04_performance.ipynb", "manuscript.ipynb"]
+    assert manifest["steps"]["04_performance.ipynb"]["why"] == "its code changed"
+    assert "running 04_performance.ipynb (its code changed)" in ran.stderr
+    first, cached = tree_digest(runs / "first"), tree_digest(runs / "cached")
+    own = lambda digest: {f: d for f, d in digest.items() if not f.endswith(".ipynb")
+                          and f not in ("manifest.json", ".clinpaper.json", "results.json",
+                                        "tables/table_reproducibility.csv")}
+    assert own(cached) == own(first) and len(own(first)) > 10
+    results = [json.loads((runs / name / "results.json").read_text()) for name in ("first", "cached")]
+    tables = [r.pop("table_reproducibility") for r in results]
+    assert results[0] == results[1] and len(results[0]) > 100
+    assert "uncommitted changes" in json.dumps(tables[1]) and "uncommitted changes" not in json.dumps(tables[0])
