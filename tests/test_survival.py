@@ -102,9 +102,9 @@ def test_piecewise_agrees_with_weibull_and_cox(data, fitted):
         assert abs(value - cox.params_["sepsis"]) < cox.standard_errors_["sepsis"]
 
 
-def test_weibull_likelihood_from_sums_is_the_row_by_row_likelihood():
-    """The Weibull model's log-likelihood (its event terms from sums computed once) equals the row-by-row
-    likelihood of the Weibull proportional-hazards model with a group frailty, computed here with numpy."""
+def test_weibull_likelihood_is_the_row_by_row_likelihood():
+    """The Weibull model's log-likelihood equals the row-by-row likelihood of the Weibull proportional-hazards
+    model with a group frailty, computed here with numpy."""
     df = simulate(n=600, n_groups=5, seed=8)
     df["age"] = np.random.default_rng(2).normal(60, 12, len(df))
     model = HierarchicalSurvival("days", "died", "site", ["sepsis", "age"])
