@@ -27,8 +27,9 @@ def _thin(n_total: int, n_draws: int | None) -> np.ndarray:
     return np.unique(np.linspace(0, n_total - 1, n_draws).round().astype(int))
 
 
-def _logistic_draws(model, df, *, n_draws=None, seed=0):
-    "Population-level log-odds (rows x draws), hospital effects (rows x draws) and sigma (draws)."
+def _logistic_parts(model, df, *, n_draws=None, seed=0):
+    """`block(rows)` giving the population-level log-odds and the hospital effects of a slice of rows (each rows x
+    draws), and sigma (draws): the checks go through the patients block by block, never rows x draws at once."""
     if not isinstance(model, HierarchicalLogistic):
         raise TypeError(f"expected a fitted HierarchicalLogistic, got {type(model).__name__}.")
     model._check_fitted()
@@ -37,9 +38,12 @@ def _logistic_draws(model, df, *, n_draws=None, seed=0):
     model._validate(df, for_fit=False)
     keep = _thin(len(model._draws("intercept")), n_draws)
     intercept, beta = model._draws("intercept")[keep], model._draws("beta")[keep]
-    fixed = df[model.predictors].to_numpy(dtype=float) @ beta.T + intercept
+    x = df[model.predictors].to_numpy(dtype=float)
     if model.group is None:  # a single-level model: no group effects
-        return fixed, np.zeros_like(fixed), np.zeros(len(keep))
+        def single_level(rows):
+            fixed = x[rows] @ beta.T + intercept
+            return fixed, np.zeros_like(fixed)
+        return single_level, np.zeros(len(keep))
     sigma, effects = model._draws("sigma_group")[keep], model._draws("group_effect")[keep]
     codes = pd.Index(model.groups_).get_indexer(df[model.group])
     if (codes < 0).any():
@@ -48,7 +52,14 @@ def _logistic_draws(model, df, *, n_draws=None, seed=0):
         new = rng.standard_normal((len(keep), len(new_levels))) * sigma[:, None]
         effects = np.concatenate([effects, new], axis=1)
         codes = np.where(codes < 0, len(model.groups_) + pd.Index(new_levels).get_indexer(df[model.group]), codes)
-    return fixed, effects[:, codes].T, sigma
+    return (lambda rows: (x[rows] @ beta.T + intercept, effects[:, codes[rows]].T)), sigma
+
+
+def _logistic_draws(model, df, *, n_draws=None, seed=0):
+    "Population-level log-odds (rows x draws), hospital effects (rows x draws) and sigma (draws)."
+    block, sigma = _logistic_parts(model, df, n_draws=n_draws, seed=seed)
+    fixed, effects = block(slice(None))
+    return fixed, effects, sigma
 
 
 def _check_group(model, df, group, function: str) -> str:
@@ -156,17 +167,18 @@ def posterior_predictive_check(model, df: pd.DataFrame, *, group: str | None = N
                                prob: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """Per group (of `group`, else of the model's group): n, observed events and rate, mean and `prob`
     interval of the replicated events and rates, and the posterior predictive p-value P(rep >= obs)."""
-    fixed, effects, _ = _logistic_draws(model, df, n_draws=n_draws, seed=seed)
+    block, sigma = _logistic_parts(model, df, n_draws=n_draws, seed=seed)
     by = _check_group(model, df, group, "posterior_predictive_check")
     if model.outcome not in df.columns:
         raise CohortError(f"posterior_predictive_check needs the outcome column `{model.outcome}`.")
     rng = np.random.default_rng(seed)
     levels = _levels(df[by])
     codes = levels.get_indexer(df[by])
-    replicated = np.zeros((len(levels), fixed.shape[1]))
+    replicated = np.zeros((len(levels), len(sigma)))
     for start in range(0, len(df), 5000):
         rows = slice(start, start + 5000)
-        simulated = rng.uniform(size=fixed[rows].shape) < _expit(fixed[rows] + effects[rows])
+        fixed, effects = block(rows)
+        simulated = rng.uniform(size=fixed.shape) < _expit(fixed + effects)
         replicated += _group_sums(simulated.astype(float), codes[rows], len(levels))
     n = np.bincount(codes, minlength=len(levels))
     observed = np.bincount(codes, weights=df[model.outcome].to_numpy(dtype=float), minlength=len(levels))
@@ -192,8 +204,8 @@ def expected_risk(model, df: pd.DataFrame, *, n_draws: int | None = 1000, n_node
     """Each patient's expected risk without their group's own effect: the population-level part of a fitted
     HierarchicalLogistic with the group effect integrated out over the between-group distribution, averaged
     over the posterior; index aligned with `df`. A group's sum is its `expected` in `observed_expected_by_group`."""
-    fixed, _, sigma = _logistic_draws(model, df, n_draws=n_draws)
-    risk = np.concatenate([_marginal_risk(fixed[start:start + 2000], sigma, n_nodes).mean(axis=1)
+    block, sigma = _logistic_parts(model, df, n_draws=n_draws)
+    risk = np.concatenate([_marginal_risk(block(slice(start, start + 2000))[0], sigma, n_nodes).mean(axis=1)
                            for start in range(0, len(df), 2000)]) if len(df) else np.zeros(0)
     return pd.Series(risk, index=df.index, name="expected_risk")
 
@@ -202,18 +214,19 @@ def observed_expected_by_group(model, df: pd.DataFrame, *, group: str | None = N
                                prob: float = 0.95, seed: int = 0, n_nodes: int = 32) -> pd.DataFrame:
     """Per group (of `group`, else of the model's group): n, observed, expected (mean and interval), oe with
     its interval, and the model-based ratio P/E (`smr`, with the hospital's shrunken effect) with its interval."""
-    fixed, effects, sigma = _logistic_draws(model, df, n_draws=n_draws, seed=seed)
+    block, sigma = _logistic_parts(model, df, n_draws=n_draws, seed=seed)
     by = _check_group(model, df, group, "observed_expected_by_group")
     if model.outcome not in df.columns:
         raise CohortError(f"observed_expected_by_group needs the outcome column `{model.outcome}`.")
     levels = _levels(df[by])
     codes = levels.get_indexer(df[by])
-    expected = np.zeros((len(levels), fixed.shape[1]))
+    expected = np.zeros((len(levels), len(sigma)))
     predicted = np.zeros_like(expected)
     for start in range(0, len(df), 2000):
         rows = slice(start, start + 2000)
-        expected += _group_sums(_marginal_risk(fixed[rows], sigma, n_nodes), codes[rows], len(levels))
-        predicted += _group_sums(_expit(fixed[rows] + effects[rows]), codes[rows], len(levels))
+        fixed, effects = block(rows)
+        expected += _group_sums(_marginal_risk(fixed, sigma, n_nodes), codes[rows], len(levels))
+        predicted += _group_sums(_expit(fixed + effects), codes[rows], len(levels))
     n = np.bincount(codes, minlength=len(levels))
     observed = np.bincount(codes, weights=df[model.outcome].to_numpy(dtype=float), minlength=len(levels))
     rng = np.random.default_rng(seed)
@@ -387,12 +400,9 @@ def loo_compare(df: pd.DataFrame, *, outcome: str, group: str | None, predictors
             models[name] = (len(keep), lambda rows, beta=beta, intercept=intercept:
                             (x[rows] - means) @ beta.T + intercept)
 
-    def hierarchical_logit(rows):
-        fixed, effects, _ = _logistic_draws(hierarchical, df.iloc[rows], n_draws=n_draws)
-        return fixed + effects
-
-    n_hierarchical = len(_thin(len(hierarchical._draws("intercept")), n_draws))
-    models["hierarchical" if group is not None else "single-level"] = (n_hierarchical, hierarchical_logit)
+    hierarchical_block, sigma = _logistic_parts(hierarchical, df, n_draws=n_draws)
+    models["hierarchical" if group is not None else "single-level"] = (
+        len(sigma), lambda rows: np.add(*hierarchical_block(rows)))
     loos = {name: psis_loo(blocks(logit_of), n_draws=n_kept) for name, (n_kept, logit_of) in models.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
