@@ -194,9 +194,16 @@ def _marginal_risk(fixed: np.ndarray, sigma: np.ndarray, n_nodes: int) -> np.nda
     "Risk (rows x draws) in a group chosen at random: expit(fixed + sigma z), z ~ N(0, 1) integrated out (Gauss-Hermite)."
     nodes, weights = np.polynomial.hermite_e.hermegauss(n_nodes)
     weights = weights / weights.sum()
-    risk = np.zeros(fixed.shape)
-    for node, weight in zip(nodes, weights):
-        risk += weight * _expit(fixed + sigma * node)
+    risk, work = np.zeros(fixed.shape), np.empty(fixed.shape)
+    # weight / (1 + exp(-(fixed + sigma node))), in place: the hot loop of the O/E and case-mix checks
+    with np.errstate(over="ignore"):
+        for node, weight in zip(nodes, weights):
+            np.multiply(sigma, -node, out=work)
+            work -= fixed
+            np.exp(work, out=work)
+            work += 1.0
+            np.divide(weight, work, out=work)
+            risk += work
     return risk
 
 
