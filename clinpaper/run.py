@@ -423,6 +423,103 @@ def _kernel_manager(log_file):
     return QuietKernelManager
 
 
+def _imported_modules(notebook) -> list[str]:
+    "The modules a notebook's code cells import at their top level (absolute imports), in order."
+    import ast
+    from clinpaper.report import _strip_magics
+    found = []
+    for code in _code_cells(notebook):
+        try:
+            tree = ast.parse(_strip_magics(code))
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+            found += [name for name in names if name not in found]
+    return found
+
+
+class _WarmKernels:
+    """Kernels started ahead: while one notebook executes, the kernel of the next one starts and
+    imports the modules that notebook imports (an import has no effect but loading the module; one
+    that fails is left for the notebook to report). The kernel start and the imports, several
+    seconds per notebook, then overlap with the notebook before."""
+
+    def __init__(self, log_file, cwd):
+        self.log_file, self.cwd, self.pending = log_file, str(cwd), {}
+
+    def _start(self, modules, box):
+        from jupyter_client import KernelManager
+
+        class Warmed(KernelManager):
+            "Remembers its clients (papermill's among them), to close their channels at the end."
+            def client(self, **kw):
+                made = super().client(**kw)
+                self.clients = [*getattr(self, "clients", []), made]
+                return made
+
+        try:
+            km = Warmed(kernel_name="python3")
+            km.start_kernel(cwd=self.cwd, stdout=self.log_file, stderr=self.log_file)
+            box["km"] = km
+            client = km.client()
+            client.start_channels()
+            try:
+                client.wait_for_ready(timeout=120)
+                code = ("def __clinpaper_preload(names):\n    import importlib\n    for name in names:\n"
+                        "        try:\n            importlib.import_module(name)\n"
+                        "        except BaseException:\n            pass\n"
+                        f"__clinpaper_preload({modules!r})\ndel __clinpaper_preload\n")
+                sent = client.execute(code, silent=True, store_history=False)
+                while client.get_shell_msg(timeout=600)["parent_header"].get("msg_id") != sent:
+                    pass
+            finally:
+                client.stop_channels()
+            box["ready"] = True
+        except Exception as error:   # the notebook then starts a kernel of its own
+            box["error"] = error
+
+    def warm(self, executed: str, notebook) -> None:
+        import threading
+        box = {}
+        thread = threading.Thread(target=self._start, args=(_imported_modules(notebook), box), daemon=True)
+        thread.start()
+        self.pending[executed] = (thread, box)
+
+    def take(self, executed: str):
+        "The warmed kernel manager of a notebook, or None (papermill then starts one)."
+        if executed not in self.pending:
+            return None
+        thread, box = self.pending.pop(executed)
+        thread.join()
+        if box.get("ready"):
+            return box["km"]
+        self._shutdown(box.get("km"))
+        return None
+
+    @staticmethod
+    def _shutdown(km) -> None:
+        if km is not None:
+            for client in getattr(km, "clients", []):
+                try:
+                    client.stop_channels()
+                except Exception:   # already closed
+                    pass
+            try:
+                km.shutdown_kernel(now=True)
+            except Exception:   # already gone
+                pass
+
+    def close(self) -> None:
+        "Stop the kernels started ahead and not used (a failed or interrupted run)."
+        for thread, box in self.pending.values():
+            self._shutdown(box.get("km"))
+            thread.join(timeout=10)
+            self._shutdown(box.get("km"))   # one that started while it was being stopped
+        self.pending.clear()
+
+
 def find_study(study=None) -> Path:
     "The study file: `study` if given, else study.yaml at the root of the project around the current folder."
     if study is not None and str(study).strip():
@@ -531,7 +628,7 @@ def why_executed(old: dict | None, new: dict) -> str:
 
 
 def run_study(study=None, *, cohort=None, name=None, out=None, overrides=(), log=None,
-              force: bool = False, cache: bool = True) -> Path:
+              force: bool = False, cache: bool = True, warm_kernels: bool = True) -> Path:
     """Execute the study's notebooks on a cohort into OUT/NAME (default ROOT/_runs/NAME), atomically.
     A step whose key is in the project's run cache is taken from it (`force` executes every step;
     `cache=False` neither reads nor writes the cache)."""
@@ -606,6 +703,8 @@ def run_study(study=None, *, cohort=None, name=None, out=None, overrides=(), log
         env_path = os.environ.get("PATH", "")
         os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env_path}"
         kernel_log = open(Path(work) / "kernel.log", "ab")
+        kernels = _WarmKernels(kernel_log, partial)
+        ahead = dict(zip(list(notebooks.values()), list(notebooks)[1:]))   # the notebook after each
         try:
             for path, executed in notebooks.items():
                 tick = time.time()
@@ -645,15 +744,22 @@ def run_study(study=None, *, cohort=None, name=None, out=None, overrides=(), log
                 else:
                     runnable = path
                 declared = papermill.inspect_notebook(str(runnable))
+                warmed = kernels.take(executed)
+                if executed in ahead and warm_kernels:   # every later step executes too
+                    following = ahead[executed]
+                    kernels.warm(notebooks[following], read_notebook(following))
                 try:
                     papermill.execute_notebook(
                         str(runnable), str(partial / executed),
                         parameters={k: v for k, v in parameters.items() if k in declared},
                         cwd=str(partial), kernel_name="python3", progress_bar=False,
                         log_output=False, report_mode=False,
-                        kernel_manager_class=_kernel_manager(kernel_log))
+                        kernel_manager_class=_kernel_manager(kernel_log),
+                        **({"km": warmed} if warmed is not None else {}))
                 except papermill.PapermillExecutionError as error:
                     raise _notebook_error(error, path.name) from None
+                finally:
+                    kernels._shutdown(warmed)
                 timings[executed] = round(time.time() - tick, 1)
                 log(f"  {path.name} done in {timings[executed]:.1f} s")
                 if _source_stat(source) != source_stat and \
@@ -672,6 +778,7 @@ def run_study(study=None, *, cohort=None, name=None, out=None, overrides=(), log
                         log(f"  {problem}")
                     store.problems.clear()
         finally:
+            kernels.close()
             os.environ["PATH"] = env_path
             kernel_log.close()
         if fingerprint(source) != manifest["source"]["fingerprint"]:
