@@ -658,6 +658,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'clinpaper.run._check_validate_against': ('run.html#_check_validate_against', 'clinpaper/run.py'),
                                'clinpaper.run._code_cells': ('run.html#_code_cells', 'clinpaper/run.py'),
                                'clinpaper.run._comparable_study': ('run.html#_comparable_study', 'clinpaper/run.py'),
+                               'clinpaper.run._current_keys': ('run.html#_current_keys', 'clinpaper/run.py'),
                                'clinpaper.run._database_errors': ('run.html#_database_errors', 'clinpaper/run.py'),
                                'clinpaper.run._differences': ('run.html#_differences', 'clinpaper/run.py'),
                                'clinpaper.run._edit_distance': ('run.html#_edit_distance', 'clinpaper/run.py'),

@@ -983,6 +983,26 @@ def _run_sources(manifest: dict, root: Path) -> list[str]:
     return reasons
 
 
+def _current_keys(manifest: dict, root: Path, runs: Path) -> dict | None:
+    "The cache keys each step of the run would have now (None when the study or data cannot be read)."
+    try:
+        study_file = _in_project(manifest["study"]["file"], manifest, root)
+        config = load_study(study_file, manifest.get("overrides") or [])
+        notebooks, manuscript = _study_notebooks(config, study_file)
+        source = _in_project((manifest.get("source") or {})["path"], manifest, root)
+        base = _cache_base(config, config["_dir"], Path(source), fingerprint(source)["sha256"], runs, root)
+        facts = {"study_sha256": fingerprint(study_file)["sha256"], "git": git_state(root)}
+        keys, previous = {}, None
+        for path, executed in notebooks.items():
+            notebook = read_notebook(path)
+            components = step_components(base, notebook, executed, previous,
+                                         facts if _reads_manifest(notebook, executed, manuscript) else None)
+            keys[executed] = previous = step_key(components)
+        return keys
+    except (ClinpaperError, OSError, KeyError, TypeError):
+        return None
+
+
 def run_status(name: str, *, runs=None) -> dict:
     """For each step of run NAME: 'up to date' or 'outdated' and why (code, study, data, package,
     or an earlier outdated step); `up_to_date` is True when no step is outdated."""
@@ -1021,6 +1041,13 @@ def run_status(name: str, *, runs=None) -> dict:
             first_outdated = executed
         steps.append({"step": executed, "source": relative, "state": "outdated" if reasons else "up to date",
                       "reasons": reasons, "prose_edited": prose})
+    # what a rerun would do: a step whose key is in the run cache is taken from it
+    keys = _current_keys(manifest, root, runs) if any(step["reasons"] for step in steps) else None
+    if keys is not None:
+        store, executing = RunCache(cache_dir(root)), False
+        for step in steps:
+            executing = executing or not (step["step"] in keys and store.has(keys[step["step"]]))
+            step["rerun"] = "executes" if executing else "from the cache"
     return {"run": name, "finished_at": manifest.get("finished_at"), "steps": steps,
             "up_to_date": not any(step["reasons"] for step in steps)}
 
@@ -1032,11 +1059,18 @@ def format_status(status: dict) -> str:
     width = max(len(step["step"]) for step in status["steps"]) if status["steps"] else 0
     for step in status["steps"]:
         note = "; prose edited since (a build takes it without a rerun)" if step["prose_edited"] else ""
+        if step["reasons"] and step.get("rerun") == "from the cache":
+            note += "; a rerun takes it from the run cache"
         lines.append(f"  {step['step']:<{width}}  {step['state']}{note}")
         for reason in step["reasons"][:8]:
             lines.append(f"  {'':<{width}}    - {reason}")
         if len(step["reasons"]) > 8:
             lines.append(f"  {'':<{width}}    - and {len(step['reasons']) - 8} more")
+    if not status["up_to_date"] and any("rerun" in step for step in status["steps"]):
+        executes = [step["step"] for step in status["steps"] if step["rerun"] == "executes"]
+        lines.append(f"a rerun executes {len(executes)} of {len(status['steps'])} step(s)"
+                     + (f" (from {executes[0]} on); the others are in the run cache" if executes and
+                        len(executes) < len(status["steps"]) else ""))
     return "\n".join(lines)
 
 # %% ../nbs/07_run.ipynb #r010

@@ -367,3 +367,21 @@ def test_the_build_is_incremental(project):
         "web_book": "1 changed file(s)", "manuscript": "rendered"}
     assert cli(project, "clean").returncode == 0
     assert not (project / "_cache" / "builds").exists()
+
+
+def test_status_says_what_a_rerun_would_execute(project):
+    "After an edit, status names the steps a rerun executes; after the edit is undone, none."
+    step = project / "step2.md"
+    original = step.read_text()
+    step.write_text(original.replace("run = Path(run_dir)\n", "run = Path(run_dir)   # edited\n"))
+    result = cli(project, "status", "a")
+    assert result.returncode == 1
+    assert "a rerun executes 2 of 3 step(s) (from step2.ipynb on); the others are in the run cache" in result.stdout
+    run(project, "a")
+    step.write_text(original)   # undone: the run's steps are outdated, their old outputs cached
+    result = cli(project, "status", "a")
+    assert result.returncode == 1 and "a rerun takes it from the run cache" in result.stdout, result.stdout
+    assert "a rerun executes 0 of 3 step(s)" in result.stdout
+    run(project, "a")
+    assert states(project, "a") == ["reused"] * 3
+    assert cli(project, "status", "a").returncode == 0
