@@ -151,8 +151,9 @@ def test_a_paper_whose_secondary_fit_fails_still_builds_and_a_main_failure_stops
     assert "did not converge" in docx_text(build / "manuscript.docx")
     # a main model that fails its gate still stops the run, and the last good run is untouched
     before = (run / "results.json").read_bytes()
-    strict = [a for key, value in {**QUICK, "ess_min": 1_000_000}.items() for a in ("-p", f"{key}={value}")]
-    failed = clinpaper("run", "--cohort", small_cohort, "--name", "sec", *strict, cwd=project, check=False)
+    # (an ess_min above the draws is refused before the run; an r-hat gate of 1.000001 fails after the fit)
+    strict = [a for key, value in {**QUICK, "r_hat_max": 1.000001}.items() for a in ("-p", f"{key}={value}")]
+    failed = clinpaper("run", "--cohort", small_cohort, "--name", "sec", *strict, cwd=project, check=False, timeout=900)
     assert failed.returncode != 0
     assert "did not pass the convergence gate" in failed.stdout + failed.stderr
     assert (run / "results.json").read_bytes() == before
