@@ -230,16 +230,10 @@ class HierarchicalSurvival(HierarchicalModel):
                 log_shape = prior_variable("log_shape", self.priors_["log_shape"])
                 shape = pm.Deterministic("shape", pt.exp(log_shape))
                 log_t = np.log(design["duration"])
-                # the sum over patients of event * (log_shape + (shape - 1) log_t + intercept + eta) - exp(shape
-                # log_t + intercept + eta): the event terms from sums computed once (events, events x log_t,
-                # events x predictors, events per group); only the cumulative hazard is a sum over the rows
-                event = design["event"]
-                n_events, event_log_t = float(event.sum()), float(event @ log_t)
-                event_x = event @ (design["x"] - means)
-                event_groups = np.bincount(design["group_idx"], weights=event, minlength=len(design["levels"]))
-                events_part = (n_events * (log_shape + intercept) + (shape - 1) * event_log_t
-                               + pt.dot(event_x, beta) + pt.dot(event_groups, group_effect))
-                pm.Potential("loglik", events_part - pt.exp(shape * log_t + intercept + eta).sum())
+                linear = intercept + eta
+                loglik = design["event"] * (log_shape + (shape - 1) * log_t + linear) \
+                    - pt.exp(shape * log_t + linear)
+                pm.Potential("loglik", loglik.sum())
             else:
                 interval_idx = pm.Data("interval_idx", design["interval_idx"], dims="obs")
                 log_baseline = prior_variable("log_baseline", self.priors_["intercept"], dims="interval")
