@@ -88,7 +88,8 @@ def main():
         print(f"\n{scenario}: run {run:.1f} s + build {build:.1f} s = {run + build:.1f} s; "
               f"peak memory so far {peak_gib():.2f} GiB")
         print(f"  executed: {', '.join(f'{s} ({timings[s]:.1f} s)' for s in executed) or 'none'}; "
-              f"taken from the cache: {len(manifest['cache']['reused'])}")
+              f"taken from the cache: {len(manifest['cache']['reused'])}"
+              + (f"; why the first executed: {manifest['steps'][executed[0]]['why']}" if executed else ""))
         print(f"  build: web book {built.get('incremental', {}).get('web_book')}, manuscript "
               f"{built.get('incremental', {}).get('manuscript')}")
     print("\n| scenario | run (s) | build (s) | run + build (s) | steps executed |")
