@@ -450,6 +450,7 @@ class _WarmKernels:
         self.log_file, self.cwd, self.pending = log_file, str(cwd), {}
 
     def _start(self, modules, box):
+        import queue
         from jupyter_client import KernelManager
 
         class Warmed(KernelManager):
@@ -459,30 +460,41 @@ class _WarmKernels:
                 self.clients = [*getattr(self, "clients", []), made]
                 return made
 
+        stop = box["stop"]
+
+        def reply(client, sent, seconds):
+            "Wait for the reply to `sent`, a half second at a time, until stopped or out of time."
+            deadline = time.time() + seconds
+            while not stop.is_set() and time.time() < deadline:
+                try:
+                    if client.get_shell_msg(timeout=0.5)["parent_header"].get("msg_id") == sent:
+                        return True
+                except queue.Empty:
+                    continue
+            return False
+
         try:
             km = Warmed(kernel_name="python3")
             km.start_kernel(cwd=self.cwd, stdout=self.log_file, stderr=self.log_file)
             box["km"] = km
             client = km.client()
             client.start_channels()
-            try:
-                client.wait_for_ready(timeout=120)
+            try:   # the channels are this thread's: opened and closed here, never from another
                 code = ("def __clinpaper_preload(names):\n    import importlib\n    for name in names:\n"
                         "        try:\n            importlib.import_module(name)\n"
                         "        except BaseException:\n            pass\n"
                         f"__clinpaper_preload({modules!r})\ndel __clinpaper_preload\n")
-                sent = client.execute(code, silent=True, store_history=False)
-                while client.get_shell_msg(timeout=600)["parent_header"].get("msg_id") != sent:
-                    pass
+                if reply(client, client.kernel_info(), 120) and \
+                        reply(client, client.execute(code, silent=True, store_history=False), 600):
+                    box["ready"] = True
             finally:
                 client.stop_channels()
-            box["ready"] = True
         except Exception as error:   # the notebook then starts a kernel of its own
             box["error"] = error
 
     def warm(self, executed: str, notebook) -> None:
         import threading
-        box = {}
+        box = {"stop": threading.Event()}
         thread = threading.Thread(target=self._start, args=(_imported_modules(notebook), box), daemon=True)
         thread.start()
         self.pending[executed] = (thread, box)
@@ -514,9 +526,9 @@ class _WarmKernels:
     def close(self) -> None:
         "Stop the kernels started ahead and not used (a failed or interrupted run)."
         for thread, box in self.pending.values():
+            box["stop"].set()   # the thread closes its channels within half a second
+            thread.join(timeout=30)
             self._shutdown(box.get("km"))
-            thread.join(timeout=10)
-            self._shutdown(box.get("km"))   # one that started while it was being stopped
         self.pending.clear()
 
 

@@ -385,3 +385,19 @@ def test_status_says_what_a_rerun_would_execute(project):
     run(project, "a")
     assert states(project, "a") == ["reused"] * 3
     assert cli(project, "status", "a").returncode == 0
+
+
+def test_a_failed_step_stops_the_run_with_the_kernel_started_ahead(project):
+    """A step that fails while the next step's kernel is being started ahead: the run stops at
+    once with the notebook's error (no wait on the kernel started ahead), the previous run is
+    intact, and the steps that succeeded are cached."""
+    runs = project / "_runs"
+    before = run_files(runs / "a")
+    step = project / "step2.md"
+    step.write_text(step.read_text().replace("mean_band = float(", "raise ValueError('boom')\nmean_band = float("))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    failed = subprocess.run([str(BIN / "clinpaper"), "run", "--name", "a"], cwd=project, env=env,
+                            capture_output=True, text=True, timeout=300)   # a hang fails the test
+    assert failed.returncode == 2 and "step2.md failed: ValueError: boom" in failed.stderr, failed.stderr
+    assert run_files(runs / "a") == before
+    assert not [p for p in runs.iterdir() if p.name.startswith(".")]
