@@ -117,7 +117,7 @@ def docx_text(path):
     return "\n".join([p.text for p in document.paragraphs] + cells)
 
 
-def test_a_paper_whose_secondary_fit_fails_still_builds_and_a_main_failure_stops(tmp_path, small_cohort):
+def test_a_paper_whose_secondary_fit_fails_still_builds(tmp_path, small_cohort):
     project = new_project(tmp_path / "secondary_paper")
     study_file = project / "study.yaml"
     study = yaml.safe_load(study_file.read_text())
@@ -149,11 +149,5 @@ def test_a_paper_whose_secondary_fit_fails_still_builds_and_a_main_failure_stops
     manuscript = (build / "html" / "manuscript.html").read_text()
     assert "did not converge" in manuscript and "withheld" in manuscript
     assert "did not converge" in docx_text(build / "manuscript.docx")
-    # a main model that fails its gate still stops the run, and the last good run is untouched
-    before = (run / "results.json").read_bytes()
-    # (an ess_min above the draws is refused before the run; an r-hat gate of 1.000001 fails after the fit)
-    strict = [a for key, value in {**QUICK, "r_hat_max": 1.000001}.items() for a in ("-p", f"{key}={value}")]
-    failed = clinpaper("run", "--cohort", small_cohort, "--name", "sec", *strict, cwd=project, check=False, timeout=900)
-    assert failed.returncode != 0
-    assert "did not pass the convergence gate" in failed.stdout + failed.stderr
-    assert (run / "results.json").read_bytes() == before
+    # a main model that fails its gate still stops the run and leaves the last good run untouched:
+    # test_end_to_end.test_other_cohort_and_failed_rerun_leave_first_run_untouched (-p r_hat_max=1.0001)
