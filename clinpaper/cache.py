@@ -251,10 +251,15 @@ class RunCache:
     def size(self) -> int:
         return sum(entry["bytes"] for entry in self.entries())
 
-    def latest(self, step: str) -> dict | None:
-        "The components of the most recently used entry of a step (to say why a step reruns)."
+    def latest(self, step: str, like: dict | None = None) -> dict | None:
+        """The components of the stored entry of a step closest to `like` (fewest components that
+        differ; the most recently used among equals), to say why a step runs again."""
         mine = [entry for entry in self.entries() if entry["step"] == step and entry["components"]]
-        return max(mine, key=lambda entry: entry["used"])["components"] if mine else None
+        if not mine:
+            return None
+        differs = lambda entry: sum(entry["components"].get(k) != v for k, v in (like or {}).items()
+                                    if k != "previous")
+        return min(mine, key=lambda entry: (differs(entry), -entry["used"]))["components"]
 
     def _leftovers(self) -> None:
         "Remove the hidden folders of writers that died (killed while storing an entry)."

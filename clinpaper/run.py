@@ -745,7 +745,8 @@ def run_study(study=None, *, cohort=None, name=None, out=None, overrides=(), log
                     continue
                 why = "--force" if force else (
                     "a step before it was executed" if executing else
-                    (why_executed(store.latest(executed), components) if store is not None else "the cache is off"))
+                    (why_executed(store.latest(executed, components), components) if store is not None
+                     else "the cache is off"))
                 step.update({"state": "executed", "why": why, "executed_in": manifest["run_id"]})
                 executing = True
                 log(f"running {path.name} ({why}) ...")
