@@ -444,10 +444,12 @@ class _WarmKernels:
     """Kernels started ahead: while one notebook executes, the kernel of the next one starts and
     imports the modules that notebook imports (an import has no effect but loading the module; one
     that fails is left for the notebook to report). The kernel start and the imports, several
-    seconds per notebook, then overlap with the notebook before."""
+    seconds per notebook, then overlap with the notebook before. The next kernel is started a few
+    seconds after the notebook before it, once that one's own kernel is up: a notebook that fails
+    at once (bad data) costs no kernel for the next."""
 
-    def __init__(self, log_file, cwd):
-        self.log_file, self.cwd, self.pending = log_file, str(cwd), {}
+    def __init__(self, log_file, cwd, delay: float = 4.0):
+        self.log_file, self.cwd, self.pending, self.delay = log_file, str(cwd), {}, delay
 
     def _start(self, modules, box):
         import queue
@@ -473,6 +475,9 @@ class _WarmKernels:
                     continue
             return False
 
+        box["go"].wait(self.delay)   # cut short when the kernel is wanted (`take`) or not (`close`)
+        if stop.is_set():   # a step that failed at once wastes no kernel on the next
+            return
         try:
             km = Warmed(kernel_name="python3")
             km.start_kernel(cwd=self.cwd, stdout=self.log_file, stderr=self.log_file)
@@ -494,7 +499,7 @@ class _WarmKernels:
 
     def warm(self, executed: str, notebook) -> None:
         import threading
-        box = {"stop": threading.Event()}
+        box = {"stop": threading.Event(), "go": threading.Event()}
         thread = threading.Thread(target=self._start, args=(_imported_modules(notebook), box), daemon=True)
         thread.start()
         self.pending[executed] = (thread, box)
@@ -504,6 +509,7 @@ class _WarmKernels:
         if executed not in self.pending:
             return None
         thread, box = self.pending.pop(executed)
+        box["go"].set()
         thread.join()
         if box.get("ready"):
             return box["km"]
@@ -527,6 +533,7 @@ class _WarmKernels:
         "Stop the kernels started ahead and not used (a failed or interrupted run)."
         for thread, box in self.pending.values():
             box["stop"].set()   # the thread closes its channels within half a second
+            box["go"].set()
             thread.join(timeout=30)
             self._shutdown(box.get("km"))
         self.pending.clear()
