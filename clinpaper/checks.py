@@ -12,12 +12,12 @@ import pandas as pd
 from scipy import stats
 
 from .core import CohortError
-from .models import HierarchicalLogistic, sample_posterior
+from .models import HierarchicalLogistic, prior_variable, sample_posterior
 
 # %% auto #0
-__all__ = ['prior_predictive', 'posterior_predictive_check', 'expected_risk', 'observed_expected_by_group', 'psis_loo',
-           'loo_compare', 'loo_summary', 'loo_sentence', 'observed_expected_sentence', 'glm_baseline', 'cox_baseline',
-           'grouped_folds', 'lightgbm_cv']
+__all__ = ['POOLED_PRIORS', 'prior_predictive', 'posterior_predictive_check', 'expected_risk', 'observed_expected_by_group',
+           'psis_loo', 'loo_compare', 'loo_summary', 'loo_sentence', 'observed_expected_sentence', 'glm_baseline',
+           'cox_baseline', 'grouped_folds', 'lightgbm_cv']
 
 # %% ../nbs/04c_checks.ipynb #c005
 def _thin(n_total: int, n_draws: int | None) -> np.ndarray:
@@ -249,6 +249,12 @@ def observed_expected_by_group(model, df: pd.DataFrame, *, group: str | None = N
         "smr_low": np.quantile(smr, tail, axis=1), "smr_high": np.quantile(smr, 1 - tail, axis=1)})
 
 # %% ../nbs/04c_checks.ipynb #c023
+# the priors of the comparison's single-level models: complete pooling's one intercept, no pooling's intercept per group
+POOLED_PRIORS = {"beta": {"dist": "Normal", "mu": 0.0, "sigma": 2.5},
+                 "pooled": {"dist": "Normal", "mu": 0.0, "sigma": 2.5},
+                 "unpooled": {"dist": "Normal", "mu": 0.0, "sigma": 5.0}}
+
+
 def _pooled_model(design, *, unpooled: bool, predictors, means, groups):
     import pymc as pm
     import pytensor.tensor as pt
@@ -256,13 +262,13 @@ def _pooled_model(design, *, unpooled: bool, predictors, means, groups):
     coords = {"predictor": list(predictors), "group": [str(g) for g in groups]}
     with pm.Model(coords=coords) as model:
         x_centered = pm.Data("x_centered", design["x"] - means, dims=("obs", "predictor"))
-        beta = pm.Normal("beta", 0.0, 2.5, dims="predictor")
+        beta = prior_variable("beta", POOLED_PRIORS["beta"], dims="predictor")
         if unpooled:
             group_idx = pm.Data("group_idx", design["group_idx"], dims="obs")
-            group_intercept = pm.Normal("group_intercept", 0.0, 5.0, dims="group")
+            group_intercept = prior_variable("group_intercept", POOLED_PRIORS["unpooled"], dims="group")
             logit_p = group_intercept[group_idx] + pt.dot(x_centered, beta)
         else:
-            intercept_centered = pm.Normal("intercept_centered", 0.0, 2.5)
+            intercept_centered = prior_variable("intercept_centered", POOLED_PRIORS["pooled"])
             logit_p = intercept_centered + pt.dot(x_centered, beta)
         pm.Binomial("y", n=design["trials"], logit_p=logit_p, observed=design["events"], dims="obs")
     return model
@@ -394,7 +400,15 @@ def loo_compare(df: pd.DataFrame, *, outcome: str, group: str | None, predictors
     for name in (("pooled", "unpooled") if group is not None else ()):
         built = _pooled_model(design, unpooled=name == "unpooled", predictors=predictors, means=means,
                               groups=design["levels"])
-        idata, _ = sample_posterior(built, **settings)
+
+        def kernel(name=name):   # clinpaper's compiled log-density of the same model (clinpaper.kernel)
+            from clinpaper.kernel import fixed_nutpie_model
+            return fixed_nutpie_model(design, means=means, predictors=predictors, groups=design["levels"],
+                                      unpooled=name == "unpooled", beta_prior=POOLED_PRIORS["beta"],
+                                      intercept_prior=POOLED_PRIORS[name],
+                                      intercept_name="group_intercept" if name == "unpooled" else "intercept_centered")
+
+        idata, _ = sample_posterior(built, **settings, kernel=kernel)
         stacked = idata.posterior.stack(sample=("chain", "draw"))
         keep = _thin(stacked.sizes["sample"], n_draws)
         beta = stacked["beta"].transpose("sample", ...).values[keep]

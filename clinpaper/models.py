@@ -363,6 +363,19 @@ class HierarchicalModel:
                  "text": f"{self.PRIOR_MEANINGS[name]}: {prior_text(prior)}"} for name, prior in self.priors_.items()]
         return pd.DataFrame(rows, columns=["parameter", "distribution", "text"])
 
+    def _engine_text(self) -> str:
+        "The sampler and what it evaluated, in words, from the settings the fit used."
+        settings = self.sampling_
+        if settings["sampler"] != "nutpie":
+            return "PyMC's No-U-Turn sampler"
+        engine = "nutpie's No-U-Turn sampler (with a low-rank modified mass matrix)"
+        backend = settings.get("backend")
+        if backend == "kernel":
+            engine += ", evaluating clinpaper's compiled log-density of the model"
+        elif backend in ("jax", "numba"):
+            engine += f", evaluating the PyMC model compiled with {'JAX' if backend == 'jax' else 'numba'}"
+        return engine
+
     def _sampling_text(self, engine: str) -> str:
         "The Methods sentence on the sampler, from the settings the fit used."
         settings = self.sampling_
@@ -850,13 +863,5 @@ class HierarchicalLogistic(HierarchicalModel):
                     f"{predictors}, with random intercepts by {group}{slopes}, in a "
                     f"{parameterization} parameterization{chosen}. " + priors_sentence(items))
         if hasattr(self, "sampling_"):
-            settings = self.sampling_
-            engine = ("nutpie's No-U-Turn sampler (with a low-rank modified mass matrix)"
-                      if settings["sampler"] == "nutpie" else "PyMC's No-U-Turn sampler")
-            backend = settings.get("backend")
-            if backend == "kernel":
-                engine += ", evaluating clinpaper's compiled log-density of the model"
-            elif backend in ("jax", "numba"):
-                engine += f", evaluating the PyMC model compiled with {'JAX' if backend == 'jax' else 'numba'}"
-            text += self._sampling_text(engine)
+            text += self._sampling_text(self._engine_text())
         return text

@@ -34,11 +34,11 @@ from .report import (
     to_jsonable, write_json_atomic)
 
 # %% auto #0
-__all__ = ['PACKAGES', 'FLAT_SUFFIXES', 'NOTEBOOK_SUFFIXES', 'PAGE_SUFFIXES', 'NAME_MAX', 'default_runs_dir', 'default_build_dir',
-           'default_data_dir', 'fingerprint', 'run_files', 'package_versions', 'git_state', 'check_source_path',
-           'read_notebook', 'executed_name', 'check_before_run', 'check_name', 'check_runs_folder', 'find_study',
-           'step_components', 'why_executed', 'run_study', 'check_run', 'merge_prose', 'code_sha', 'run_status',
-           'format_status', 'web_page', 'build_book']
+__all__ = ['PACKAGES', 'FLAT_SUFFIXES', 'NOTEBOOK_SUFFIXES', 'PAGE_SUFFIXES', 'NAME_MAX', 'WARM_AHEAD', 'default_runs_dir',
+           'default_build_dir', 'default_data_dir', 'fingerprint', 'run_files', 'package_versions', 'git_state',
+           'check_source_path', 'read_notebook', 'executed_name', 'check_before_run', 'check_name', 'check_runs_folder',
+           'find_study', 'step_components', 'why_executed', 'run_study', 'check_run', 'merge_prose', 'code_sha',
+           'run_status', 'format_status', 'web_page', 'build_book']
 
 # %% ../nbs/07_run.ipynb #c005
 def default_runs_dir(start=".") -> Path:
@@ -440,13 +440,19 @@ def _imported_modules(notebook) -> list[str]:
     return found
 
 
+# how many of the next notebooks' kernels are started ahead of the running one
+WARM_AHEAD = 2
+
+
 class _WarmKernels:
     """Kernels started ahead: while one notebook executes, the kernel of the next one starts and
     imports the modules that notebook imports (an import has no effect but loading the module; one
     that fails is left for the notebook to report). The kernel start and the imports, several
-    seconds per notebook, then overlap with the notebook before. The next kernel is started a few
-    seconds after the notebook before it, once that one's own kernel is up: a notebook that fails
-    at once (bad data) costs no kernel for the next."""
+    seconds per notebook, then overlap with the notebooks before. A kernel is started a few seconds
+    after the notebook before it (a notebook that fails at once, on bad data, costs no kernel for
+    the next), and `after` (the box of another warmed kernel) makes it wait until that one is ready
+    too, so that kernels started further ahead import one after another on the core the running
+    notebook leaves free."""
 
     def __init__(self, log_file, cwd, delay: float = 4.0):
         self.log_file, self.cwd, self.pending, self.delay = log_file, str(cwd), {}, delay
@@ -462,6 +468,12 @@ class _WarmKernels:
                 self.clients = [*getattr(self, "clients", []), made]
                 return made
 
+        try:
+            self._warm(modules, box, Warmed, queue)
+        finally:
+            box["done"].set()
+
+    def _warm(self, modules, box, Warmed, queue):
         stop = box["stop"]
 
         def reply(client, sent, seconds):
@@ -476,6 +488,9 @@ class _WarmKernels:
             return False
 
         box["go"].wait(self.delay)   # cut short when the kernel is wanted (`take`) or not (`close`)
+        if box["after"] is not None:   # the kernel started before this one is ready first
+            while not (stop.is_set() or box["go"].is_set() or box["after"]["done"].wait(0.5)):
+                pass
         if stop.is_set():   # a step that failed at once wastes no kernel on the next
             return
         try:
@@ -497,12 +512,28 @@ class _WarmKernels:
         except Exception as error:   # the notebook then starts a kernel of its own
             box["error"] = error
 
-    def warm(self, executed: str, notebook) -> None:
+    def warm(self, executed: str, notebook, after: str | None = None) -> None:
+        "Start the kernel of `executed` ahead (after the one of `after` is ready, if that is pending)."
         import threading
-        box = {"stop": threading.Event(), "go": threading.Event()}
+        if executed in self.pending:
+            return
+        box = {"stop": threading.Event(), "go": threading.Event(), "done": threading.Event(),
+               "after": self.pending[after][1] if after in self.pending else None}
         thread = threading.Thread(target=self._start, args=(_imported_modules(notebook), box), daemon=True)
         thread.start()
         self.pending[executed] = (thread, box)
+
+    def warm_after(self, executed: str, ahead: dict, notebooks: dict, depth: int) -> None:
+        """Start the kernels of the `depth` notebooks after `executed` (`ahead`: executed name -> the next
+        notebook's path; `notebooks`: path -> executed name), each after the one before it is ready."""
+        name, previous = executed, None
+        for _ in range(depth):
+            if name not in ahead:
+                return
+            following = ahead[name]
+            name = notebooks[following]
+            self.warm(name, read_notebook(following), after=previous)
+            previous = name
 
     def take(self, executed: str):
         "The warmed kernel manager of a notebook, or None (papermill then starts one)."
@@ -765,9 +796,8 @@ def run_study(study=None, *, cohort=None, name=None, out=None, overrides=(), log
                     runnable = path
                 declared = papermill.inspect_notebook(str(runnable))
                 warmed = kernels.take(executed)
-                if executed in ahead and warm_kernels:   # every later step executes too
-                    following = ahead[executed]
-                    kernels.warm(notebooks[following], read_notebook(following))
+                if warm_kernels:   # every later step executes too: the next WARM_AHEAD kernels start ahead
+                    kernels.warm_after(executed, ahead, notebooks, WARM_AHEAD)
                 try:
                     papermill.execute_notebook(
                         str(runnable), str(partial / executed),

@@ -12,9 +12,8 @@ import numpy as np
 import pandas as pd
 
 from .core import CohortError
-from .models import (HierarchicalModel, check_sampling_arguments, hdi, posterior_summary, prior_text,
-                               priors_sentence,
-                              prior_variable, sample_posterior)
+from .models import (BACKENDS, HierarchicalModel, check_sampling_arguments, hdi, posterior_summary,
+                              prior_text, priors_sentence, prior_variable, sample_posterior)
 
 # %% auto #0
 __all__ = ['SURVIVAL_PRIORS', 'SURVIVAL_PRIOR_MEANINGS', 'resolve_survival_priors', 'HierarchicalSurvival']
@@ -243,18 +242,32 @@ class HierarchicalSurvival(HierarchicalModel):
 
     def fit(self, df: pd.DataFrame, *, draws: int = 1000, tune: int = 1000, chains: int = 4, seed: int = 0,
             target_accept: float = 0.9, sampler: str = "nutpie", progressbar: bool | None = None,
-            sampler_kwargs: dict | None = None):
-        "Sample the posterior for `df`; returns self."
+            sampler_kwargs: dict | None = None, backend: str = "auto"):
+        """Sample the posterior for `df`; returns self. `backend` is what nutpie evaluates: 'kernel'
+        (clinpaper's compiled Weibull log-density, `clinpaper.kernel`), 'jax' or 'numba' (the PyMC
+        model compiled), or 'auto': the kernel for the Weibull baseline, the PyMC model otherwise."""
         check_sampling_arguments(draws=draws, tune=tune, chains=chains, target_accept=target_accept, sampler=sampler)
+        if backend not in BACKENDS:
+            raise ValueError(f"`backend` must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}.")
+        if backend == "kernel" and self.baseline != "weibull":
+            raise ValueError("backend='kernel' covers the Weibull baseline; the piecewise baseline needs "
+                             "backend='jax' (or 'auto').")
         self._validate(df)
         if progressbar is None:
             progressbar = sys.stderr.isatty()
         design = self._design(df)
         means = df[self.predictors].to_numpy(dtype=float).mean(axis=0)
         model = self.build_model(design, predictor_means=means)
+
+        def kernel():
+            from clinpaper.kernel import weibull_nutpie_model
+            return weibull_nutpie_model(design, self.priors_, means=means, predictors=self.predictors,
+                                        groups=design["levels"])
+
         idata, sampled = sample_posterior(model, draws=draws, tune=tune, chains=chains, seed=seed,
                                           target_accept=target_accept, sampler=sampler, progressbar=progressbar,
-                                          sampler_kwargs=sampler_kwargs)
+                                          sampler_kwargs=sampler_kwargs, backend=backend,
+                                          kernel=kernel if self.baseline == "weibull" else None)
         used = sampled["sampler"]
         self.model_, self.idata_ = model, idata
         self.groups_ = list(design["levels"])
@@ -265,7 +278,7 @@ class HierarchicalSurvival(HierarchicalModel):
         self.n_events_ = int(df[self.event].sum())
         self.sampler_ = used
         self.sampling_ = {"draws": draws, "tune": tune, "chains": chains, "seed": seed,
-                          "target_accept": target_accept, "sampler": used}
+                          "target_accept": target_accept, "sampler": used, "backend": sampled["backend"]}
         self.timings_ = {"compile_seconds": sampled["compile_seconds"], "sample_seconds": sampled["sample_seconds"]}
         return self
 
@@ -377,6 +390,5 @@ class HierarchicalSurvival(HierarchicalModel):
                 f"right-censored) on {predictors}, with {baseline} and a log-normal frailty by "
                 f"{group} in a non-centered parameterization. " + priors_sentence(items))
         if hasattr(self, "sampling_"):
-            engine = "nutpie's No-U-Turn sampler" if self.sampler_ == "nutpie" else "PyMC's No-U-Turn sampler"
-            text += self._sampling_text(engine)
+            text += self._sampling_text(self._engine_text())
         return text

@@ -1,7 +1,8 @@
 """Secondary analyses do not hold the paper hostage (issue 12, part 5): a gated alternative analysis that
 fails its convergence gate is reported as not converged, with the gate's figures, and its estimates are
 withheld, while the main model keeps the hard gate. The gate's figures are checked against ArviZ's own
-diagnostics; one real run on the small cohort checks the paper end to end."""
+diagnostics. The paper end to end (a failed secondary fit, the paper still built) is checked on the flat
+run of test_flat_paper, by `check_withheld_secondary` below."""
 import json
 
 import arviz as az
@@ -13,7 +14,7 @@ import yaml
 from clinpaper.config import load_study
 from clinpaper.core import ConvergenceError, StudyError
 from clinpaper.paper import Paper
-from conftest import QUICK, STUDY, clinpaper, new_project
+from conftest import STUDY
 
 
 class Fitted:
@@ -117,23 +118,19 @@ def docx_text(path):
     return "\n".join([p.text for p in document.paragraphs] + cells)
 
 
-def test_a_paper_whose_secondary_fit_fails_still_builds(tmp_path, small_cohort):
-    project = new_project(tmp_path / "secondary_paper")
-    study_file = project / "study.yaml"
-    study = yaml.safe_load(study_file.read_text())
-    # deterministic: no Weibull fit of this size reaches an ESS of 1,000,000; the main model's gate is QUICK's
-    study["secondary_gate"] = {"ess_min": 1_000_000}
-    study_file.write_text(yaml.safe_dump(study, sort_keys=False, allow_unicode=True))
-    quick = [a for key, value in QUICK.items() for a in ("-p", f"{key}={value}")]
-    clinpaper("run", "--cohort", small_cohort, "--name", "sec", *quick, cwd=project)
-    run = project / "_runs" / "sec"
+def check_withheld_secondary(run, build, *, ess_min):
+    """A run whose Weibull (secondary) fit failed a gate of `ess_min` and its build: the failure is recorded
+    with the gate's figures, no estimate of that fit is shown, the main model's estimates are published,
+    and the web book and the DOCX say that the fit did not converge. Called by
+    test_flat_paper.test_flat_table_gives_the_omop_paper, whose flat run is made with that gate, so that
+    the paper end to end costs no run of its own."""
     recorded = results(run)
     assert recorded["survival_converged"]["value"] is False
     figures = recorded["survival_gate"]["value"]
-    assert figures["ess_min"] == 1_000_000 and figures["ess"] < 1_000_000 and figures["failed"]
+    assert figures["ess_min"] == ess_min and figures["ess"] < ess_min and figures["failed"]
     assert "did not converge" in recorded["survival_gate"]["text"]
     # the main model passed and its estimates are published
-    assert recorded["max_r_hat"]["value"] <= QUICK["r_hat_max"] and recorded["or_age"]["value"] > 0
+    assert recorded["or_age"]["value"] > 0 and recorded["max_r_hat"]["value"] <= 1.01
     # no estimate of the failed fit anywhere: the glue names are there, in words
     for name in ("hr_age", "hr_sepsis", "sigma_frailty", "median_hazard_ratio", "weibull_shape"):
         assert recorded[name]["value"] is None and "did not converge" in recorded[name]["text"], name
@@ -144,8 +141,6 @@ def test_a_paper_whose_secondary_fit_fails_still_builds(tmp_path, small_cohort):
     assert "did not converge" in recorded["methods_survival"]["text"]
     assert "frailty standard deviation" not in recorded["checks_paragraph"]["text"]
     assert "did not converge" in recorded["checks_paragraph"]["text"]
-    clinpaper("build", "sec", cwd=project)
-    build = project / "_build" / "sec"
     manuscript = (build / "html" / "manuscript.html").read_text()
     assert "did not converge" in manuscript and "withheld" in manuscript
     assert "did not converge" in docx_text(build / "manuscript.docx")
