@@ -20,10 +20,13 @@ DEMO_DB := $(DEMO_DIR)/_data/demo.duckdb
 
 setup: $(VENV)/.installed
 
+# --compile-bytecode: byte code for every installed module, as pip writes by default and uv does not;
+# without it each kernel compiles its imports from source again (PyMC, ArviZ, SciPy: 16 s against 5.5 s
+# here, where PYTHONDONTWRITEBYTECODE=1 keeps Python from writing it at import)
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
-	$(UV) pip install --python $(BIN)/python --quiet -e '.[dev]'
+	$(UV) pip install --python $(BIN)/python --quiet --compile-bytecode -e '.[dev]'
 	@touch $@
 
 # the demo is a paper project of its own, scaffolded once from the package's template

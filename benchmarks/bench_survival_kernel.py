@@ -25,7 +25,7 @@ def simulate(patients: int, sites: int, seed: int) -> pd.DataFrame:
     group = rng.integers(0, sites, patients)
     df = pd.DataFrame({"age_10": rng.normal(0, 1.5, patients),
                        **{name: rng.binomial(1, 0.3, patients) for name in list(TRUE_LOG_HR)[1:]}})
-    eta = -2.5 + df.to_numpy() @ np.array(list(TRUE_LOG_HR.values())) + frailty[group]
+    eta = -4.5 + df.to_numpy() @ np.array(list(TRUE_LOG_HR.values())) + frailty[group]
     death = (-np.log(rng.uniform(size=patients)) / np.exp(eta)) ** (1 / 1.2)
     discharge = rng.uniform(1, 30, patients)
     df["hospital"], df["days"] = group, np.minimum(death, discharge) + 0.01

@@ -135,7 +135,9 @@ def wheel_venv(tmp_path_factory):
     venv = base / "venv"
     subprocess.run([str(BIN / "uv"), "venv", "-q", "--python", sys.executable, str(venv)],
                    check=True, capture_output=True, text=True, timeout=600)
-    subprocess.run([str(BIN / "uv"), "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
+    # --compile-bytecode: the byte code that `pip install` writes by default (uv does not), without which
+    # every kernel compiles its imports from source again where PYTHONDONTWRITEBYTECODE is set
+    subprocess.run([str(BIN / "uv"), "pip", "install", "-q", "--compile-bytecode", "--python", str(venv / "bin" / "python"),
                     str(wheels[0])], check=True, capture_output=True, text=True, timeout=1200)
     return {"venv": venv, "bin": venv / "bin", "wheel": wheels[0],
             "seconds": round(time.time() - started, 1)}
