@@ -67,6 +67,15 @@ def _scale_logp(v, prior):
     lam = prior[1]  # Exponential(lam)
     return sigma, sigma, -lam * sigma + v, 1.0 - lam * sigma
 
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _binomial_row(linear, events, trials):
+    "(log-likelihood without constants, its derivative in `linear`) of `events` in `trials` at log-odds `linear`."
+    e = math.exp(-abs(linear))
+    # log(1 + e) for e in (0, 1]: within 1e-16 of log1p, and cheaper
+    expit = 1.0 / (1.0 + e) if linear >= 0 else e / (1.0 + e)
+    return events * linear - trials * (max(linear, 0.0) + math.log(1.0 + e)), events - trials * expit
+
 # %% ../nbs/04d_kernel.ipynb #c010
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def logistic_logp(theta, xt, starts, events, trials, intercept_prior, beta_prior, sigma_prior,
@@ -94,12 +103,8 @@ def logistic_logp(theta, xt, starts, events, trials, intercept_prior, beta_prior
         base = intercept + (value if centered else sigma * value)
         d_effect = 0.0
         for i in range(starts[j], starts[j + 1]):
-            linear = eta[i] + base
-            e = math.exp(-abs(linear))
-            # log(1 + e) for e in (0, 1]: within 1e-16 of log1p, and cheaper
-            total += events[i] * linear - trials[i] * (max(linear, 0.0) + math.log(1.0 + e))
-            expit = 1.0 / (1.0 + e) if linear >= 0 else e / (1.0 + e)
-            residual[i] = events[i] - trials[i] * expit
+            value_i, residual[i] = _binomial_row(eta[i] + base, events[i], trials[i])
+            total += value_i
             d_effect += residual[i]
         d_intercept += d_effect
         if centered:  # u_j ~ Normal(0, sigma)
@@ -317,11 +322,8 @@ def fixed_logistic_logp(theta, xt, starts, events, trials, beta_prior, intercept
         lp, d_value = _location_logp(value, intercept_prior)
         total += lp
         for i in range(starts[j], starts[j + 1]):
-            linear = eta[i] + value
-            e = math.exp(-abs(linear))
-            total += events[i] * linear - trials[i] * (max(linear, 0.0) + math.log(1.0 + e))
-            expit = 1.0 / (1.0 + e) if linear >= 0 else e / (1.0 + e)
-            residual[i] = events[i] - trials[i] * expit
+            value_i, residual[i] = _binomial_row(eta[i] + value, events[i], trials[i])
+            total += value_i
             d_value += residual[i]
         grad[n_predictors + j] = d_value
     for p in range(n_predictors):
