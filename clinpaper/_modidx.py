@@ -24,6 +24,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'clinpaper.cache.snapshot': ('cache.html#snapshot', 'clinpaper/cache.py'),
                                  'clinpaper.cache.step_key': ('cache.html#step_key', 'clinpaper/cache.py')},
             'clinpaper.checks': { 'clinpaper.checks._check_group': ('checks.html#_check_group', 'clinpaper/checks.py'),
+                                  'clinpaper.checks._cox_efron': ('checks.html#_cox_efron', 'clinpaper/checks.py'),
                                   'clinpaper.checks._expit': ('checks.html#_expit', 'clinpaper/checks.py'),
                                   'clinpaper.checks._group_sums': ('checks.html#_group_sums', 'clinpaper/checks.py'),
                                   'clinpaper.checks._levels': ('checks.html#_levels', 'clinpaper/checks.py'),

@@ -515,27 +515,112 @@ def glm_baseline(df: pd.DataFrame, *, outcome: str, predictors, group: str | Non
                          "low": np.exp(interval[0]).to_numpy(), "high": np.exp(interval[1]).to_numpy(),
                          "p_value": fitted.pvalues[predictors].to_numpy()})
 
+# %% ../nbs/04c_checks.ipynb #c029c
+def _cox_efron(time, event, x, *, tol: float = 1e-10, max_iter: int = 50) -> dict:
+    """Cox partial likelihood with Efron's handling of ties, maximized by Newton-Raphson with step halving,
+    vectorized over the distinct times (no loop over patients): {'beta', 'covariance' (inverse information),
+    'loglik', 'iterations', 'score_residuals' (one row per input row, in input order; Efron's weighting of
+    tied deaths, as R's survival)}."""
+    time = np.asarray(time, dtype=float)
+    event = np.asarray(event, dtype=float) > 0
+    x = np.asarray(x, dtype=float)
+    n, p = x.shape
+    order = np.argsort(time, kind="stable")
+    time, event, x = time[order], event[order], x[order]
+    x = x - x.mean(axis=0)                        # centring changes no estimate and keeps exp() in range
+    starts = np.flatnonzero(np.r_[True, time[1:] != time[:-1]])          # first row of each distinct time
+    n_times = len(starts)
+    slot = np.repeat(np.arange(n_times), np.diff(np.r_[starts, n]))       # distinct time of each row
+    dead = np.flatnonzero(event)
+    deaths = np.bincount(slot[dead], minlength=n_times)
+    death_times = np.flatnonzero(deaths)
+    d = deaths[death_times]
+    # one Efron term per death: its time, and l/d for l = 0..d-1 at a time with d tied deaths
+    term_time = np.repeat(death_times, d)
+    term_frac = (np.arange(d.sum()) - np.repeat(np.cumsum(d) - d, d)) / np.repeat(d, d)
+    x_dead = x[dead].sum(axis=0)
+
+    def at_risk(values):                          # sum over each distinct time, then over the risk set
+        return np.add.reduceat(values, starts, axis=0)[::-1].cumsum(axis=0)[::-1]
+
+    def dying(values):                            # sum over the deaths at each distinct time
+        out = np.zeros((n_times,) + values.shape[1:])
+        np.add.at(out, slot[dead], values[dead])
+        return out
+
+    def terms(beta, information=True):
+        eta = x @ beta
+        risk = np.exp(eta)
+        rx = risk[:, None] * x
+        den = at_risk(risk)[term_time] - term_frac * dying(risk)[term_time]
+        mean = (at_risk(rx)[term_time] - term_frac[:, None] * dying(rx)[term_time]) / den[:, None]
+        loglik = eta[dead].sum() - np.log(den).sum()
+        grad = x_dead - mean.sum(axis=0)
+        if not information:
+            return loglik, grad, None, risk, den, mean
+        rxx = rx[:, :, None] * x[:, None, :]
+        second = (at_risk(rxx)[term_time] - term_frac[:, None, None] * dying(rxx)[term_time]) / den[:, None, None]
+        return loglik, grad, second.sum(axis=0) - mean.T @ mean, risk, den, mean
+
+    beta = np.zeros(p)
+    loglik, grad, info, *_ = terms(beta)
+    iteration = 0
+    for iteration in range(1, max_iter + 1):
+        step = np.linalg.solve(info, grad)
+        for _ in range(30):                       # halve the step until the likelihood does not fall
+            new = terms(beta + step)
+            if np.isfinite(new[0]) and new[0] >= loglik - 1e-12 * abs(loglik):
+                break
+            step = step / 2
+        beta = beta + step
+        change, loglik, grad, info = new[0] - loglik, new[0], new[1], new[2]
+        if abs(change) <= tol * (1 + abs(loglik)) and np.max(np.abs(step)) <= 1e-7:
+            break
+    else:
+        raise RuntimeError(f"the Cox model did not converge in {max_iter} Newton steps.")
+    _, _, _, risk, den, mean = terms(beta, information=False)
+
+    # score residuals (Lin and Wei 1989; Efron: a tied death counts (1 - l/d) in the l-th risk set)
+    def per_time(values):
+        out = np.zeros((n_times,) + values.shape[1:])
+        np.add.at(out, term_time, values)
+        return out
+    keep = 1 - term_frac
+    hazard, hazard_x = per_time(1 / den), per_time(mean / den[:, None])
+    tied, tied_x = per_time(keep / den), per_time(mean * (keep / den)[:, None])
+    a, b = np.cumsum(hazard)[slot], np.cumsum(hazard_x, axis=0)[slot]     # every death time up to each row's own
+    j = slot[dead]
+    a[dead] += tied[j] - hazard[j]
+    b[dead] += tied_x[j] - hazard_x[j]
+    score = -risk[:, None] * (x * a[:, None] - b)
+    score[dead] += x[dead] - per_time(mean)[j] / deaths[j][:, None]
+    residuals = np.empty_like(score)
+    residuals[order] = score
+    return {"beta": beta, "covariance": np.linalg.inv(info), "loglik": float(loglik), "iterations": iteration,
+            "score_residuals": residuals}
+
 # %% ../nbs/04c_checks.ipynb #c029a
 def cox_baseline(df: pd.DataFrame, *, duration: str, event: str, predictors, group: str | None = None,
                  level: float = 0.95) -> pd.DataFrame:
-    """Cox proportional-hazards model (lifelines, Efron ties) with cluster-robust (sandwich) standard
-    errors by `group` (when given): predictor, hazard_ratio, low, high, p_value."""
-    from lifelines import CoxPHFitter
-
+    """Cox proportional-hazards model (Efron ties) with cluster-robust (sandwich) standard errors by `group`
+    (when given): predictor, hazard_ratio, low, high, p_value."""
     predictors = [predictors] if isinstance(predictors, str) else list(predictors)
     _require(df, [duration, event, *predictors] + ([group] if group else []), "cox_baseline")
-    columns = [duration, event, *predictors]
-    data = df[columns].astype(float)
+    if not df[event].astype(float).gt(0).any():
+        raise CohortError(f"cox_baseline: no row of the {len(df):,} has an event ({event!r}); a Cox model needs "
+                          f"at least one.")
+    fit = _cox_efron(df[duration], df[event], df[predictors])
+    covariance = fit["covariance"]
     if group is not None:
-        data["_cluster"] = pd.factorize(df[group])[0]
-    fitter = CoxPHFitter(alpha=1 - level)
-    fitter.fit(data, duration, event, cluster_col="_cluster" if group is not None else None)
-    table = fitter.summary.loc[predictors]
-    low, high = [c for c in table.columns if c.startswith("exp(coef) lower")][0], \
-        [c for c in table.columns if c.startswith("exp(coef) upper")][0]
-    return pd.DataFrame({"predictor": predictors, "hazard_ratio": table["exp(coef)"].to_numpy(),
-                         "low": table[low].to_numpy(), "high": table[high].to_numpy(),
-                         "p_value": table["p"].to_numpy()})
+        codes = pd.factorize(df[group])[0]
+        per_group = np.zeros((codes.max() + 1, len(predictors)))
+        np.add.at(per_group, codes, fit["score_residuals"])
+        covariance = covariance @ (per_group.T @ per_group) @ covariance
+    se = np.sqrt(np.diag(covariance))
+    z = stats.norm.ppf(0.5 + level / 2)
+    beta = fit["beta"]
+    return pd.DataFrame({"predictor": predictors, "hazard_ratio": np.exp(beta), "low": np.exp(beta - z * se),
+                         "high": np.exp(beta + z * se), "p_value": 2 * stats.norm.sf(np.abs(beta / se))})
 
 # %% ../nbs/04c_checks.ipynb #c033
 def grouped_folds(groups, *, n_splits: int = 5, seed: int = 0) -> np.ndarray:
