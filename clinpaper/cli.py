@@ -152,7 +152,18 @@ def _user_error(error: BaseException) -> str | None:
     return None
 
 
+def _quiet_shutdown() -> None:
+    """On Ctrl-C or SIGTERM the kernels are shut down mid-cell, and Jupyter's client logs the noise of it (a
+    kernel that died while a cell waited, a task whose error nobody awaits, with its traceback). It is not the
+    user's business: the one line of `main` says what happened. The process is ending; logging stays off."""
+    import logging
+    import threading
+    logging.disable(logging.CRITICAL)
+    threading.excepthook = lambda args: None
+
+
 def _terminate(signum, frame):
+    _quiet_shutdown()
     raise Terminated()
 
 
@@ -206,6 +217,7 @@ def main(argv=None) -> int:
             print(f"comparison: {page}")
         return 0
     except KeyboardInterrupt:
+        _quiet_shutdown()
         print(f"clinpaper {args.command}: interrupted; nothing finished before was changed",
               file=sys.stderr)
         return 130

@@ -225,6 +225,13 @@ STUDY_SCHEMA = {
         "ess_min": Field(NUMBER, required=False, minimum=0, example=400,
                          why="an effective sample size"),
         "divergences_max": Field(int, required=False, minimum=0, example=0, why="a count"),
+        # refits of a fit that failed its gate (on unless `adapt: false`): at most `adapt_attempts` fits in all,
+        # at most `adapt_max_draws` draws and tuning iterations per chain (default: 4 x draws)
+        "adapt": Field(bool, required=False, example=True, why="refits on (true) or off (false)"),
+        "adapt_attempts": Field(int, required=False, minimum=1, maximum=10, example=3,
+                                why="fits in all, the first included"),
+        "adapt_max_draws": Field(int, required=False, minimum=1, maximum=100_000, example=8000,
+                                 why="draws per chain"),
         # bootstrap replicates of the confidence intervals
         "bootstrap": Field(int, required=False, minimum=10, maximum=100_000, example=200,
                            why="a 95% interval needs at least 10 replicates, a paper 200 or more"),
@@ -579,6 +586,10 @@ def _parameter_rules(study: dict) -> list[str]:
         problems.append(f"`parameters.ess_min` ({ess}) is more than the draws made (draws {draws} x chains "
                         f"{chains} = {draws * chains}): the convergence gate would fail after the fit; "
                         "raise draws or lower ess_min")
+    most = params.get("adapt_max_draws")
+    if study.get("model") and None not in (draws, most) and most < draws:
+        problems.append(f"`parameters.adapt_max_draws` ({most}) is below `draws` ({draws}): the refits' budget "
+                        "must allow the first fit; raise adapt_max_draws (e.g. 4 x draws) or leave it out")
     name = params.get("validate_against")
     if isinstance(name, str) and ("/" in name or "\\" in name or name.startswith(".")):
         problems.append(f"`parameters.validate_against` must be the name of a run (a plain folder name in the "
@@ -707,7 +718,7 @@ def apply_overrides(study: dict, overrides=(), *, file: str = "study file") -> d
     fields, given = STUDY_SCHEMA["parameters"], {}
     for text in overrides:
         key, value = parse_override(text)
-        if key not in params:
+        if key not in params and key not in fields:   # a parameter of the schema may be set though absent
             near = difflib.get_close_matches(key, list(params), n=1)
             hint = f" Did you mean `{near[0]}`?" if near else ""
             raise StudyError(f"-p {text}: `{key}` names no parameter of {file}.{hint} "
@@ -720,7 +731,7 @@ def apply_overrides(study: dict, overrides=(), *, file: str = "study file") -> d
         if field is not None and str in field.types and isinstance(value, (int, float)) \
                 and not isinstance(value, bool):
             value = text.split("=", 1)[1].strip()   # a run named 2024 is the text '2024'
-        old = params[key]
+        old = params.get(key)
         if field is None and old is not None and value is not None and not _is_instance(value, (type(old),)):
             raise StudyError(f"-p {text}: `{key}` must be {_type_name((type(old),))} "
                              f"like its default {old!r}, got {_describe(value)}.")

@@ -19,10 +19,11 @@ import pandas as pd
 from .core import ClinpaperError, CohortError, ConvergenceError
 
 # %% auto #0
-__all__ = ['LOCATION_PRIORS', 'SCALE_PRIORS', 'DEFAULT_PRIORS', 'PRIOR_MEANINGS', 'REPORTED_PARAMETERS', 'BACKENDS', 'prior_text',
-           'prior_strength', 'priors_sentence', 'resolve_priors', 'hdi', 'posterior_summary', 'check_convergence',
-           'convergence_message', 'NotFittedError', 'HierarchicalModel', 'prior_variable', 'choose_parameterization',
-           'check_sampling_arguments', 'nutpie_backend', 'sample_posterior', 'HierarchicalLogistic']
+__all__ = ['LOCATION_PRIORS', 'SCALE_PRIORS', 'DEFAULT_PRIORS', 'PRIOR_MEANINGS', 'REPORTED_PARAMETERS', 'TARGET_ACCEPT_MAX',
+           'BACKENDS', 'prior_text', 'prior_strength', 'priors_sentence', 'resolve_priors', 'hdi', 'posterior_summary',
+           'check_convergence', 'convergence_message', 'next_fit', 'NotFittedError', 'HierarchicalModel',
+           'prior_variable', 'choose_parameterization', 'check_sampling_arguments', 'nutpie_backend',
+           'sample_posterior', 'HierarchicalLogistic']
 
 # %% ../nbs/04_models.ipynb #c006
 LOCATION_PRIORS = {"Normal": ("mu", "sigma"), "StudentT": ("nu", "mu", "sigma")}
@@ -219,9 +220,10 @@ def check_convergence(idata, *, var_names=None, r_hat_max: float = 1.01, ess_min
     return result
 
 # %% ../nbs/04_models.ipynb #c014a
-def convergence_message(table: pd.DataFrame, *, model: str = "The model",
-                        divergences_max: int = 0) -> str | None:
-    "The ConvergenceError message for a `check_convergence` table, or None when it passed."
+def convergence_message(table: pd.DataFrame, *, model: str = "The model", divergences_max: int = 0,
+                        attempts=None, budget: dict | None = None) -> str | None:
+    """The ConvergenceError message for a `check_convergence` table, or None when it passed. `attempts`
+    (a model's `attempts_`) and `budget` (its `adapt_`) name the fits made before the gate gave up."""
     failed = table[~table["passed"]]
     divergences = table.attrs.get("divergences", 0)
     if failed.empty and divergences <= divergences_max:
@@ -232,12 +234,105 @@ def convergence_message(table: pd.DataFrame, *, model: str = "The model",
         lines += [f"  {row.parameter}: {row.problem}" for row in failed.itertuples()]
     if divergences > divergences_max:
         lines.append(f"{divergences} divergent transitions (at most {divergences_max} allowed).")
+    if attempts and len(attempts) > 1:
+        lines.append(f"{len(attempts)} fits were made, each changed after the one before failed:")
+        for entry in attempts:
+            form = f", {entry['parameterization']}" if entry.get("parameterization") else ""
+            lines.append(f"  fit {entry['fit']} ({entry['draws']:,} draws after {entry['tune']:,}, target_accept "
+                         f"{entry['target_accept']:g}{form}): " + ("passed" if entry["passed"] else entry["failed"]))
+        spent = (f" ({budget['attempts']} fits, at most {budget['max_draws']:,} draws per chain)" if budget else "")
+        lines.append(f"The refits' budget{spent} is spent: raise `adapt_attempts` or `adapt_max_draws` in the "
+                     "study's parameters, or change what the data or the model give the sampler:")
     lines.append("What to try: more tuning steps (e.g. tune=2000); a higher target_accept (0.95 or 0.99), "
                  "which removes most divergences; more draws (e.g. draws=2000) when only the ESS is low; "
                  "the other parameterization (parameterization='non-centered' suits few or small groups, "
                  "'centered' many large ones; tighter priors on sigma_group help when groups are few); check the "
                  "predictors for extreme values or complete separation.")
     return "\n".join(lines)
+
+# %% ../nbs/04_models.ipynb #c014e
+TARGET_ACCEPT_MAX = 0.99
+
+
+def _comma_join(parts) -> str:
+    "'a', 'a and b', 'a, b and c' (the words of a failed fit hold no commas of their own but in numbers)."
+    parts = list(parts)
+    return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else "".join(parts)
+
+
+def _fit_problem(table: pd.DataFrame, *, divergences_max: int) -> dict:
+    """What a `check_convergence` table says failed, as the escalation policy reads it: the divergent
+    transitions (when more than allowed), the worst r-hat over its gate and the smallest ESS under its gate,
+    each with its parameter; and the words of it ("27 divergent transitions")."""
+    failed = table[~table["passed"]]
+    problem = {"divergences": int(table.attrs.get("divergences", 0)), "r_hat": None, "ess": None, "words": []}
+    if problem["divergences"] > divergences_max:
+        n = problem["divergences"]
+        problem["words"].append(f"{n:,} divergent transition{'s' if n != 1 else ''}")
+    rhat = failed[failed["problem"].str.contains("r_hat")]
+    if len(rhat):
+        worst = rhat.loc[rhat["r_hat"].fillna(np.inf).idxmax()]
+        problem["r_hat"] = float(worst["r_hat"])
+        problem["words"].append(f"an r-hat of {worst['r_hat']:.3f} ({worst['parameter']})")
+    ess = failed[failed["problem"].str.contains("ess_")]
+    if len(ess):
+        smallest = ess[["ess_bulk", "ess_tail"]].fillna(0).min(axis=1)
+        worst = ess.loc[smallest.idxmin()]
+        problem["ess"] = float(smallest.min())
+        problem["words"].append(f"an effective sample size of {smallest.min():,.0f} ({worst['parameter']})")
+    return problem
+
+
+def next_fit(settings: dict, table: pd.DataFrame, *, ess_min: float, divergences_max: int, max_draws: int,
+             parameterizations=(), tried=()) -> tuple[dict, str] | None:
+    """The escalation policy: the settings of the next fit after a fit with `settings` (draws, tune,
+    target_accept, parameterization) failed the gate with `table`, and the words of the change; None when
+    the budget (`max_draws`, a target acceptance rate of at most 0.99) leaves nothing to try.
+
+    - Divergent transitions (a curvature the step size cannot follow; the draws are then not trusted, so
+      this comes first): the other parameterization, if the model has one (`parameterizations`) that was
+      not `tried`, with a higher target acceptance rate; else a higher rate alone (0.9, 0.95, 0.975, 0.99:
+      1 - rate halved, at most 0.99), with a warm-up twice as long once it reaches 0.99; at 0.99 a warm-up
+      twice as long. (Three hospitals of 350 to 600 patients needed all of it: the centered form had 229
+      divergent transitions, the non-centered 4 at 0.99 and none with 2,000 tuning iterations.)
+    - r-hat over the gate (chains that disagree): chains twice as long, draws and warm-up.
+    - Only the ESS under the gate: more draws, in proportion to the ESS missing (x 1.5 to x 4)."""
+    problem = _fit_problem(table, divergences_max=divergences_max)
+    draws, tune = int(settings["draws"]), int(settings["tune"])
+    target_accept = float(settings["target_accept"])
+    current = settings.get("parameterization")
+    nxt = dict(settings)
+    higher = round(1 - (1 - target_accept) / 2, 4)   # 0.9 -> 0.95 -> 0.975 -> 0.99 (the cap)
+    higher = TARGET_ACCEPT_MAX if higher > 0.98 else higher
+    if problem["divergences"] > divergences_max:
+        others = [p for p in parameterizations if p != current and p not in tried]
+        if others:
+            nxt.update(parameterization=others[0], target_accept=max(higher, target_accept))
+            return nxt, (f"in the {others[0]} parameterization with a target acceptance rate of "
+                         f"{nxt['target_accept']:g}")
+        if target_accept < TARGET_ACCEPT_MAX:
+            nxt["target_accept"] = higher
+            if higher >= TARGET_ACCEPT_MAX and tune * 2 <= max_draws:   # the last notch: a longer warm-up too
+                nxt["tune"] = tune * 2
+                return nxt, f"with a target acceptance rate of {higher:g} and {tune * 2:,} tuning iterations per chain"
+            return nxt, f"with a target acceptance rate of {higher:g}"
+        if tune * 2 <= max_draws:
+            nxt["tune"] = tune * 2
+            return nxt, f"with {tune * 2:,} tuning iterations per chain"
+        return None
+    if problem["r_hat"] is not None:
+        if draws >= max_draws:
+            return None
+        nxt.update(draws=min(max_draws, draws * 2), tune=max(tune, min(max_draws, tune * 2)))
+        return nxt, f"with chains twice as long ({nxt['draws']:,} draws after {nxt['tune']:,} tuning iterations)"
+    if problem["ess"] is not None:
+        if draws >= max_draws:
+            return None
+        factor = min(4.0, max(1.5, 1.25 * ess_min / max(problem["ess"], 1.0)))
+        nxt["draws"] = min(max_draws, int(math.ceil(draws * factor / 100) * 100))
+        return nxt, f"with {nxt['draws']:,} draws per chain"
+    return None
+
 
 # %% ../nbs/04_models.ipynb #c016
 class NotFittedError(ClinpaperError, ValueError, AttributeError):
@@ -352,10 +447,102 @@ class HierarchicalModel:
         self._check_fitted()
         table = check_convergence(self.idata_, var_names=self._reported(), r_hat_max=r_hat_max,
                                   ess_min=ess_min, divergences_max=divergences_max)
-        message = convergence_message(table, model=type(self).__name__, divergences_max=divergences_max)
+        message = convergence_message(table, model=type(self).__name__, divergences_max=divergences_max,
+                                      attempts=getattr(self, "attempts_", None), budget=getattr(self, "adapt_", None))
         if message:
             raise ConvergenceError(message)
         return table
+
+    def _parameterizations(self) -> tuple:
+        "The parameterizations a refit may switch between (none: the model has one form)."
+        return ()
+
+    def fit_adaptive(self, df: pd.DataFrame, *, draws: int = 1000, tune: int = 1000, chains: int = 4,
+                     seed: int = 0, target_accept: float = 0.9, r_hat_max: float = 1.01, ess_min: float = 400,
+                     divergences_max: int = 0, attempts: int = 3, max_draws: int | None = None, **fit_kwargs):
+        """`fit`, then the convergence gate; while a fit fails the gate and the budget allows (`attempts`
+        fits in all; at most `max_draws` draws and tuning iterations per chain, by default four times
+        `draws`), refit with the change `next_fit` chooses. Returns self, holding the last fit, with
+        `attempts_`: each fit's settings, the gate's figures, what failed and what the next fit changed.
+        The gate keeps the last word: a spent budget does not raise here, `check_convergence` (or
+        `Paper.gate`) does, with every fit named. `attempts=1` is a plain `fit`, recorded."""
+        import time
+
+        if not isinstance(attempts, (int, np.integer)) or attempts < 1:
+            raise ValueError(f"`attempts` of fit_adaptive is the number of fits allowed, at least 1; got {attempts!r}.")
+        max_draws = 4 * max(draws, tune) if max_draws is None else int(max_draws)
+        if max_draws < draws:
+            raise ValueError(f"`max_draws` of fit_adaptive ({max_draws:,}) is below `draws` ({draws:,}): the budget "
+                             "must allow the first fit; raise max_draws (e.g. 4 x draws) or lower draws.")
+        settings = {"draws": int(draws), "tune": int(tune), "target_accept": float(target_accept),
+                    "parameterization": None}
+        records, tried = [], []
+        for number in range(1, attempts + 1):
+            chosen = {"parameterization": settings["parameterization"]} if number > 1 and self._parameterizations() else {}
+            started = time.perf_counter()
+            self.fit(df, draws=settings["draws"], tune=settings["tune"], chains=chains, seed=seed,
+                     target_accept=settings["target_accept"], **chosen, **fit_kwargs)
+            settings["parameterization"] = getattr(self, "parameterization_", None)
+            tried.append(settings["parameterization"])
+            table = check_convergence(self.idata_, var_names=self._reported(), r_hat_max=r_hat_max, ess_min=ess_min,
+                                      divergences_max=divergences_max)
+            problem = _fit_problem(table, divergences_max=divergences_max)
+            passed = bool(table["passed"].all()) and problem["divergences"] <= divergences_max
+            records.append({"fit": number, **settings, "chains": int(chains),
+                            "r_hat": float(table["r_hat"].max()),
+                            "ess": float(table[["ess_bulk", "ess_tail"]].min().min()),
+                            "divergences": problem["divergences"], "passed": passed,
+                            "failed": _comma_join(problem["words"]) or None, "change": None,
+                            "seconds": round(time.perf_counter() - started, 2)})
+            if passed or number == attempts:
+                break
+            step = next_fit(settings, table, ess_min=ess_min, divergences_max=divergences_max, max_draws=max_draws,
+                            parameterizations=self._parameterizations(), tried=tried)
+            if step is None:
+                break
+            settings, records[-1]["change"] = step
+        self.attempts_ = records
+        self.adapt_ = {"attempts": int(attempts), "max_draws": int(max_draws)}
+        return self
+
+    def _attempts_text(self) -> str:
+        "The Methods sentences on the refits (empty when the first fit was the only one)."
+        records = getattr(self, "attempts_", None) or []
+        if len(records) < 2:
+            return ""
+        first = records[0]
+        described = [f"target acceptance rate {first['target_accept']:g}"]
+        if first.get("parameterization"):
+            auto = getattr(self, "parameterization", None) == "auto"
+            described.insert(0, f"{first['parameterization']} parameterization{' chosen from the data' if auto else ''}")
+        sentences = []
+        for index, entry in enumerate(records[:-1]):
+            lead = f"The first fit ({', '.join(described)})" if index == 0 else "That fit"
+            sentences.append(f"{lead} failed the convergence gate with {entry['failed']}; the model was "
+                             f"refitted {entry['change']}")
+        last = records[-1]
+        ending = ("which passed the convergence gate" if last["passed"] else
+                  f"which failed it too, with {last['failed']}")
+        sentences[-1] += f", {ending}"
+        return " " + ". ".join(sentences) + "."
+
+    def attempts_table(self) -> pd.DataFrame:
+        "Every fit the gate saw, in order, as shown in a supplement: settings, the gate's figures, what changed."
+        self._check_fitted()
+        records = getattr(self, "attempts_", None) or []
+        rows = []
+        for entry in records:
+            row = {"Fit": entry["fit"],
+                   "Draws after tuning, per chain": f"{entry['draws']:,} after {entry['tune']:,} ({entry['chains']} chains)",
+                   "Target acceptance": f"{entry['target_accept']:g}"}
+            if any(e.get("parameterization") for e in records):
+                row["Parameterization"] = entry.get("parameterization") or ""
+            row.update({"Largest r-hat": f"{entry['r_hat']:.3f}", "Smallest ESS": f"{entry['ess']:,.0f}",
+                        "Divergent transitions": f"{entry['divergences']:,}",
+                        "Gate": "Passed" if entry["passed"] else f"Failed: {entry['failed']}",
+                        "Next fit": entry["change"] or ""})
+            rows.append(row)
+        return pd.DataFrame(rows)
 
     def describe_priors(self) -> pd.DataFrame:
         "One row per parameter with a prior: parameter, distribution, text."
@@ -381,7 +568,7 @@ class HierarchicalModel:
         settings = self.sampling_
         return (f" The posterior was sampled with {engine}: {settings['chains']} chains of "
                 f"{settings['draws']:,} draws after {settings['tune']:,} tuning iterations, target acceptance "
-                f"rate {settings['target_accept']:g}, random seed {settings['seed']}.")
+                f"rate {settings['target_accept']:g}, random seed {settings['seed']}.{self._attempts_text()}")
 
     def save(self, folder) -> Path:
         "Write the fitted model into `folder` (idata.nc and model.json, aggregates only); return the folder."
@@ -556,7 +743,7 @@ class HierarchicalLogistic(HierarchicalModel):
     POSITIONAL = ("outcome", "group", "predictors")
     SETTINGS = ("trials", "random_slopes", "priors", "parameterization")
     STATE = ("groups_", "n_obs_", "n_events_", "n_rows_model_", "collapsed_", "sampler_", "sampling_",
-             "timings_", "parameterization_")
+             "timings_", "parameterization_", "attempts_", "adapt_")
 
     def __init__(self, outcome: str, group: str | None, predictors, *, trials: str | None = None,
                  random_slopes=None, priors: dict | None = None, parameterization: str = "auto"):
@@ -590,6 +777,10 @@ class HierarchicalLogistic(HierarchicalModel):
         extra += f", random_slopes={self.random_slopes!r}" if self.random_slopes else ""
         return (f"HierarchicalLogistic(outcome={self.outcome!r}, group={self.group!r}, "
                 f"predictors={self.predictors!r}{extra})")
+
+    def _parameterizations(self) -> tuple:
+        "A refit after divergences may switch between the two forms of the group effects (none without a group)."
+        return ("centered", "non-centered") if self.group is not None else ()
 
     def _validate(self, df, *, for_fit: bool = True) -> None:
         "Raise CohortError (TypeError for a non-DataFrame) for data that `fit` or `predict` cannot use."
@@ -730,9 +921,11 @@ class HierarchicalLogistic(HierarchicalModel):
 
     def fit(self, df: pd.DataFrame, *, draws: int = 1000, tune: int = 1000, chains: int = 4, seed: int = 0,
             target_accept: float = 0.9, sampler: str = "nutpie", progressbar: bool | None = None,
-            collapse="auto", sampler_kwargs: dict | None = None, backend: str = "auto"):
+            collapse="auto", sampler_kwargs: dict | None = None, backend: str = "auto",
+            parameterization: str | None = None):
         """Sample the posterior for `df`; returns self. `collapse` ('auto', True, False) merges rows
         with the same group and predictor values into binomial counts (same likelihood).
+        `parameterization` overrides the model's own for this fit (a refit of `fit_adaptive` uses it).
         `backend` is what nutpie evaluates: 'kernel', 'jax', 'numba' or 'auto' (see `nutpie_backend`).
         `sampler_kwargs` go to `nutpie.sample` (or `pm.sample`)."""
         check_sampling_arguments(draws=draws, tune=tune, chains=chains, target_accept=target_accept,
@@ -745,10 +938,13 @@ class HierarchicalLogistic(HierarchicalModel):
         design = self._design(df, collapse=collapse)
         weights = design["trials"]
         means = (design["x"] * weights[:, None]).sum(axis=0) / weights.sum()
+        if parameterization not in (None, "centered", "non-centered"):
+            raise ValueError(f"`parameterization` of HierarchicalLogistic.fit must be 'centered', 'non-centered' or "
+                             f"None (the model's own), got {parameterization!r}.")
+        requested = parameterization or self.parameterization
         parameterization = None
         if grouped:
-            parameterization = (choose_parameterization(design) if self.parameterization == "auto"
-                                else self.parameterization)
+            parameterization = choose_parameterization(design) if requested == "auto" else requested
         model = self.build_model(design, predictor_means=means, parameterization=parameterization)
 
         def kernel():
@@ -775,6 +971,7 @@ class HierarchicalLogistic(HierarchicalModel):
                           "backend": sampled["backend"]}
         self.timings_ = {"compile_seconds": sampled["compile_seconds"],
                          "sample_seconds": sampled["sample_seconds"]}
+        self.attempts_ = []   # a plain fit; fit_adaptive records its fits after this
         return self
 
     def summary(self, hdi_prob: float = 0.95, *, include_groups: bool = False) -> pd.DataFrame:
@@ -854,6 +1051,9 @@ class HierarchicalLogistic(HierarchicalModel):
                 parameterization = "centered or non-centered"
             chosen = (f" (chosen from the data: centered when nine in ten {groups}' effects have a standard "
                       f"error below 0.25 on the log-odds scale)" if self.parameterization == "auto" else "")
+            first = (getattr(self, "attempts_", None) or [{}])[0].get("parameterization")
+            if first and first != parameterization:   # a refit changed it: the attempts' sentences say why
+                chosen = f" (after a refit; the first fit was {first})"
             items = [(priors["beta"], coefficient), (priors["intercept"], intercept),
                      (priors["sigma_group"], f"the between-{group} standard deviation of the intercepts "
                                              "(log-odds scale)")]

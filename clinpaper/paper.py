@@ -424,6 +424,27 @@ class PaperChoices:
             gate["divergences_max"] = min(gate["divergences_max"], stricter["divergences_max"])
         return gate
 
+    def adapt_budget(self, draws: int, tune: int) -> dict:
+        """The refits' budget of the study's parameters: `attempts` (`adapt_attempts`, default 3; 1 when `adapt`
+        is false) and `max_draws` per chain (`adapt_max_draws`, default four times the fit's draws or tuning
+        iterations, whichever is more, and never below the fit's draws)."""
+        settings = self.parameters
+        attempts = (settings.get("adapt_attempts") or 3) if settings.get("adapt", True) else 1
+        most = settings.get("adapt_max_draws") or 4 * max(draws, tune)
+        return {"attempts": int(attempts), "max_draws": int(max(most, draws))}
+
+    def fit(self, model, data: pd.DataFrame, analysis: str, **sampling):
+        """Fit `model` to `data` as the paper does: the study's sampler settings (`sampling` overrides draws,
+        tune, chains or target_accept, as a secondary analysis's cheaper fit does, or passes on other `fit`
+        arguments), the study's seed, and refits within the study's budget (`adapt_budget`) while a fit fails
+        the convergence gate of `analysis` (`HierarchicalModel.fit_adaptive`: divergences, then r-hat, then
+        ESS). Returns the model; `gate` keeps the last word, and records every fit."""
+        settings = self.parameters
+        chosen = {name: settings[name] for name in ("draws", "tune", "chains", "target_accept")}
+        chosen.update(sampling)
+        budget = self.adapt_budget(chosen["draws"], chosen["tune"])
+        return model.fit_adaptive(data, seed=self.seed, **chosen, **self.gate_thresholds(analysis), **budget)
+
     def gate(self, model, analysis: str, *, label: str) -> dict:
         """The convergence gate of `analysis`'s fitted `model` (its reported parameters). A main analysis that
         fails raises ConvergenceError: the run stops and the last good run is untouched. A secondary one that
@@ -436,25 +457,31 @@ class PaperChoices:
         from clinpaper.models import check_convergence, convergence_message
         thresholds = self.gate_thresholds(analysis)
         table = check_convergence(model.idata_, var_names=model._reported(), **thresholds)
-        message = convergence_message(table, model=type(model).__name__,
-                                      divergences_max=thresholds["divergences_max"])
+        attempts = getattr(model, "attempts_", None) or []
+        message = convergence_message(table, model=type(model).__name__, divergences_max=thresholds["divergences_max"],
+                                      attempts=attempts, budget=getattr(model, "adapt_", None))
         secondary = self.is_secondary(analysis)
         if message and not secondary:
             raise ConvergenceError(message)
         passed = message is None
         figures = {"r_hat": float(table["r_hat"].max()),
                    "ess": float(table[["ess_bulk", "ess_tail"]].min().min()),
-                   "divergences": int(table.attrs["divergences"]), **thresholds,
+                   "divergences": int(table.attrs["divergences"]), **thresholds, "fits": max(len(attempts), 1),
                    "failed": [f"{r.parameter}: {r.problem}" for r in table.itertuples() if not r.passed]}
         measured = (f"largest r-hat {figures['r_hat']:.3f}, at most {thresholds['r_hat_max']:g} required; smallest "
                     f"effective sample size {figures['ess']:,.0f}, at least {thresholds['ess_min']:,.0f} required; "
                     f"{figures['divergences']:,} divergent transitions, at most {thresholds['divergences_max']:,} "
                     "allowed")
-        sentence = (f"{label} passed the convergence gate ({measured})." if passed else
-                    f"{label} did not converge: it failed the convergence gate ({measured}), so its estimates are "
-                    "withheld.")
+        fits = f" after {len(attempts)} fits" if len(attempts) > 1 else ""
+        sentence = (f"{label} passed the convergence gate{fits} ({measured})." if passed else
+                    f"{label} did not converge: it failed the convergence gate{fits} ({measured}), so its estimates "
+                    "are withheld.")
         self.text(f"{analysis}_converged", passed, "converged" if passed else "did not converge")
         self.text(f"{analysis}_gate", figures, sentence)
+        if attempts:   # every fit the gate saw, in order, in the run's supplement (tables/)
+            self.table(f"table_fits_{analysis}", model.attempts_table(),
+                       caption=f"Fits of {_lower_first(label)}, in order: a refit is made only after a fit failed the "
+                               "convergence gate, with the change the study's budget allowed.")
         if not passed:
             line = (f"secondary analysis {analysis!r} did not converge (reported as not converged, its estimates "
                     f"withheld; the run goes on): {message}")

@@ -103,7 +103,8 @@ class HierarchicalSurvival(HierarchicalModel):
     PRIOR_MEANINGS = SURVIVAL_PRIOR_MEANINGS
     POSITIONAL = ("duration", "event", "group", "predictors")
     SETTINGS = ("baseline", "cuts", "n_intervals", "priors")
-    STATE = ("groups_", "time_scale_", "cuts_", "n_obs_", "n_events_", "sampler_", "sampling_", "timings_")
+    STATE = ("groups_", "time_scale_", "cuts_", "n_obs_", "n_events_", "sampler_", "sampling_", "timings_",
+             "attempts_", "adapt_")
 
     def __init__(self, duration: str, event: str, group: str, predictors, *, baseline: str = "weibull",
                  cuts=None, n_intervals: int = 6, priors: dict | None = None):
@@ -280,6 +281,7 @@ class HierarchicalSurvival(HierarchicalModel):
         self.sampling_ = {"draws": draws, "tune": tune, "chains": chains, "seed": seed,
                           "target_accept": target_accept, "sampler": used, "backend": sampled["backend"]}
         self.timings_ = {"compile_seconds": sampled["compile_seconds"], "sample_seconds": sampled["sample_seconds"]}
+        self.attempts_ = []   # a plain fit; fit_adaptive records its fits after this
         return self
 
     def summary(self, hdi_prob: float = 0.95, *, include_groups: bool = False) -> pd.DataFrame:
