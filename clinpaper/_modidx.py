@@ -476,6 +476,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                          'clinpaper/models.py'),
                                   'clinpaper.models.HierarchicalModel.check_convergence': ( 'models.html#hierarchicalmodel.check_convergence',
                                                                                             'clinpaper/models.py'),
+                                  'clinpaper.models.HierarchicalModel.data_words': ( 'models.html#hierarchicalmodel.data_words',
+                                                                                     'clinpaper/models.py'),
                                   'clinpaper.models.HierarchicalModel.describe_priors': ( 'models.html#hierarchicalmodel.describe_priors',
                                                                                           'clinpaper/models.py'),
                                   'clinpaper.models.HierarchicalModel.fit_adaptive': ( 'models.html#hierarchicalmodel.fit_adaptive',

@@ -221,9 +221,10 @@ def check_convergence(idata, *, var_names=None, r_hat_max: float = 1.01, ess_min
 
 # %% ../nbs/04_models.ipynb #c014a
 def convergence_message(table: pd.DataFrame, *, model: str = "The model", divergences_max: int = 0,
-                        attempts=None, budget: dict | None = None) -> str | None:
+                        attempts=None, budget: dict | None = None, data: str | None = None) -> str | None:
     """The ConvergenceError message for a `check_convergence` table, or None when it passed. `attempts`
-    (a model's `attempts_`) and `budget` (its `adapt_`) name the fits made before the gate gave up."""
+    (a model's `attempts_`) and `budget` (its `adapt_`) name the fits made before the gate gave up; `data`
+    says what the data gave the model (a model's `data_words()`)."""
     failed = table[~table["passed"]]
     divergences = table.attrs.get("divergences", 0)
     if failed.empty and divergences <= divergences_max:
@@ -243,6 +244,8 @@ def convergence_message(table: pd.DataFrame, *, model: str = "The model", diverg
         spent = (f" ({budget['attempts']} fits, at most {budget['max_draws']:,} draws per chain)" if budget else "")
         lines.append(f"The refits' budget{spent} is spent: raise `adapt_attempts` or `adapt_max_draws` in the "
                      "study's parameters, or change what the data or the model give the sampler:")
+    if data:
+        lines.append(data)
     lines.append("What to try: more tuning steps (e.g. tune=2000); a higher target_accept (0.95 or 0.99), "
                  "which removes most divergences; more draws (e.g. draws=2000) when only the ESS is low; "
                  "the other parameterization (parameterization='non-centered' suits few or small groups, "
@@ -284,7 +287,7 @@ def _fit_problem(table: pd.DataFrame, *, divergences_max: int) -> dict:
 
 
 def next_fit(settings: dict, table: pd.DataFrame, *, ess_min: float, divergences_max: int, max_draws: int,
-             parameterizations=(), tried=()) -> tuple[dict, str] | None:
+             parameterizations=(), tried=(), fewest: dict | None = None) -> tuple[dict, str] | None:
     """The escalation policy: the settings of the next fit after a fit with `settings` (draws, tune,
     target_accept, parameterization) failed the gate with `table`, and the words of the change; None when
     the budget (`max_draws`, a target acceptance rate of at most 0.99) leaves nothing to try.
@@ -293,8 +296,9 @@ def next_fit(settings: dict, table: pd.DataFrame, *, ess_min: float, divergences
       this comes first): the other parameterization, if the model has one (`parameterizations`) that was
       not `tried`, with a higher target acceptance rate; else a higher rate alone (0.9, 0.95, 0.975, 0.99:
       1 - rate halved, at most 0.99), with a warm-up twice as long once it reaches 0.99; at 0.99 a warm-up
-      twice as long. (Three hospitals of 350 to 600 patients needed all of it: the centered form had 229
-      divergent transitions, the non-centered 4 at 0.99 and none with 2,000 tuning iterations.)
+      twice as long; once both forms were tried, in the one with the fewest divergent transitions so far
+      (`fewest`: form -> divergences). (Three hospitals of 350 to 600 patients needed all of it: the centered
+      form had 229 divergent transitions, the non-centered 4 at 0.99 and none with 2,000 tuning iterations.)
     - r-hat over the gate (chains that disagree): chains twice as long, draws and warm-up.
     - Only the ESS under the gate: more draws, in proportion to the ESS missing (x 1.5 to x 4)."""
     problem = _fit_problem(table, divergences_max=divergences_max)
@@ -310,15 +314,19 @@ def next_fit(settings: dict, table: pd.DataFrame, *, ess_min: float, divergences
             nxt.update(parameterization=others[0], target_accept=max(higher, target_accept))
             return nxt, (f"in the {others[0]} parameterization with a target acceptance rate of "
                          f"{nxt['target_accept']:g}")
+        best = min(fewest, key=lambda form: (fewest[form], form != current)) if fewest else current
+        back = ""
+        if best != current:   # back to the form that diverged least
+            nxt["parameterization"], back = best, f"in the {best} parameterization (the fewer divergent transitions) "
         if target_accept < TARGET_ACCEPT_MAX:
             nxt["target_accept"] = higher
             if higher >= TARGET_ACCEPT_MAX and tune * 2 <= max_draws:   # the last notch: a longer warm-up too
                 nxt["tune"] = tune * 2
-                return nxt, f"with a target acceptance rate of {higher:g} and {tune * 2:,} tuning iterations per chain"
-            return nxt, f"with a target acceptance rate of {higher:g}"
+                return nxt, f"{back}with a target acceptance rate of {higher:g} and {tune * 2:,} tuning iterations per chain"
+            return nxt, f"{back}with a target acceptance rate of {higher:g}"
         if tune * 2 <= max_draws:
             nxt["tune"] = tune * 2
-            return nxt, f"with {tune * 2:,} tuning iterations per chain"
+            return nxt, f"{back}with {tune * 2:,} tuning iterations per chain"
         return None
     if problem["r_hat"] is not None:
         if draws >= max_draws:
@@ -385,10 +393,13 @@ class HierarchicalModel:
 
     def _draws(self, name):
         "Posterior draws of `name` stacked as (draws, ...) numpy array."
-        return self.idata_.posterior[name].stack(sample=("chain", "draw")).transpose("sample", ...).values
+        values = self.idata_.posterior[name].transpose("chain", "draw", ...).values   # chain-major, as stack()
+        return values.reshape(values.shape[0] * values.shape[1], *values.shape[2:])
 
     def _reported(self) -> list:
-        return [name for name in self.REPORTED if name in self.idata_.posterior]
+        "The reported parameters the fit has (an intercept-only model has no coefficients)."
+        posterior = self.idata_.posterior
+        return [name for name in self.REPORTED if name in posterior and posterior[name].size]
 
     def _ratios(self, label: str, hdi_prob: float) -> pd.DataFrame:
         "Per predictor: `label` (posterior median of exp(beta)) and the equal-tailed interval, low and high."
@@ -448,10 +459,28 @@ class HierarchicalModel:
         table = check_convergence(self.idata_, var_names=self._reported(), r_hat_max=r_hat_max,
                                   ess_min=ess_min, divergences_max=divergences_max)
         message = convergence_message(table, model=type(self).__name__, divergences_max=divergences_max,
-                                      attempts=getattr(self, "attempts_", None), budget=getattr(self, "adapt_", None))
+                                      attempts=getattr(self, "attempts_", None), budget=getattr(self, "adapt_", None),
+                                      data=self.data_words())
         if message:
             raise ConvergenceError(message)
         return table
+
+    def data_words(self) -> str | None:
+        """What the data gave the fit, in words a clinician reads (for the gate's error): the groups, events
+        and observations, and, with five groups or fewer, why so few cannot carry a between-group SD."""
+        groups = getattr(self, "groups_", None)
+        if not groups:
+            return None
+        k = len(groups)
+        text = (f"The data: {k} groups (`{self.group}`) with {self.n_events_:,} events among {self.n_obs_:,} "
+                "observations.")
+        if k <= 5:
+            text += (f" With {k} groups the between-group standard deviation is barely identified: the data cannot "
+                     "tell a small difference between the groups from none, and the sampler then explores what the "
+                     "prior allows. A tighter prior on sigma_group (e.g. Half-Normal(0.5) on the log-odds scale), "
+                     "fixed effects for the groups (indicator columns as predictors, group=None), or more groups "
+                     "help.")
+        return text
 
     def _parameterizations(self) -> tuple:
         "The parameterizations a refit may switch between (none: the model has one form)."
@@ -496,8 +525,14 @@ class HierarchicalModel:
                             "seconds": round(time.perf_counter() - started, 2)})
             if passed or number == attempts:
                 break
+            fewest = {}
+            for entry in records:   # per form, the fewest divergent transitions of its fits
+                if entry["parameterization"] is not None:
+                    fewest[entry["parameterization"]] = min(entry["divergences"],
+                                                            fewest.get(entry["parameterization"], entry["divergences"]))
             step = next_fit(settings, table, ess_min=ess_min, divergences_max=divergences_max, max_draws=max_draws,
-                            parameterizations=self._parameterizations(), tried=tried)
+                            parameterizations=self._parameterizations(), tried=tried,
+                            fewest=fewest if len(fewest) > 1 else None)
             if step is None:
                 break
             settings, records[-1]["change"] = step
@@ -734,7 +769,9 @@ class HierarchicalLogistic(HierarchicalModel):
     """Bayesian logistic regression with random intercepts (and optional random slopes) by `group`.
 
     `outcome` is a 0/1 column, or the number of events when `trials` names a column of
-    trials per row. `predictors` are numeric columns already on their analysis scale.
+    trials per row. `predictors` are numeric columns already on their analysis scale; with none
+    (`predictors=[]`) the model is intercept-only: provider profiling, funnel plots, a random-effects
+    meta-analysis of proportions.
     `group=None` fits a single-level logistic regression, without group effects.
     `random_slopes` lists predictors whose slope varies by group. `priors` overrides the
     defaults (see `DEFAULT_PRIORS`)."""
@@ -759,8 +796,6 @@ class HierarchicalLogistic(HierarchicalModel):
         if parameterization not in ("auto", "non-centered", "centered"):
             raise ValueError(f"`parameterization` of HierarchicalLogistic must be 'auto', 'non-centered' or "
                              f"'centered', got {parameterization!r}.")
-        if not self.predictors:
-            raise ValueError("`predictors` of HierarchicalLogistic is empty; give at least one column name.")
         if len(set(self.predictors)) != len(self.predictors):
             raise ValueError("`predictors` of HierarchicalLogistic lists a column twice.")
         unknown = [name for name in self.random_slopes if name not in self.predictors]
@@ -1037,10 +1072,13 @@ class HierarchicalLogistic(HierarchicalModel):
         likelihood = "binomial counts of events out of trials" if self.trials else "a binary outcome"
         coefficient = "each coefficient, a log odds ratio per unit of its predictor as entered in the model"
         intercept = "the intercept, the log odds with every predictor at its mean"
+        on = f" on {predictors}" if self.predictors else ", without predictors (an intercept-only model)"
+        items = [(priors["beta"], coefficient)] if self.predictors else []
+        if not self.predictors:
+            intercept = f"the intercept, the log odds in the average {group}" if self.group else "the intercept, the log odds"
         if self.group is None:
-            text = (f"We fitted a Bayesian logistic regression of {outcome} ({likelihood}) on "
-                    f"{predictors}, a single-level model without group effects. " + priors_sentence([
-                        (priors["beta"], coefficient), (priors["intercept"], intercept)]))
+            text = (f"We fitted a Bayesian logistic regression of {outcome} ({likelihood}){on}, a single-level model "
+                    f"without group effects. " + priors_sentence([*items, (priors["intercept"], intercept)]))
         else:
             slopes = ""
             if self.random_slopes:
@@ -1054,13 +1092,13 @@ class HierarchicalLogistic(HierarchicalModel):
             first = (getattr(self, "attempts_", None) or [{}])[0].get("parameterization")
             if first and first != parameterization:   # a refit changed it: the attempts' sentences say why
                 chosen = f" (after a refit; the first fit was {first})"
-            items = [(priors["beta"], coefficient), (priors["intercept"], intercept),
-                     (priors["sigma_group"], f"the between-{group} standard deviation of the intercepts "
-                                             "(log-odds scale)")]
+            items += [(priors["intercept"], intercept),
+                      (priors["sigma_group"], f"the between-{group} standard deviation of the intercepts "
+                                              "(log-odds scale)")]
             if self.random_slopes:
                 items.append((priors["sigma_slope"], f"the between-{group} standard deviation of each slope"))
-            text = (f"We fitted a Bayesian hierarchical logistic regression of {outcome} ({likelihood}) on "
-                    f"{predictors}, with random intercepts by {group}{slopes}, in a "
+            text = (f"We fitted a Bayesian hierarchical logistic regression of {outcome} ({likelihood}){on}, "
+                    f"with random intercepts by {group}{slopes}, in a "
                     f"{parameterization} parameterization{chosen}. " + priors_sentence(items))
         if hasattr(self, "sampling_"):
             text += self._sampling_text(self._engine_text())

@@ -459,7 +459,8 @@ class PaperChoices:
         table = check_convergence(model.idata_, var_names=model._reported(), **thresholds)
         attempts = getattr(model, "attempts_", None) or []
         message = convergence_message(table, model=type(model).__name__, divergences_max=thresholds["divergences_max"],
-                                      attempts=attempts, budget=getattr(model, "adapt_", None))
+                                      attempts=attempts, budget=getattr(model, "adapt_", None),
+                                      data=model.data_words())
         secondary = self.is_secondary(analysis)
         if message and not secondary:
             raise ConvergenceError(message)

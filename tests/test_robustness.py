@@ -47,7 +47,7 @@ def test_without_refits_the_gate_refuses_what_a_refit_publishes(tmp_path):
     assert not single["passed"] and single["fits"] == 1
     assert single["first_failure"] == adapted["first_failure"]   # the same first fit, seed for seed
     assert "divergent transitions" in single["error"] and "fits were made" not in single["error"]
-    assert "8 hospitals" in single["reason"]
+    assert "8 hospitals" in single["reason"] and "The data: 8 groups (`hospital`) with 323 events" in single["error"]
 
 
 def test_a_spent_budget_names_every_fit(tmp_path):
@@ -69,6 +69,8 @@ def test_a_spent_budget_names_every_fit(tmp_path):
     message = str(error.value)
     assert "2 fits were made" in message and "fit 1 (30 draws after 30" in message and "fit 2 (60 draws" in message
     assert "budget (2 fits, at most 60 draws per chain) is spent" in message and "adapt_attempts" in message
+    # four hospitals: the reason in the data's words, not the sampler's
+    assert "The data: 4 groups (`hospital`) with" in message and "With 4 groups the between-group standard deviation" in message
     # off: one fit, and the error is today's
     off = Paper({**study, "parameters": {**study["parameters"], "adapt": False}}, tmp_path, glue=False)
     single = off.fit(HierarchicalLogistic("death", "hospital", ["x"]), data, "model")
