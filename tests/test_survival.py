@@ -125,3 +125,15 @@ def test_weibull_likelihood_is_the_row_by_row_likelihood():
         t, d = design["duration"], design["event"]
         rows = d * (np.log(shape) + (shape - 1) * np.log(t) + eta) - t ** shape * np.exp(eta)
         assert float(loglik(point)) == pytest.approx(rows.sum(), rel=1e-10)
+
+
+def test_refits_within_a_budget_reach_the_ess_the_gate_asks():
+    "The survival model goes through the same escalation: 2 x 100 draws miss an ESS of 200, a longer refit has it."
+    model = HierarchicalSurvival("days", "died", "site", ["sepsis"]).fit_adaptive(
+        simulate(n=2000, n_groups=20, seed=8), draws=100, tune=300, chains=2, seed=3, ess_min=200, r_hat_max=1.05, attempts=3, max_draws=2000)
+    first, *later = model.attempts_
+    assert not first["passed"] and "effective sample size" in first["failed"] and first["parameterization"] is None
+    assert later and later[-1]["passed"] and later[-1]["draws"] > 100
+    assert model.sampling_["draws"] == later[-1]["draws"]
+    model.check_convergence(ess_min=200, r_hat_max=1.05)
+    assert "The first fit (target acceptance rate 0.9) failed the convergence gate with" in model.methods_text()
