@@ -460,7 +460,7 @@ class PaperChoices:
         attempts = getattr(model, "attempts_", None) or []
         message = convergence_message(table, model=type(model).__name__, divergences_max=thresholds["divergences_max"],
                                       attempts=attempts, budget=getattr(model, "adapt_", None),
-                                      data=model.data_words())
+                                      data=getattr(model, "data_words", lambda: None)())
         secondary = self.is_secondary(analysis)
         if message and not secondary:
             raise ConvergenceError(message)
