@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from .core import CohortError
-from .models import (BACKENDS, HierarchicalModel, check_sampling_arguments, hdi, posterior_summary,
+from .models import (BACKENDS, SCALE_PRIORS, HierarchicalModel, check_sampling_arguments, hdi,
+                              posterior_summary,
                               prior_text, priors_sentence, prior_variable, sample_posterior)
 
 # %% auto #0
@@ -34,7 +35,7 @@ SURVIVAL_PRIOR_MEANINGS = {
 }
 
 _LOCATION = {"Normal": ("mu", "sigma"), "StudentT": ("nu", "mu", "sigma")}
-_SCALE = {"HalfNormal": ("sigma",), "HalfStudentT": ("nu", "sigma"), "Exponential": ("lam",)}
+_SCALE = SCALE_PRIORS   # the logistic model's families: a published model's frailty prior can be given as it is
 
 
 def resolve_survival_priors(priors: dict | None, *, baseline: str = "weibull") -> dict:
@@ -67,10 +68,14 @@ def resolve_survival_priors(priors: dict | None, *, baseline: str = "weibull") -
                              f"got {', '.join(sorted(set(prior) - {'dist'}))}.")
         for key in needed:
             value = prior[key]
+            positive = key not in ("mu", "lower")
             if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
-                    or not np.isfinite(value) or (key != "mu" and value <= 0):
+                    or not np.isfinite(value) or (positive and value <= 0):
                 raise ValueError(f"The prior of {name}: {key} must be a finite"
-                                 f"{'' if key == 'mu' else ', positive'} number, got {value!r}.")
+                                 f"{', positive' if positive else ''} number, got {value!r}.")
+        if dist == "Uniform" and not 0 <= prior["lower"] < prior["upper"]:
+            raise ValueError(f"The prior of {name} (Uniform) needs 0 <= lower < upper, got lower "
+                             f"{prior['lower']!r} and upper {prior['upper']!r}.")
         resolved[name] = prior
     return resolved
 

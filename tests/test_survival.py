@@ -137,3 +137,20 @@ def test_refits_within_a_budget_reach_the_ess_the_gate_asks():
     assert model.sampling_["draws"] == later[-1]["draws"]
     model.check_convergence(ess_min=200, r_hat_max=1.05)
     assert "The first fit (target acceptance rate 0.9) failed the convergence gate with" in model.methods_text()
+
+
+def test_the_frailty_sd_takes_every_prior_family_of_the_logistic_model():
+    "Uniform and Inverse-Gamma on the variance, as published models give them (BUGS' dunif, dgamma on the precision)."
+    import pytest
+    from clinpaper.models import SCALE_PRIORS
+    from clinpaper.survival import resolve_survival_priors
+    for dist, arguments in SCALE_PRIORS.items():
+        prior = {"dist": dist, **{key: (0 if key == "lower" else 5 if key == "upper" else 1.5) for key in arguments}}
+        assert resolve_survival_priors({"sigma_group": prior})["sigma_group"] == prior
+    with pytest.raises(ValueError, match="needs 0 <= lower < upper"):
+        resolve_survival_priors({"sigma_group": {"dist": "Uniform", "lower": 2, "upper": 1}})
+    model = HierarchicalSurvival("days", "died", "site", ["sepsis"],
+                                 priors={"sigma_group": {"dist": "InverseGammaVariance", "alpha": 1, "beta": 0.1}})
+    model.fit(simulate(n=1000, n_groups=10, seed=9), draws=300, tune=300, chains=2, seed=4)
+    assert model.sampling_["backend"] == "kernel" and model.idata_.posterior["sigma_group"].min() > 0
+    assert "Inverse-Gamma(1, 0.1) on the variance" in model.methods_text()
