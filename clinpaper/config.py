@@ -226,7 +226,7 @@ STUDY_SCHEMA = {
                          why="an effective sample size"),
         "divergences_max": Field(int, required=False, minimum=0, example=0, why="a count"),
         # refits of a fit that failed its gate (on unless `adapt: false`): at most `adapt_attempts` fits in all,
-        # at most `adapt_max_draws` draws and tuning iterations per chain (default: 4 x draws)
+        # at most `adapt_max_draws` draws and tuning iterations per chain (default: 4 x the larger of draws and tune)
         "adapt": Field(bool, required=False, example=True, why="refits on (true) or off (false)"),
         "adapt_attempts": Field(int, required=False, minimum=1, maximum=10, example=3,
                                 why="fits in all, the first included"),

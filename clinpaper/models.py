@@ -293,12 +293,13 @@ def next_fit(settings: dict, table: pd.DataFrame, *, ess_min: float, divergences
     the budget (`max_draws`, a target acceptance rate of at most 0.99) leaves nothing to try.
 
     - Divergent transitions (a curvature the step size cannot follow; the draws are then not trusted, so
-      this comes first): the other parameterization, if the model has one (`parameterizations`) that was
-      not `tried`, with a higher target acceptance rate; else a higher rate alone (0.9, 0.95, 0.975, 0.99:
-      1 - rate halved, at most 0.99), with a warm-up twice as long once it reaches 0.99; at 0.99 a warm-up
-      twice as long; once both forms were tried, in the one with the fewest divergent transitions so far
-      (`fewest`: form -> divergences). (Three hospitals of 350 to 600 patients needed all of it: the centered
-      form had 229 divergent transitions, the non-centered 4 at 0.99 and none with 2,000 tuning iterations.)
+      this comes first): the other parameterization, if the model has one (`parameterizations`) not yet
+      `tried`, with a higher target acceptance rate (0.9, 0.95, 0.975, 0.99: 1 - rate halved, at most
+      0.99). Once every form was tried: the form with the fewest divergent transitions so far (`fewest`:
+      form -> divergences) at the next rate, with a warm-up twice as long when the rate reaches 0.99, and
+      at 0.99 a warm-up twice as long again. (Three hospitals of 350 to 600 patients needed all of it: the
+      centered form had 229 divergent transitions, the non-centered 4 at 0.99 and none with 2,000 tuning
+      iterations.)
     - r-hat over the gate (chains that disagree): chains twice as long, draws and warm-up.
     - Only the ESS under the gate: more draws, in proportion to the ESS missing (x 1.5 to x 4)."""
     problem = _fit_problem(table, divergences_max=divergences_max)
@@ -477,7 +478,7 @@ class HierarchicalModel:
         if k <= 5:
             text += (f" With {k} groups the between-group standard deviation is barely identified: the data cannot "
                      "tell a small difference between the groups from none, and the sampler then explores what the "
-                     "prior allows. A tighter prior on sigma_group (e.g. Half-Normal(0.5) on the log-odds scale), "
+                     "prior allows. A tighter prior on sigma_group (e.g. Half-Normal(0.5) on the model's scale), "
                      "fixed effects for the groups (indicator columns as predictors, group=None), or more groups "
                      "help.")
         return text
@@ -491,7 +492,7 @@ class HierarchicalModel:
                      divergences_max: int = 0, attempts: int = 3, max_draws: int | None = None, **fit_kwargs):
         """`fit`, then the convergence gate; while a fit fails the gate and the budget allows (`attempts`
         fits in all; at most `max_draws` draws and tuning iterations per chain, by default four times
-        `draws`), refit with the change `next_fit` chooses. Returns self, holding the last fit, with
+        the larger of `draws` and `tune`), refit with the change `next_fit` chooses. Returns self, holding the last fit, with
         `attempts_`: each fit's settings, the gate's figures, what failed and what the next fit changed.
         The gate keeps the last word: a spent budget does not raise here, `check_convergence` (or
         `Paper.gate`) does, with every fit named. `attempts=1` is a plain `fit`, recorded."""
