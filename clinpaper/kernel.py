@@ -78,18 +78,35 @@ def _binomial_row(linear, events, trials):
 
 # %% ../nbs/04d_kernel.ipynb #c010
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def logistic_logp(theta, xt, starts, events, trials, intercept_prior, beta_prior, sigma_prior,
-                  centered, grad):
+def logistic_logp(theta, xt, starts, events, trials, intercept_prior, beta_prior, sigma_prior, weights,
+                  slope_idx, slope_prior, slope_weights, grad):
     """Log-density (up to a constant) of the hierarchical logistic model at `theta`; the gradient goes to
-    `grad`. `xt` holds the centred predictors transposed (predictors x rows), rows sorted by group."""
+    `grad`. `xt` holds the centred predictors transposed (predictors x rows), rows sorted by group.
+    `weights[j]` is group j's centering, 1 centered, 0 non-centered; `slope_idx` the predictors (rows of
+    `xt`) whose slopes vary by group, with centerings `slope_weights` (groups x slopes)."""
     n_predictors, n_rows = xt.shape
     n_groups = starts.shape[0] - 1
+    n_slopes = slope_idx.shape[0]
     at_sigma = 1 + n_predictors
+    at_tau = at_sigma + 1 + n_groups
+    at_slopes = at_tau + n_slopes
     intercept = theta[0]
     sigma, dsigma, total, dv = _scale_logp(theta[at_sigma], sigma_prior)
+    log_sigma = math.log(sigma)
     total_i, d_intercept = _location_logp(intercept, intercept_prior)
     total += total_i
-    eta = np.zeros(n_rows)  # the linear predictor without intercept and group effect
+    tau = np.empty(n_slopes)          # the slopes' SDs, their derivatives in v and the log-density's in tau
+    dtau = np.empty(n_slopes)
+    dtau_total = np.zeros(n_slopes)
+    log_tau = np.empty(n_slopes)
+    for k in range(n_slopes):
+        tau_k, dtau_k, lp, dv_k = _scale_logp(theta[at_tau + k], slope_prior)
+        tau[k] = tau_k
+        dtau[k] = dtau_k
+        log_tau[k] = math.log(tau_k)
+        grad[at_tau + k] = dv_k
+        total += lp
+    eta = np.zeros(n_rows)  # the linear predictor without intercept and group effects
     for p in range(n_predictors):
         lp, grad[1 + p] = _location_logp(theta[1 + p], beta_prior)
         total += lp
@@ -97,24 +114,41 @@ def logistic_logp(theta, xt, starts, events, trials, intercept_prior, beta_prior
         for i in range(n_rows):
             eta[i] += column[i] * coefficient
     residual = np.empty(n_rows)  # d log-likelihood / d eta of each row
+    slope = np.empty(n_slopes)   # group j's slope deviations
+    d_slope = np.empty(n_slopes)
     dsigma_total = 0.0
     for j in range(n_groups):
-        value = theta[at_sigma + 1 + j]
-        base = intercept + (value if centered else sigma * value)
+        value, w = theta[at_sigma + 1 + j], weights[j]
+        # u_j = sigma^(1 - w) v_j with v_j ~ Normal(0, sigma^w): w = 1 centered, w = 0 non-centered
+        scale = math.exp((1.0 - w) * log_sigma)
+        prior_var = math.exp(2.0 * w * log_sigma)
+        base = intercept + scale * value
+        for k in range(n_slopes):
+            wk = slope_weights[j, k]
+            slope[k] = math.exp((1.0 - wk) * log_tau[k]) * theta[at_slopes + j * n_slopes + k]
+            d_slope[k] = 0.0
         d_effect = 0.0
         for i in range(starts[j], starts[j + 1]):
-            value_i, residual[i] = _binomial_row(eta[i] + base, events[i], trials[i])
+            linear = eta[i] + base
+            for k in range(n_slopes):
+                linear += xt[slope_idx[k], i] * slope[k]
+            value_i, residual[i] = _binomial_row(linear, events[i], trials[i])
             total += value_i
             d_effect += residual[i]
+            for k in range(n_slopes):
+                d_slope[k] += xt[slope_idx[k], i] * residual[i]
         d_intercept += d_effect
-        if centered:  # u_j ~ Normal(0, sigma)
-            total += -0.5 * value * value / (sigma * sigma) - math.log(sigma)
-            grad[at_sigma + 1 + j] = d_effect - value / (sigma * sigma)
-            dsigma_total += value * value / (sigma * sigma * sigma) - 1.0 / sigma
-        else:  # z_j ~ Normal(0, 1), u_j = sigma z_j
-            total += -0.5 * value * value
-            grad[at_sigma + 1 + j] = sigma * d_effect - value
-            dsigma_total += value * d_effect
+        total += -0.5 * value * value / prior_var - w * log_sigma
+        grad[at_sigma + 1 + j] = scale * d_effect - value / prior_var
+        dsigma_total += ((1.0 - w) * scale * value * d_effect + w * value * value / prior_var - w) / sigma
+        for k in range(n_slopes):
+            at = at_slopes + j * n_slopes + k
+            wk, vk = slope_weights[j, k], theta[at]
+            scale_k = math.exp((1.0 - wk) * log_tau[k])
+            var_k = math.exp(2.0 * wk * log_tau[k])
+            total += -0.5 * vk * vk / var_k - wk * log_tau[k]
+            grad[at] = scale_k * d_slope[k] - vk / var_k
+            dtau_total[k] += ((1.0 - wk) * scale_k * vk * d_slope[k] + wk * vk * vk / var_k - wk) / tau[k]
     grad[0] = d_intercept
     for p in range(n_predictors):
         column, acc = xt[p], 0.0
@@ -122,33 +156,54 @@ def logistic_logp(theta, xt, starts, events, trials, intercept_prior, beta_prior
             acc += column[i] * residual[i]
         grad[1 + p] += acc
     grad[at_sigma] = dv + dsigma_total * dsigma
+    for k in range(n_slopes):
+        grad[at_tau + k] += dtau_total[k] * dtau[k]
     return total
 
 # %% ../nbs/04d_kernel.ipynb #c012
-def nutpie_model(design: dict, priors: dict, *, means, predictors, groups, centered: bool):
-    "A nutpie model (from `nutpie.from_pyfunc`) for a design of `HierarchicalLogistic._design`."
+def _sampled_name(weights, centered: str, raw: str) -> str:
+    "The name of the sampled group values: the effects themselves when every group is centered, else the raw values."
+    return centered if np.all(np.asarray(weights) == 1.0) else raw
+
+
+def nutpie_model(design: dict, priors: dict, *, means, predictors, groups, weights, slopes=(), slope_weights=None):
+    """A nutpie model (from `nutpie.from_pyfunc`) for a design of `HierarchicalLogistic._design`. `weights`
+    (one per group, or one for all) is each group's centering: 1 centered, 0 non-centered, in between
+    partially non-centered; `slopes` names the predictors with random slopes and `slope_weights`
+    (groups x slopes, or one number) their centerings."""
     from nutpie.compiled_pyfunc import from_pyfunc
 
     order = np.argsort(design["group_idx"], kind="stable")
     group_idx = design["group_idx"][order]
     n_groups = len(groups)
+    predictors, slopes = list(predictors), list(slopes)
     xt = np.ascontiguousarray((design["x"][order] - np.asarray(means, dtype=float)).T)
     events = np.ascontiguousarray(design["events"][order], dtype=float)
     trials = np.ascontiguousarray(design["trials"][order], dtype=float)
     starts = np.searchsorted(group_idx, np.arange(n_groups + 1)).astype(np.int64)
     intercept_prior, beta_prior, sigma_prior = (prior_vector(priors[name])
                                                 for name in ("intercept", "beta", "sigma_group"))
+    n_slopes = len(slopes)
+    slope_idx = np.array([predictors.index(name) for name in slopes], dtype=np.int64)
+    slope_prior = prior_vector(priors["sigma_slope"]) if n_slopes else np.zeros(4)
+    weights = np.ascontiguousarray(np.broadcast_to(np.asarray(weights, dtype=float), (n_groups,)))
+    slope_weights = np.ascontiguousarray(np.broadcast_to(
+        np.asarray(1.0 if slope_weights is None else slope_weights, dtype=float), (n_groups, n_slopes)))
     n_predictors = xt.shape[0]
-    n_dim = 2 + n_predictors + n_groups
+    at_slopes = 2 + n_predictors + n_groups + n_slopes
+    n_dim = at_slopes + n_groups * n_slopes
     variance = priors["sigma_group"]["dist"] == "InverseGammaVariance"
+    slope_variance = n_slopes > 0 and priors["sigma_slope"]["dist"] == "InverseGammaVariance"
+    group_name = _sampled_name(weights, "group_effect", "z_group")
+    slope_name = _sampled_name(slope_weights, "group_slope", "z_slope")
     means = np.asarray(means, dtype=float)
     rate = min(max(events.sum() / trials.sum(), 1e-3), 1 - 1e-3)
 
     def make_logp():
         def logp(theta, **_):
             grad = np.empty(n_dim)
-            value = logistic_logp(theta, xt, starts, events, trials, intercept_prior, beta_prior,
-                                  sigma_prior, centered, grad)
+            value = logistic_logp(theta, xt, starts, events, trials, intercept_prior, beta_prior, sigma_prior,
+                                  weights, slope_idx, slope_prior, slope_weights, grad)
             return value, grad
         return logp
 
@@ -156,16 +211,25 @@ def nutpie_model(design: dict, priors: dict, *, means, predictors, groups, cente
         def expand(theta, **_):
             beta = theta[1:1 + n_predictors]
             sigma = _scale_logp(theta[1 + n_predictors], sigma_prior)[0]
-            values = theta[2 + n_predictors:]
-            effects = values if centered else sigma * values
+            values = theta[2 + n_predictors:2 + n_predictors + n_groups]
             out = {"intercept_centered": np.array(theta[0]), "beta": beta.copy()}
             if variance:
                 out["sigma_group_variance"] = np.array(sigma * sigma)
             out["sigma_group"] = np.array(sigma)
-            out["group_effect" if centered else "z_group"] = values.copy()
+            out[group_name] = values.copy()
+            if n_slopes:
+                tau = np.array([_scale_logp(theta[2 + n_predictors + n_groups + k], slope_prior)[0]
+                                for k in range(n_slopes)])
+                if slope_variance:
+                    out["sigma_slope_variance"] = tau * tau
+                out["sigma_slope"] = tau
+                raw = theta[at_slopes:].reshape(n_groups, n_slopes)
+                out[slope_name] = raw.copy()
             out["intercept"] = np.array(theta[0] - means @ beta)
-            if not centered:
-                out["group_effect"] = effects.copy()
+            if group_name != "group_effect":
+                out["group_effect"] = sigma ** (1.0 - weights) * values
+            if n_slopes and slope_name != "group_slope":
+                out["group_slope"] = tau[None, :] ** (1.0 - slope_weights) * raw
             return out
         return expand
 
@@ -177,15 +241,24 @@ def nutpie_model(design: dict, priors: dict, *, means, predictors, groups, cente
     first = initial_point(0)  # compiles the kernel now (or loads it from numba's cache) and checks it
     if not np.isfinite(make_logp()(first)[0]):
         raise FloatingPointError("the compiled log-density is not finite at the initial point")
-    names = ["intercept_centered", "beta", *(["sigma_group_variance"] if variance else []), "sigma_group",
-             "group_effect" if centered else "z_group", "intercept", *([] if centered else ["group_effect"])]
-    shapes = {"intercept_centered": (), "beta": (n_predictors,), "sigma_group_variance": (),
-              "sigma_group": (), "z_group": (n_groups,), "group_effect": (n_groups,), "intercept": ()}
-    dims = {"beta": ("predictor",), "z_group": ("group",), "group_effect": ("group",)}
+    names = ["intercept_centered", "beta", *(["sigma_group_variance"] if variance else []), "sigma_group", group_name]
+    if n_slopes:
+        names += [*(["sigma_slope_variance"] if slope_variance else []), "sigma_slope", slope_name]
+    names += ["intercept", *(["group_effect"] if group_name != "group_effect" else []),
+              *(["group_slope"] if n_slopes and slope_name != "group_slope" else [])]
+    shapes = {"intercept_centered": (), "beta": (n_predictors,), "sigma_group_variance": (), "sigma_group": (),
+              "z_group": (n_groups,), "group_effect": (n_groups,), "intercept": (),
+              "sigma_slope_variance": (n_slopes,), "sigma_slope": (n_slopes,), "z_slope": (n_groups, n_slopes),
+              "group_slope": (n_groups, n_slopes)}
+    dims = {"beta": ("predictor",), "z_group": ("group",), "group_effect": ("group",),
+            "sigma_slope_variance": ("slope",), "sigma_slope": ("slope",), "z_slope": ("group", "slope"),
+            "group_slope": ("group", "slope")}
+    coords = {"predictor": predictors, "group": [str(g) for g in groups]}
+    if n_slopes:
+        coords["slope"] = slopes
     return from_pyfunc(
         n_dim, make_logp, make_expand, [np.dtype("float64")] * len(names), [shapes[n] for n in names], names,
-        coords={"predictor": list(predictors), "group": [str(g) for g in groups]},
-        dims={name: dims[name] for name in names if name in dims}, make_initial_point_fn=initial_point)
+        coords=coords, dims={name: dims[name] for name in names if name in dims}, make_initial_point_fn=initial_point)
 
 # %% ../nbs/04d_kernel.ipynb #c016
 @numba.njit(cache=True, nogil=True, fastmath={"contract"})

@@ -19,11 +19,11 @@ import pandas as pd
 from .core import ClinpaperError, CohortError, ConvergenceError
 
 # %% auto #0
-__all__ = ['LOCATION_PRIORS', 'SCALE_PRIORS', 'DEFAULT_PRIORS', 'PRIOR_MEANINGS', 'REPORTED_PARAMETERS', 'TARGET_ACCEPT_MAX',
-           'BACKENDS', 'prior_text', 'prior_strength', 'priors_sentence', 'resolve_priors', 'hdi', 'posterior_summary',
-           'check_convergence', 'convergence_message', 'next_fit', 'NotFittedError', 'HierarchicalModel',
-           'prior_variable', 'choose_parameterization', 'check_sampling_arguments', 'nutpie_backend',
-           'sample_posterior', 'HierarchicalLogistic']
+__all__ = ['LOCATION_PRIORS', 'SCALE_PRIORS', 'DEFAULT_PRIORS', 'PRIOR_MEANINGS', 'REPORTED_PARAMETERS', 'PARAMETERIZATIONS',
+           'TARGET_ACCEPT_MAX', 'CENTERING_SNAP', 'CENTERED_MEDIAN', 'BACKENDS', 'prior_text', 'prior_strength',
+           'priors_sentence', 'resolve_priors', 'hdi', 'posterior_summary', 'check_convergence', 'convergence_message',
+           'form_words', 'next_fit', 'NotFittedError', 'HierarchicalModel', 'prior_variable', 'group_values',
+           'choose_centering', 'check_sampling_arguments', 'nutpie_backend', 'sample_posterior', 'HierarchicalLogistic']
 
 # %% ../nbs/04_models.ipynb #c006
 LOCATION_PRIORS = {"Normal": ("mu", "sigma"), "StudentT": ("nu", "mu", "sigma")}
@@ -254,6 +254,14 @@ def convergence_message(table: pd.DataFrame, *, model: str = "The model", diverg
     return "\n".join(lines)
 
 # %% ../nbs/04_models.ipynb #c014e
+PARAMETERIZATIONS = ("auto", "centered", "non-centered", "partial")
+
+
+def form_words(form: str) -> str:
+    "A parameterization in a sentence's words."
+    return "partially non-centered" if form == "partial" else form
+
+
 TARGET_ACCEPT_MAX = 0.99
 
 
@@ -313,12 +321,12 @@ def next_fit(settings: dict, table: pd.DataFrame, *, ess_min: float, divergences
         others = [p for p in parameterizations if p != current and p not in tried]
         if others:
             nxt.update(parameterization=others[0], target_accept=max(higher, target_accept))
-            return nxt, (f"in the {others[0]} parameterization with a target acceptance rate of "
+            return nxt, (f"in the {form_words(others[0])} parameterization with a target acceptance rate of "
                          f"{nxt['target_accept']:g}")
         best = min(fewest, key=lambda form: (fewest[form], form != current)) if fewest else current
         back = ""
         if best != current:   # back to the form that diverged least
-            nxt["parameterization"], back = best, f"in the {best} parameterization (the fewer divergent transitions) "
+            nxt["parameterization"], back = best, f"in the {form_words(best)} parameterization (the fewer divergent transitions) "
         if target_accept < TARGET_ACCEPT_MAX:
             nxt["target_accept"] = higher
             if higher >= TARGET_ACCEPT_MAX and tune * 2 <= max_draws:   # the last notch: a longer warm-up too
@@ -550,7 +558,7 @@ class HierarchicalModel:
         described = [f"target acceptance rate {first['target_accept']:g}"]
         if first.get("parameterization"):
             auto = getattr(self, "parameterization", None) == "auto"
-            described.insert(0, f"{first['parameterization']} parameterization{' chosen from the data' if auto else ''}")
+            described.insert(0, f"{form_words(first['parameterization'])} parameterization{' chosen from the data' if auto else ''}")
         sentences = []
         for index, entry in enumerate(records[:-1]):
             lead = f"The first fit ({', '.join(described)})" if index == 0 else "That fit"
@@ -654,18 +662,107 @@ def prior_variable(name: str, prior: dict, **kwargs):
         return pm.Deterministic(name, variance ** 0.5, **kwargs)
     return getattr(pm, prior["dist"])(name, **params, **kwargs)
 
+
+def group_values(name: str, raw: str, sd, weights, dims):
+    """Group-level values `name` ~ Normal(0, `sd`) in a PyMC model, each centered by its weight (1 centered:
+    `name` is sampled; 0 non-centered: `raw` ~ Normal(0, 1) is sampled and `name` = sd * raw; w in between:
+    `raw` ~ Normal(0, sd^w) and `name` = sd^(1 - w) * raw, the partial non-centering of Gorinova, Moore and
+    Hoffman 2020). Every form is the same model; only the sampler's coordinates differ."""
+    import pymc as pm
+
+    weights = np.asarray(weights, dtype=float)
+    if np.all(weights == 1.0):
+        return pm.Normal(name, 0.0, sd, dims=dims)
+    if np.all(weights == 0.0):
+        return pm.Deterministic(name, sd * pm.Normal(raw, 0.0, 1.0, dims=dims), dims=dims)
+    return pm.Deterministic(name, sd ** (1.0 - weights) * pm.Normal(raw, 0.0, sd ** weights, dims=dims), dims=dims)
+
 # %% ../nbs/04_models.ipynb #c024
-def choose_parameterization(design: dict, *, threshold: float = 0.25, share: float = 0.9) -> str:
-    """'centered' when a `share` of the groups (the `share` quantile) have an approximate standard error
-    of their effect, 1 / sqrt(n_j p (1 - p)) at the overall event rate p, below `threshold`; else
-    'non-centered'."""
-    trials, events = np.asarray(design["trials"], dtype=float), np.asarray(design["events"], dtype=float)
-    rate = events.sum() / trials.sum()
-    n_groups = len(design["levels"])
-    information = np.bincount(design["group_idx"], weights=trials, minlength=n_groups) * rate * (1 - rate)
-    if not np.all(information > 0):
-        return "non-centered"
-    return "centered" if np.quantile(1 / np.sqrt(information), share) < threshold else "non-centered"
+CENTERING_SNAP = 0.05   # "partial": weights this close to 0 or 1 are set to 0 or 1
+CENTERED_MEDIAN = 0.75  # "auto": centered when the median weight reaches this (se below 0.58 s)
+
+
+def _pilot_fit(x, events, trials, *, ridge: float = 1 / 2.5 ** 2, iterations: int = 50):
+    "The single-level logistic fit (intercept, then slopes on the centred `x`) by Newton's method, ridged on the slopes."
+    design = np.column_stack([np.ones(len(events)), x])
+    rate = min(max(events.sum() / trials.sum(), 1e-3), 1 - 1e-3)
+    coefficients = np.zeros(design.shape[1])
+    coefficients[0] = math.log(rate / (1 - rate))
+    penalty = np.full(design.shape[1], ridge)
+    penalty[0] = 0.0
+    for _ in range(iterations):
+        p = _expit(design @ coefficients)
+        weight = trials * p * (1 - p)
+        score = design.T @ (events - trials * p) - penalty * coefficients
+        step = np.linalg.solve(design.T @ (design * weight[:, None]) + np.diag(penalty), score)
+        coefficients = coefficients + np.clip(step, -5, 5)
+        if np.max(np.abs(step)) < 1e-9:
+            break
+    return _expit(design @ coefficients)
+
+
+def _moment_sd(estimates, variances) -> float:
+    "DerSimonian and Laird's moment estimate of the SD between `estimates` with within-group `variances`."
+    keep = np.isfinite(variances) & (variances > 0)
+    if keep.sum() < 2:
+        return 0.0
+    d, w = estimates[keep], 1 / variances[keep]
+    q = float(np.sum(w * (d - np.sum(w * d) / w.sum()) ** 2))
+    return math.sqrt(max(0.0, (q - (keep.sum() - 1)) / (w.sum() - np.sum(w ** 2) / w.sum())))
+
+
+def choose_centering(design: dict, *, means, slope_idx=(), form: str = "auto", snap: float = CENTERING_SNAP,
+                     centered_median: float = CENTERED_MEDIAN) -> dict:
+    """How much each group's effect (and each random slope) is centered: 1 centered, 0 non-centered.
+
+    For 'centered' and 'non-centered' every weight is 1 or 0. Otherwise each group gets the weight
+    w_j = s^2 / (s^2 + se_j^2), where se_j is the standard error of the group's own effect (a one-step
+    estimate from the single-level logistic fit, jointly with its slope deviations) and s a pilot estimate
+    of the between-group SD (DerSimonian and Laird's moment estimate on those one-step estimates); a slope
+    gets the same with its own SD and standard errors. 'partial' samples with these weights (within `snap` of
+    0 or 1 set to 0 or 1). 'auto' takes a pure form for the intercepts, and one for each slope: centered when the
+    median weight is at least `centered_median`, else non-centered.
+    Returns {"form", "group" (weights), "slope" (groups x slopes), "sd", "slope_sd", "pilot" (the weights
+    before the choice: groups x (1 + slopes))}; "form" names the result: 'centered' or 'non-centered' when
+    every weight is 1 or 0, else 'partial'."""
+    n_groups, slope_idx = len(design["levels"]), list(slope_idx)
+    n_slopes = len(slope_idx)
+    if form in ("centered", "non-centered"):
+        value = 1.0 if form == "centered" else 0.0
+        return {"form": form, "group": np.full(n_groups, value), "slope": np.full((n_groups, n_slopes), value),
+                "sd": None, "slope_sd": None, "pilot": None}
+    if form not in ("auto", "partial"):
+        raise ValueError(f"`form` of choose_centering must be 'auto', 'partial', 'centered' or 'non-centered', "
+                         f"got {form!r}.")
+    x = np.asarray(design["x"], dtype=float) - np.asarray(means, dtype=float)
+    events, trials = np.asarray(design["events"], dtype=float), np.asarray(design["trials"], dtype=float)
+    p = _pilot_fit(x, events, trials)
+    weight, residual = trials * p * (1 - p), events - trials * p
+    own = np.column_stack([np.ones(len(events)), x[:, slope_idx]])   # a group's intercept and slopes
+    estimates = np.zeros((n_groups, 1 + n_slopes))
+    variances = np.full((n_groups, 1 + n_slopes), np.inf)
+    for j in range(n_groups):
+        rows = design["group_idx"] == j
+        if not rows.any():
+            continue
+        information = own[rows].T @ (own[rows] * weight[rows, None])
+        information += np.eye(1 + n_slopes) * 1e-9 * np.trace(information)   # a slope without spread in j: no information
+        inverse = np.linalg.inv(information)
+        estimates[j] = inverse @ (own[rows].T @ residual[rows])
+        variances[j] = np.diag(inverse)
+    sds = [_moment_sd(estimates[:, c], variances[:, c]) for c in range(1 + n_slopes)]
+    weights = np.zeros((n_groups, 1 + n_slopes))
+    for c, sd in enumerate(sds):
+        if sd > 0:
+            weights[:, c] = sd ** 2 / (sd ** 2 + variances[:, c])
+    pilot = weights.copy()
+    if form == "auto":   # a divergence stops a paper, a lower ESS costs draws: centered only where nearly every group suits it
+        weights = np.where(np.median(weights, axis=0) >= centered_median, 1.0, 0.0)[None, :] * np.ones_like(weights)
+    else:
+        weights = np.where(weights < snap, 0.0, np.where(weights > 1 - snap, 1.0, weights))
+    name = "centered" if np.all(weights == 1) else "non-centered" if np.all(weights == 0) else "partial"
+    return {"form": name, "group": weights[:, 0], "slope": weights[:, 1:], "sd": sds[0],
+            "slope_sd": sds[1:] if n_slopes else None, "pilot": pilot}
 
 # %% ../nbs/04_models.ipynb #c028
 def check_sampling_arguments(*, draws, tune, chains, target_accept, sampler) -> None:
@@ -691,20 +788,17 @@ def _pymc_backend() -> str:
     return "jax"
 
 
-def nutpie_backend(backend: str = "auto", *, random_slopes: bool = False, grouped: bool = True) -> str:
-    """The backend nutpie uses for a model: `backend` itself, or for 'auto' the kernel (random
-    intercepts by a group only), else 'jax' when JAX is installed, else 'numba'."""
+def nutpie_backend(backend: str = "auto", *, grouped: bool = True) -> str:
+    """The backend nutpie uses for a model: `backend` itself, or for 'auto' the kernel (a model with a group:
+    random intercepts, with or without random slopes), else 'jax' when JAX is installed, else 'numba'."""
     if backend not in BACKENDS:
         raise ValueError(f"`backend` must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}.")
-    if backend == "kernel" and random_slopes:
-        raise ValueError("backend='kernel' covers random intercepts only; a model with random slopes "
-                         "needs backend='jax' (or 'auto').")
     if backend == "kernel" and not grouped:
         raise ValueError("backend='kernel' covers models with random intercepts by a group; a model with "
                          "group=None needs backend='jax' (or 'auto').")
     if backend != "auto":
         return backend
-    return _pymc_backend() if random_slopes or not grouped else "kernel"
+    return "kernel" if grouped else _pymc_backend()
 
 # %% ../nbs/04_models.ipynb #c028e
 def _compile_nutpie(model, backend, kernel=None):
@@ -781,7 +875,7 @@ class HierarchicalLogistic(HierarchicalModel):
     POSITIONAL = ("outcome", "group", "predictors")
     SETTINGS = ("trials", "random_slopes", "priors", "parameterization")
     STATE = ("groups_", "n_obs_", "n_events_", "n_rows_model_", "collapsed_", "sampler_", "sampling_",
-             "timings_", "parameterization_", "attempts_", "adapt_")
+             "timings_", "parameterization_", "centering_", "attempts_", "adapt_")
 
     def __init__(self, outcome: str, group: str | None, predictors, *, trials: str | None = None,
                  random_slopes=None, priors: dict | None = None, parameterization: str = "auto"):
@@ -794,9 +888,9 @@ class HierarchicalLogistic(HierarchicalModel):
         self.random_slopes = list(random_slopes or [])
         self.priors = priors
         self.parameterization = parameterization
-        if parameterization not in ("auto", "non-centered", "centered"):
-            raise ValueError(f"`parameterization` of HierarchicalLogistic must be 'auto', 'non-centered' or "
-                             f"'centered', got {parameterization!r}.")
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"`parameterization` of HierarchicalLogistic must be one of "
+                             f"{', '.join(map(repr, PARAMETERIZATIONS))}, got {parameterization!r}.")
         if len(set(self.predictors)) != len(self.predictors):
             raise ValueError("`predictors` of HierarchicalLogistic lists a column twice.")
         unknown = [name for name in self.random_slopes if name not in self.predictors]
@@ -815,8 +909,12 @@ class HierarchicalLogistic(HierarchicalModel):
                 f"predictors={self.predictors!r}{extra})")
 
     def _parameterizations(self) -> tuple:
-        "A refit after divergences may switch between the two forms of the group effects (none without a group)."
-        return ("centered", "non-centered") if self.group is not None else ()
+        """A refit after divergences may switch to the pure forms of the group effects, non-centered first (the
+        form that cannot funnel); none without a group."""
+        return ("non-centered", "centered") if self.group is not None else ()
+
+    def _slope_idx(self) -> list:
+        return [self.predictors.index(name) for name in self.random_slopes]
 
     def _validate(self, df, *, for_fit: bool = True) -> None:
         "Raise CohortError (TypeError for a non-DataFrame) for data that `fit` or `predict` cannot use."
@@ -904,20 +1002,21 @@ class HierarchicalLogistic(HierarchicalModel):
         return {"x": x, "group_idx": group_idx.astype("int64"), "events": events.astype("int64"),
                 "trials": trials.astype("int64"), "levels": levels, "collapsed": collapsed}
 
-    def build_model(self, design: dict, *, predictor_means=None, parameterization: str | None = None):
-        """The PyMC model for `design` (from `_design`); variables named as in the text above.
-        `parameterization` defaults to the model's own, resolved with `choose_parameterization` when 'auto'
-        (a model without a group has no group effects to parameterize)."""
+    def build_model(self, design: dict, *, predictor_means=None, parameterization: str | None = None,
+                    centering: dict | None = None):
+        """The PyMC model for `design` (from `_design`); variables named as in the text above. `centering`
+        (from `choose_centering`) gives each group's and each slope's centering; by default it is chosen
+        for `parameterization`, itself the model's own by default (a model without a group has no group
+        effects to parameterize)."""
         import pymc as pm
         import pytensor.tensor as pt
 
         grouped = self.group is not None
-        parameterization = parameterization or self.parameterization
-        if grouped and parameterization == "auto":
-            parameterization = choose_parameterization(design)
-
         x = design["x"]
         means = x.mean(axis=0) if predictor_means is None else np.asarray(predictor_means)
+        if grouped and centering is None:
+            centering = choose_centering(design, means=means, slope_idx=self._slope_idx(),
+                                         form=parameterization or self.parameterization)
         binary = bool((design["trials"] == 1).all())
         coords = {"predictor": self.predictors}
         if grouped:
@@ -934,20 +1033,12 @@ class HierarchicalLogistic(HierarchicalModel):
             logit_p = intercept_centered + pt.dot(x_centered, beta)
             if grouped:
                 sigma_group = prior_variable("sigma_group", self.priors_["sigma_group"])
-                if parameterization == "non-centered":
-                    z_group = pm.Normal("z_group", 0.0, 1.0, dims="group")
-                    group_effect = pm.Deterministic("group_effect", sigma_group * z_group, dims="group")
-                else:
-                    group_effect = pm.Normal("group_effect", 0.0, sigma_group, dims="group")
+                group_effect = group_values("group_effect", "z_group", sigma_group, centering["group"], "group")
                 logit_p = logit_p + group_effect[group_idx]
             if self.random_slopes:
-                slope_idx = [self.predictors.index(name) for name in self.random_slopes]
+                slope_idx = self._slope_idx()
                 sigma_slope = prior_variable("sigma_slope", self.priors_["sigma_slope"], dims="slope")
-                if parameterization == "non-centered":
-                    z_slope = pm.Normal("z_slope", 0.0, 1.0, dims=("group", "slope"))
-                    group_slope = pm.Deterministic("group_slope", sigma_slope * z_slope, dims=("group", "slope"))
-                else:
-                    group_slope = pm.Normal("group_slope", 0.0, sigma_slope, dims=("group", "slope"))
+                group_slope = group_values("group_slope", "z_slope", sigma_slope, centering["slope"], ("group", "slope"))
                 logit_p = logit_p + (x_centered[:, slope_idx] * group_slope[group_idx]).sum(axis=1)
             if binary:
                 pm.Bernoulli("y", logit_p=logit_p, observed=design["events"], dims="obs")
@@ -967,34 +1058,39 @@ class HierarchicalLogistic(HierarchicalModel):
         check_sampling_arguments(draws=draws, tune=tune, chains=chains, target_accept=target_accept,
                                  sampler=sampler)
         grouped = self.group is not None
-        backend = nutpie_backend(backend, random_slopes=bool(self.random_slopes), grouped=grouped)
+        backend = nutpie_backend(backend, grouped=grouped)
         self._validate(df)
         if progressbar is None:
             progressbar = sys.stderr.isatty()
         design = self._design(df, collapse=collapse)
         weights = design["trials"]
         means = (design["x"] * weights[:, None]).sum(axis=0) / weights.sum()
-        if parameterization not in (None, "centered", "non-centered"):
-            raise ValueError(f"`parameterization` of HierarchicalLogistic.fit must be 'centered', 'non-centered' or "
-                             f"None (the model's own), got {parameterization!r}.")
-        requested = parameterization or self.parameterization
-        parameterization = None
+        if parameterization not in (None, *PARAMETERIZATIONS):
+            raise ValueError(f"`parameterization` of HierarchicalLogistic.fit must be one of "
+                             f"{', '.join(map(repr, PARAMETERIZATIONS))} or None (the model's own), got {parameterization!r}.")
+        centering = None
         if grouped:
-            parameterization = choose_parameterization(design) if requested == "auto" else requested
-        model = self.build_model(design, predictor_means=means, parameterization=parameterization)
+            centering = choose_centering(design, means=means, slope_idx=self._slope_idx(),
+                                         form=parameterization or self.parameterization)
+        model = self.build_model(design, predictor_means=means, centering=centering)
 
         def kernel():
             from clinpaper.kernel import nutpie_model
             return nutpie_model(design, self.priors_, means=means, predictors=self.predictors,
-                                groups=design["levels"], centered=parameterization == "centered")
+                                groups=design["levels"], weights=centering["group"], slopes=self.random_slopes,
+                                slope_weights=centering["slope"])
 
         idata, sampled = sample_posterior(
             model, draws=draws, tune=tune, chains=chains, seed=seed, target_accept=target_accept,
             sampler=sampler, progressbar=progressbar, sampler_kwargs=sampler_kwargs, backend=backend,
-            kernel=kernel if grouped and not self.random_slopes else None)
+            kernel=kernel if grouped else None)
         self.model_ = model
         self.idata_ = idata
-        self.parameterization_ = parameterization
+        self.parameterization_ = centering["form"] if grouped else None
+        self.centering_ = None if centering is None else {
+            "sd": centering["sd"], "slope_sd": centering["slope_sd"], "group": [float(w) for w in centering["group"]],
+            "slope": [[float(w) for w in row] for row in centering["slope"]],
+            "pilot": None if centering["pilot"] is None else np.round(centering["pilot"], 4).tolist()}
         self.groups_ = list(design["levels"])
         self.predictor_means_ = pd.Series(means, index=self.predictors)
         self.n_obs_ = int(weights.sum())
@@ -1061,6 +1157,42 @@ class HierarchicalLogistic(HierarchicalModel):
             low[rows], high[rows] = hdi(probability, prob=hdi_prob)
         return pd.DataFrame({"mean": mean, "low": low, "high": high}, index=df.index)
 
+    def _centering_text(self, names: dict, group: str, groups: str) -> str:
+        "The Methods' words on how the fit's centering was chosen (empty when the user fixed the form)."
+        record = getattr(self, "centering_", None)
+        if self.parameterization not in ("auto", "partial"):
+            return ""
+        if not record:
+            return f" (chosen from the data at the fit, see `choose_centering`)"
+        pilot = np.asarray(record.get("pilot") or [[np.nan] * (1 + len(self.random_slopes))] * len(record["group"]))
+
+        def spread(weights):
+            weights = np.asarray(weights, dtype=float).ravel()
+            if np.all(weights == 0) or np.all(weights == 1):
+                return f"{weights[0]:.0f} for every {group}"
+            return f"from {weights.min():.2f} to {weights.max():.2f} (median {np.median(weights):.2f})"
+
+        def form(weights):
+            return "centered" if np.all(np.asarray(weights) == 1) else "non-centered"
+
+        weight = (f"the weight s²/(s² + se²), where se is the standard error of the {group}'s own estimate and "
+                  f"s = {record['sd']:.2f} a pilot estimate of the between-{group} SD, DerSimonian and Laird's moment "
+                  f"estimate after a single-level fit,")
+        if self.parameterization == "partial":
+            text = (f" (after Gorinova, Moore and Hoffman 2020: each {group}'s effect was centered with {weight}, 1 "
+                    f"centered and 0 non-centered, and the weights were {spread(record['group'])}")
+            for k, name in enumerate(self.random_slopes):
+                text += (f"; the slope of {names.get(name, name)} likewise, with a pilot SD of {record['slope_sd'][k]:.2f} "
+                         f"and weights {spread([row[k] for row in record['slope']])}")
+            return text + ")"
+        text = (f" (chosen from the data: centered when the median over {groups} of {weight} is at least "
+                f"{CENTERED_MEDIAN:.2f} and non-centered otherwise; the median was {np.median(pilot[:, 0]):.2f}")
+        for k, name in enumerate(self.random_slopes):
+            text += (f"; the slope of {names.get(name, name)} was sampled {form([row[k] for row in record['slope']])} by "
+                     f"the same rule, with a pilot SD of {record['slope_sd'][k]:.2f} and a median weight of "
+                     f"{np.median(pilot[:, 1 + k]):.2f}")
+        return text + ")"
+
     def methods_text(self, *, names: dict | None = None, group_plural: str | None = None) -> str:
         """A paragraph for a paper's Methods: model, priors and (once fitted) the sampler settings.
         `names` gives the words of the outcome, the group and each predictor (default: their column
@@ -1087,12 +1219,14 @@ class HierarchicalLogistic(HierarchicalModel):
                           f"{', '.join(names.get(s, s) for s in self.random_slopes)}")
             parameterization = getattr(self, "parameterization_", self.parameterization)
             if parameterization == "auto":
-                parameterization = "centered or non-centered"
-            chosen = (f" (chosen from the data: centered when nine in ten {groups}' effects have a standard "
-                      f"error below 0.25 on the log-odds scale)" if self.parameterization == "auto" else "")
+                parameterization = "centered, non-centered or partially non-centered"
+            chosen = self._centering_text(names, group, groups)
             first = (getattr(self, "attempts_", None) or [{}])[0].get("parameterization")
             if first and first != parameterization:   # a refit changed it: the attempts' sentences say why
-                chosen = f" (after a refit; the first fit was {first})"
+                chosen = f" (after a refit; the first fit was {form_words(first)})"
+            if parameterization == "partial" and self.parameterization == "auto":   # pure forms: one for the intercepts, one per slope
+                parameterization = "centered" if np.all(np.asarray(self.centering_["group"]) == 1) else "non-centered"
+            parameterization = form_words(parameterization)
             items += [(priors["intercept"], intercept),
                       (priors["sigma_group"], f"the between-{group} standard deviation of the intercepts "
                                               "(log-odds scale)")]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from clinpaper.core import ClinpaperError, CohortError, ConvergenceError
-from clinpaper.models import HierarchicalLogistic, NotFittedError, check_convergence
+from clinpaper.models import HierarchicalLogistic, NotFittedError, check_convergence, choose_centering
 
 logging.getLogger("pymc").setLevel(logging.ERROR)
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
@@ -47,13 +47,16 @@ def test_fit_returns_self_and_keeps_input(cohort):
 
 
 def test_model_names_dims_and_data(cohort, fitted):
-    "300 stays a hospital pin the effects down: 'auto' samples them centered; both forms name the same quantities."
-    assert fitted.parameterization_ == "centered" and fitted.sampling_["backend"] == "kernel"
-    model = fitted.model_
+    "Centered, the sampler sees group_effect; non-centered or partial, z_group; every form names the same quantities."
+    assert fitted.sampling_["backend"] == "kernel"
+    assert fitted.parameterization_ == choose_centering(
+        fitted._design(cohort), means=fitted.predictor_means_.to_numpy())["form"]
+    assert "group_effect" in fitted.idata_.posterior and "intercept" in fitted.idata_.posterior
+    spec = HierarchicalLogistic("death", "hospital", PREDICTORS, parameterization="centered")
+    model = spec.build_model(spec._design(cohort))
     free = {var.name for var in model.free_RVs}
     assert free == {"intercept_centered", "beta", "sigma_group", "group_effect"}
     assert {var.name for var in model.deterministics} == {"intercept"}
-    assert {"intercept_centered", "beta", "sigma_group", "group_effect", "intercept"} <= set(fitted.idata_.posterior)
     spec = HierarchicalLogistic("death", "hospital", PREDICTORS, parameterization="non-centered")
     model = spec.build_model(spec._design(cohort))
     assert {var.name for var in model.free_RVs} == {"intercept_centered", "beta", "sigma_group", "z_group"}
@@ -109,12 +112,13 @@ def test_kernel_failure_falls_back_to_the_pymc_model(cohort, monkeypatch):
     assert model.sampler_ == "nutpie" and model.sampling_["backend"] in ("jax", "numba")
 
 
-def test_random_slopes_use_the_pymc_model(cohort):
+def test_random_slopes_run_on_the_kernel(cohort):
     model = HierarchicalLogistic("death", "hospital", PREDICTORS, random_slopes=["male"])
     model.fit(cohort, draws=40, tune=40, chains=1, seed=0)
-    assert model.sampling_["backend"] == "jax"
-    with pytest.raises(ValueError, match="random intercepts only"):
-        model.fit(cohort, draws=40, tune=40, chains=1, seed=0, backend="kernel")
+    assert model.sampling_["backend"] == "kernel"
+    assert model.idata_.posterior["group_slope"].shape == (1, 40, 5, 1)
+    model.fit(cohort, draws=40, tune=40, chains=1, seed=0, backend="jax")   # the PyMC model still runs
+    assert model.sampling_["backend"] == "jax" and "group_slope" in model.idata_.posterior
 
 
 def test_predict_contract(cohort, fitted):

@@ -36,18 +36,16 @@ def test_eight_varied_cohorts_publish(tmp_path):
 
 
 @pytest.mark.slow
-def test_without_refits_the_gate_refuses_what_a_refit_publishes(tmp_path):
-    "The issue's cohort: with `-p adapt=false` the first fit's divergences stop the model, as they did before."
+def test_the_issues_cohort_publishes_at_the_first_fit(tmp_path):
+    """The issue's cohort (1,500 patients, 8 hospitals, external shift, seed 6) stopped with 27 divergent
+    transitions in the centered form, and needed a refit in the non-centered one. Its hospitals' weights
+    s²/(s² + se²) have a median of 0.71, below 0.75: 'auto' now samples them non-centered, and the first fit
+    passes the gate with refits off (`-p adapt=false`)."""
     bench = _bench()
     cohort = {"patients": 1500, "sites": 8, "shift": "external", "seed": 6}
-    adapted = bench.fit_cohort(bench.demo_study(), cohort, tmp_path)
     single = bench.fit_cohort(bench.demo_study(["adapt=false"]), cohort, tmp_path)
-    assert adapted["passed"] and adapted["fits"] == 2 and adapted["parameterizations"] == ["centered", "non-centered"]
-    assert "divergent transition" in adapted["first_failure"]
-    assert not single["passed"] and single["fits"] == 1
-    assert single["first_failure"] == adapted["first_failure"]   # the same first fit, seed for seed
-    assert "divergent transitions" in single["error"] and "fits were made" not in single["error"]
-    assert "8 hospitals" in single["reason"] and "The data: 8 groups (`hospital`) with 323 events" in single["error"]
+    assert single["passed"] and single["fits"] == 1, single
+    assert single["parameterizations"] == ["non-centered"]
 
 
 def test_a_spent_budget_names_every_fit(tmp_path):
