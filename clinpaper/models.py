@@ -1179,19 +1179,19 @@ class HierarchicalLogistic(HierarchicalModel):
                   f"s = {record['sd']:.2f} a pilot estimate of the between-{group} SD, DerSimonian and Laird's moment "
                   f"estimate after a single-level fit,")
         if self.parameterization == "partial":
-            text = (f" (after Gorinova, Moore and Hoffman 2020: each {group}'s effect was centered with {weight}, 1 "
+            text = (f", after Gorinova, Moore and Hoffman 2020: each {group}'s effect was centered with {weight}, 1 "
                     f"centered and 0 non-centered, and the weights were {spread(record['group'])}")
             for k, name in enumerate(self.random_slopes):
                 text += (f"; the slope of {names.get(name, name)} likewise, with a pilot SD of {record['slope_sd'][k]:.2f} "
                          f"and weights {spread([row[k] for row in record['slope']])}")
-            return text + ")"
-        text = (f" (chosen from the data: centered when the median over {groups} of {weight} is at least "
+            return text
+        text = (f", chosen from the data: centered when the median over {groups} of {weight} is at least "
                 f"{CENTERED_MEDIAN:.2f} and non-centered otherwise; the median was {np.median(pilot[:, 0]):.2f}")
         for k, name in enumerate(self.random_slopes):
             text += (f"; the slope of {names.get(name, name)} was sampled {form([row[k] for row in record['slope']])} by "
                      f"the same rule, with a pilot SD of {record['slope_sd'][k]:.2f} and a median weight of "
                      f"{np.median(pilot[:, 1 + k]):.2f}")
-        return text + ")"
+        return text   # not in brackets: the formula's own would nest
 
     def methods_text(self, *, names: dict | None = None, group_plural: str | None = None) -> str:
         """A paragraph for a paper's Methods: model, priors and (once fitted) the sampler settings.
