@@ -756,7 +756,7 @@ def choose_centering(design: dict, *, means, slope_idx=(), form: str = "auto", s
         if sd > 0:
             weights[:, c] = sd ** 2 / (sd ** 2 + variances[:, c])
     pilot = weights.copy()
-    if form == "auto":   # a divergence stops a paper, a lower ESS costs draws: centered only where nearly every group suits it
+    if form == "auto":   # a divergence stops a paper, a lower ESS costs draws: centered only when the median group suits it well
         weights = np.where(np.median(weights, axis=0) >= centered_median, 1.0, 0.0)[None, :] * np.ones_like(weights)
     else:
         weights = np.where(weights < snap, 0.0, np.where(weights > 1 - snap, 1.0, weights))
