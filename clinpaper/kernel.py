@@ -11,8 +11,8 @@ import numba
 import numpy as np
 
 # %% auto #0
-__all__ = ['LOCATION_CODES', 'SCALE_CODES', 'prior_vector', 'logistic_logp', 'nutpie_model', 'weibull_logp',
-           'weibull_nutpie_model', 'fixed_logistic_logp', 'fixed_nutpie_model']
+__all__ = ['LOCATION_CODES', 'SCALE_CODES', 'SHAPE_CODES', 'prior_vector', 'logistic_logp', 'nutpie_model', 'shape_vector',
+           'weibull_logp', 'weibull_nutpie_model', 'fixed_logistic_logp', 'fixed_nutpie_model']
 
 # %% ../nbs/04d_kernel.ipynb #c005
 LOCATION_CODES = {"Normal": 0, "StudentT": 1}
@@ -261,22 +261,55 @@ def nutpie_model(design: dict, priors: dict, *, means, predictors, groups, weigh
         coords=coords, dims={name: dims[name] for name in names if name in dims}, make_initial_point_fn=initial_point)
 
 # %% ../nbs/04d_kernel.ipynb #c016
+SHAPE_CODES = {**{name: code for name, code in SCALE_CODES.items() if name != "InverseGammaVariance"},
+               "Gamma": 5, "LogNormal": 6}
+
+
+def shape_vector(prior: dict) -> np.ndarray:
+    "A prior on the Weibull shape itself as [code, p1, p2, p3] (unused parameters are 0), codes of `SHAPE_CODES`."
+    if prior["dist"] not in SHAPE_CODES:
+        raise ValueError(f"The compiled kernel has no prior {prior['dist']!r} on the Weibull shape; it knows "
+                         f"{', '.join(SHAPE_CODES)}.")
+    names = {"Gamma": ("alpha", "beta"), "LogNormal": ("mu", "sigma")}.get(prior["dist"]) or _PARAMETERS[prior["dist"]]
+    values = [float(prior[name]) for name in names]
+    return np.array([SHAPE_CODES[prior["dist"]], *values, *[0.0] * (3 - len(values))])
+
+
+@numba.njit(cache=True, nogil=True)
+def _shape_logp(v, prior):
+    "(k, dk/dv, log-density with the Jacobian, derivative) of a prior on the Weibull shape k at unconstrained `v`."
+    if prior[0] == 5:  # Gamma(alpha, beta) on k = exp(v)
+        shape = math.exp(v)
+        return shape, shape, prior[1] * v - prior[2] * shape, prior[1] - prior[2] * shape
+    if prior[0] == 6:  # LogNormal(mu, s) on k = exp(v): Normal(mu, s) on v
+        shape, z = math.exp(v), (v - prior[1]) / prior[2]
+        return shape, shape, -0.5 * z * z, -z / prior[2]
+    return _scale_logp(v, prior)
+
+
 @numba.njit(cache=True, nogil=True, fastmath={"contract"})
 def weibull_logp(theta, xt, starts, event, log_t, n_events, beta_prior, sigma_prior, intercept_prior,
-                 shape_prior, grad):
+                 shape_prior, shape_itself, grad):
     """Log-density (up to a constant) of the hierarchical Weibull model at `theta` (PyMC's order: beta,
-    v, z, intercept, log_shape); the gradient goes to `grad`. `xt`: centred predictors transposed,
-    rows sorted by group; `log_t`: log of the scaled times; `n_events`: the sum of `event`."""
+    v, z, intercept, then log_shape, or with `shape_itself` the shape's unconstrained value); the gradient
+    goes to `grad`. `xt`: centred predictors transposed, rows sorted by group; `log_t`: log of the scaled
+    times; `n_events`: the sum of `event`; `shape_prior` a location prior on the log shape (`prior_vector`)
+    or, with `shape_itself`, a prior on the shape (`shape_vector`)."""
     n_predictors, n_rows = xt.shape
     n_groups = starts.shape[0] - 1
     at_sigma = n_predictors
     at_intercept = n_predictors + 1 + n_groups
-    intercept, log_shape = theta[at_intercept], theta[at_intercept + 1]
-    shape = math.exp(log_shape)
+    intercept = theta[at_intercept]
     sigma, dsigma, total, dv = _scale_logp(theta[at_sigma], sigma_prior)
     lp, d_intercept = _location_logp(intercept, intercept_prior)
     total += lp
-    lp, d_log_shape = _location_logp(log_shape, shape_prior)
+    if shape_itself:
+        shape, dshape, lp, d_log_shape = _shape_logp(theta[at_intercept + 1], shape_prior)
+        log_shape = math.log(shape)
+    else:
+        log_shape = theta[at_intercept + 1]
+        shape, dshape = math.exp(log_shape), 0.0
+        lp, d_log_shape = _location_logp(log_shape, shape_prior)
     total += lp + n_events * log_shape
     eta = np.zeros(n_rows)  # the linear predictor without intercept and frailty
     for p in range(n_predictors):
@@ -311,7 +344,10 @@ def weibull_logp(theta, xt, starts, event, log_t, n_events, beta_prior, sigma_pr
         grad[p] += acc
     grad[at_sigma] = dv + dsigma_total * dsigma
     grad[at_intercept] = d_intercept
-    grad[at_intercept + 1] = d_log_shape + n_events + shape * shape_total
+    if shape_itself:
+        grad[at_intercept + 1] = d_log_shape + (n_events / shape + shape_total) * dshape
+    else:
+        grad[at_intercept + 1] = d_log_shape + n_events + shape * shape_total
     return total
 
 # %% ../nbs/04d_kernel.ipynb #c017
@@ -325,7 +361,8 @@ def _from_pyfunc(n_dim, make_logp, make_expand, names, shapes, dims, coords, ini
 
 def weibull_nutpie_model(design: dict, priors: dict, *, means, predictors, groups):
     """A nutpie model for a Weibull design of `HierarchicalSurvival._design` (one row per patient), drawing
-    the PyMC model's variables: beta, sigma_group, z_group, intercept, log_shape, shape and group_effect."""
+    the PyMC model's variables: beta, sigma_group, z_group, intercept, log_shape (absent when `priors` puts
+    the prior on the shape itself), shape and group_effect."""
     order = np.argsort(design["group_idx"], kind="stable")
     group_idx = design["group_idx"][order]
     n_groups = len(groups)
@@ -334,8 +371,9 @@ def weibull_nutpie_model(design: dict, priors: dict, *, means, predictors, group
     log_t = np.ascontiguousarray(np.log(design["duration"][order]), dtype=float)
     n_events = float(event.sum())
     starts = np.searchsorted(group_idx, np.arange(n_groups + 1)).astype(np.int64)
-    beta_prior, sigma_prior, intercept_prior, shape_prior = (
-        prior_vector(priors[name]) for name in ("beta", "sigma_group", "intercept", "log_shape"))
+    beta_prior, sigma_prior, intercept_prior = (prior_vector(priors[name]) for name in ("beta", "sigma_group", "intercept"))
+    shape_itself = "shape" in priors
+    shape_prior = shape_vector(priors["shape"]) if shape_itself else prior_vector(priors["log_shape"])
     n_predictors = xt.shape[0]
     n_dim = 3 + n_predictors + n_groups
     # an exponential model's rate (shape 1) as the intercept's starting value
@@ -345,7 +383,7 @@ def weibull_nutpie_model(design: dict, priors: dict, *, means, predictors, group
         def logp(theta, **_):
             grad = np.empty(n_dim)
             value = weibull_logp(theta, xt, starts, event, log_t, n_events, beta_prior, sigma_prior,
-                                 intercept_prior, shape_prior, grad)
+                                 intercept_prior, shape_prior, shape_itself, grad)
             return value, grad
         return logp
 
@@ -353,9 +391,14 @@ def weibull_nutpie_model(design: dict, priors: dict, *, means, predictors, group
         def expand(theta, **_):
             sigma = _scale_logp(theta[n_predictors], sigma_prior)[0]
             z = theta[n_predictors + 1:n_predictors + 1 + n_groups]
-            return {"beta": theta[:n_predictors].copy(), "sigma_group": np.array(sigma), "z_group": z.copy(),
-                    "intercept": np.array(theta[-2]), "log_shape": np.array(theta[-1]),
-                    "shape": np.array(math.exp(theta[-1])), "group_effect": sigma * z}
+            out = {"beta": theta[:n_predictors].copy(), "sigma_group": np.array(sigma), "z_group": z.copy(),
+                   "intercept": np.array(theta[-2])}
+            if shape_itself:
+                out["shape"] = np.array(_shape_logp(theta[-1], shape_prior)[0])
+            else:
+                out.update({"log_shape": np.array(theta[-1]), "shape": np.array(math.exp(theta[-1]))})
+            out["group_effect"] = sigma * z
+            return out
         return expand
 
     def initial_point(seed):
@@ -367,7 +410,8 @@ def weibull_nutpie_model(design: dict, priors: dict, *, means, predictors, group
     first[-1] = 0.0
     if not np.isfinite(make_logp()(first)[0]):
         raise FloatingPointError("the compiled log-density is not finite at the initial point")
-    names = ["beta", "sigma_group", "z_group", "intercept", "log_shape", "shape", "group_effect"]
+    names = ["beta", "sigma_group", "z_group", "intercept", *([] if shape_itself else ["log_shape"]), "shape",
+             "group_effect"]
     shapes = {"beta": (n_predictors,), "sigma_group": (), "z_group": (n_groups,), "intercept": (),
               "log_shape": (), "shape": (), "group_effect": (n_groups,)}
     dims = {"beta": ("predictor",), "z_group": ("group",), "group_effect": ("group",)}

@@ -12,18 +12,19 @@ import numpy as np
 import pandas as pd
 
 from .core import CohortError
-from .models import (BACKENDS, SCALE_PRIORS, HierarchicalModel, check_sampling_arguments, hdi,
-                              posterior_summary,
-                              prior_text, priors_sentence, prior_variable, sample_posterior)
+from .models import (BACKENDS, SCALE_PRIORS, HierarchicalModel, _and_join, check_sampling_arguments,
+                              hdi, posterior_summary, prior_strength, prior_text, prior_variable, sample_posterior)
 
 # %% auto #0
-__all__ = ['SURVIVAL_PRIORS', 'SURVIVAL_PRIOR_MEANINGS', 'resolve_survival_priors', 'HierarchicalSurvival']
+__all__ = ['SURVIVAL_PRIORS', 'SURVIVAL_PRIOR_MEANINGS', 'GROUP_INTERCEPTS', 'SHAPE_PRIORS', 'resolve_survival_priors',
+           'survival_prior_text', 'survival_prior_strength', 'survival_priors_sentence', 'HierarchicalSurvival']
 
 # %% ../nbs/04b_survival.ipynb #c005
 SURVIVAL_PRIORS = {
     "intercept": {"dist": "Normal", "mu": 0.0, "sigma": 2.5},
     "beta": {"dist": "Normal", "mu": 0.0, "sigma": 2.5},
     "log_shape": {"dist": "Normal", "mu": 0.0, "sigma": 1.0},
+    "shape": {"dist": "LogNormal", "mu": 0.0, "sigma": 1.0},   # log_shape's default, stated on the shape
     "sigma_group": {"dist": "HalfNormal", "sigma": 1.0},
 }
 
@@ -31,23 +32,43 @@ SURVIVAL_PRIOR_MEANINGS = {
     "intercept": "log baseline hazard at the predictors' means",
     "beta": "coefficient of each predictor (log hazard ratio)",
     "log_shape": "log of the Weibull shape",
+    "shape": "Weibull shape",
     "sigma_group": "between-group SD of the log frailty",
 }
 
+GROUP_INTERCEPTS = ("random", "fixed")
+
 _LOCATION = {"Normal": ("mu", "sigma"), "StudentT": ("nu", "mu", "sigma")}
 _SCALE = SCALE_PRIORS   # the logistic model's families: a published model's frailty prior can be given as it is
+# the shape's own positive families: the scale priors (an inverse-gamma on a variance is not one for a shape),
+# BUGS' dgamma on the shape and a log-normal
+SHAPE_PRIORS = {**{name: value for name, value in SCALE_PRIORS.items() if name != "InverseGammaVariance"},
+                "Gamma": ("alpha", "beta"), "LogNormal": ("mu", "sigma")}
 
 
-def resolve_survival_priors(priors: dict | None, *, baseline: str = "weibull") -> dict:
-    "The default survival priors updated with `priors` (same rules as the logistic model's); a new dict."
-    allowed = ["intercept", "beta", "sigma_group"] + (["log_shape"] if baseline == "weibull" else [])
+def resolve_survival_priors(priors: dict | None, *, baseline: str = "weibull",
+                            group_intercepts: str = "random") -> dict:
+    """The default survival priors updated with `priors` (same rules as the logistic model's); a new dict.
+    The Weibull shape takes a prior on its log (`log_shape`, the default) or on itself (`shape`), not both.
+    Fixed baselines (`group_intercepts='fixed'`) have no `sigma_group`."""
     priors = {} if priors is None else priors
     if not isinstance(priors, dict):
         raise TypeError(f"`priors` of HierarchicalSurvival must be a dict, got {type(priors).__name__}.")
+    if "log_shape" in priors and "shape" in priors:
+        raise ValueError("`priors` of HierarchicalSurvival gives both `log_shape` and `shape`: the Weibull shape takes "
+                         "one prior, on its log (log_shape, Normal or StudentT) or on the shape itself (shape: "
+                         f"{', '.join(SHAPE_PRIORS)}). Keep one of them.")
+    shape_key = "shape" if "shape" in priors else "log_shape"
+    allowed = (["intercept", "beta"] + (["sigma_group"] if group_intercepts == "random" else [])
+               + ([shape_key] if baseline == "weibull" else []))
     unknown = sorted(set(priors) - set(allowed))
     if unknown:
+        why = (" (fixed baselines, group_intercepts='fixed', have no between-group SD)"
+               if "sigma_group" in unknown and group_intercepts == "fixed" else "")
         raise ValueError(f"`priors` of HierarchicalSurvival ({baseline} baseline) has unknown parameter(s) "
-                         f"{', '.join(map(repr, unknown))}; the parameters with a prior are {', '.join(allowed)}.")
+                         f"{', '.join(map(repr, unknown))}{why}; the parameters with a prior are "
+                         f"{', '.join(allowed)}" + (" (or shape instead of log_shape)" if shape_key == "log_shape"
+                                                    and baseline == "weibull" else "") + ".")
     resolved = {}
     for name in allowed:
         override = priors.get(name, {})
@@ -55,7 +76,7 @@ def resolve_survival_priors(priors: dict | None, *, baseline: str = "weibull") -
             raise TypeError(f"The prior of {name} must be a dict such as {SURVIVAL_PRIORS[name]}, "
                             f"got {type(override).__name__}.")
         default = SURVIVAL_PRIORS[name]
-        families = _SCALE if name == "sigma_group" else _LOCATION
+        families = {"sigma_group": _SCALE, "shape": SHAPE_PRIORS}.get(name, _LOCATION)
         dist = override.get("dist", default["dist"])
         if dist not in families:
             raise ValueError(f"The prior of {name} must be one of {', '.join(families)}; got {dist!r}.")
@@ -78,6 +99,39 @@ def resolve_survival_priors(priors: dict | None, *, baseline: str = "weibull") -
                              f"{prior['lower']!r} and upper {prior['upper']!r}.")
         resolved[name] = prior
     return resolved
+
+
+def survival_prior_text(prior: dict) -> str:
+    "A prior as text, as `clinpaper.models.prior_text`, with the shape's own families: 'Gamma(1, 0.001)', 'Log-Normal(0, 1)'."
+    if prior["dist"] in ("Gamma", "LogNormal"):
+        label = "Log-Normal" if prior["dist"] == "LogNormal" else "Gamma"
+        return f"{label}({', '.join(f'{float(prior[k]):g}' for k in SHAPE_PRIORS[prior['dist']])})"
+    return prior_text(prior)
+
+
+def survival_prior_strength(prior: dict) -> str:
+    """As `clinpaper.models.prior_strength`, with the shape's own families. A log-normal on the shape is the
+    normal on its log and is judged as that. A Gamma(a, b) is vague when a <= 0.1 or its mean a / b is 10 or
+    more (BUGS' dgamma(1, 0.001): mean 1000); informative when a > 4 (the SD of the log shape, about
+    1/sqrt(a), below the location rule's 0.5) or the mean is below 0.1; weakly informative otherwise."""
+    if prior["dist"] == "LogNormal":
+        return prior_strength({"dist": "Normal", "mu": prior["mu"], "sigma": prior["sigma"]})
+    if prior["dist"] == "Gamma":
+        alpha, mean = float(prior["alpha"]), float(prior["alpha"]) / float(prior["beta"])
+        if alpha <= 0.1 or mean >= 10:
+            return "vague"
+        return "informative" if alpha > 4 or mean < 0.1 else "weakly informative"
+    return prior_strength(prior)
+
+
+def survival_priors_sentence(items) -> str:
+    "`clinpaper.models.priors_sentence` with the shape's own families."
+    strengths = [survival_prior_strength(prior) for prior, _ in items]
+    if all(strength == "weakly informative" for strength in strengths):
+        return "Priors were weakly informative: " + _and_join(
+            f"{survival_prior_text(prior)} for {what}" for prior, what in items) + "."
+    return "Priors were " + _and_join(f"{survival_prior_text(prior)} for {what} ({strength})"
+                                      for (prior, what), strength in zip(items, strengths)) + "."
 
 # %% ../nbs/04b_survival.ipynb #c011b
 def _default_cuts(durations, events, n_intervals: int) -> list[float]:
@@ -102,17 +156,20 @@ class HierarchicalSurvival(HierarchicalModel):
     `predictors` are numeric columns on their analysis scale. `baseline` is 'weibull' or
     'piecewise' (constant hazards between `cuts`; default: `n_intervals` intervals cut at
     the quantiles of the event times). `priors` overrides `SURVIVAL_PRIORS`.
+    `group_intercepts='fixed'` (Weibull baseline) gives each group its own baseline hazard, not pooled
+    (fixed stratum effects, as matched analyses and meta-analyses with trial baselines use): no frailty,
+    no between-group SD.
     Draws, hazard ratios, group effects, the convergence gate, `save` and `load` come from
     `clinpaper.models.HierarchicalModel`."""
-    REPORTED = ("intercept", "shape", "log_baseline", "beta", "sigma_group")
+    REPORTED = ("intercept", "group_intercept", "shape", "log_baseline", "beta", "sigma_group")
     PRIOR_MEANINGS = SURVIVAL_PRIOR_MEANINGS
     POSITIONAL = ("duration", "event", "group", "predictors")
-    SETTINGS = ("baseline", "cuts", "n_intervals", "priors")
+    SETTINGS = ("baseline", "cuts", "n_intervals", "priors", "group_intercepts")
     STATE = ("groups_", "time_scale_", "cuts_", "n_obs_", "n_events_", "sampler_", "sampling_", "timings_",
              "attempts_", "adapt_")
 
     def __init__(self, duration: str, event: str, group: str, predictors, *, baseline: str = "weibull",
-                 cuts=None, n_intervals: int = 6, priors: dict | None = None):
+                 cuts=None, n_intervals: int = 6, priors: dict | None = None, group_intercepts: str = "random"):
         if isinstance(predictors, str):
             predictors = [predictors]
         self.duration, self.event, self.group = duration, event, group
@@ -121,8 +178,16 @@ class HierarchicalSurvival(HierarchicalModel):
         self.cuts = None if cuts is None else [float(c) for c in cuts]
         self.n_intervals = n_intervals
         self.priors = priors
+        self.group_intercepts = group_intercepts
         if baseline not in ("weibull", "piecewise"):
             raise ValueError(f"`baseline` of HierarchicalSurvival must be 'weibull' or 'piecewise', got {baseline!r}.")
+        if group_intercepts not in GROUP_INTERCEPTS:
+            raise ValueError(f"`group_intercepts` of HierarchicalSurvival must be 'random' (a frailty by group, "
+                             f"pooled) or 'fixed' (each group its own baseline, not pooled), got {group_intercepts!r}.")
+        if group_intercepts == "fixed" and baseline != "weibull":
+            raise ValueError("group_intercepts='fixed' of HierarchicalSurvival needs the Weibull baseline: with "
+                             "the piecewise baseline each group's own level and the intervals' levels are not "
+                             "identified apart. Use baseline='weibull', or group_intercepts='random'.")
         if not self.predictors:
             raise ValueError("`predictors` of HierarchicalSurvival is empty; give at least one column name.")
         if len(set(self.predictors)) != len(self.predictors):
@@ -134,11 +199,16 @@ class HierarchicalSurvival(HierarchicalModel):
                              "(the interval boundaries after 0).")
         if isinstance(n_intervals, bool) or not isinstance(n_intervals, (int, np.integer)) or n_intervals < 1:
             raise ValueError(f"`n_intervals` must be a whole number of at least 1, got {n_intervals!r}.")
-        self.priors_ = resolve_survival_priors(priors, baseline=baseline)
+        self.priors_ = resolve_survival_priors(priors, baseline=baseline, group_intercepts=group_intercepts)
 
     def __repr__(self):
+        fixed = ", group_intercepts='fixed'" if self._fixed() else ""
         return (f"HierarchicalSurvival(duration={self.duration!r}, event={self.event!r}, group={self.group!r}, "
-                f"predictors={self.predictors!r}, baseline={self.baseline!r})")
+                f"predictors={self.predictors!r}, baseline={self.baseline!r}{fixed})")
+
+    def _fixed(self) -> bool:
+        "Whether each group has its own baseline, not pooled (`group_intercepts='fixed'`)."
+        return self.group_intercepts == "fixed"
 
     def _validate(self, df, *, for_fit: bool = True) -> None:
         "Raise CohortError (TypeError for a non-DataFrame) for data that `fit` or `predict` cannot use."
@@ -159,8 +229,19 @@ class HierarchicalSurvival(HierarchicalModel):
             raise CohortError(f"{name}: {n_missing:,} rows have no `{self.group}`; every row needs a group.")
         if not for_fit:
             return
-        if df[self.group].nunique() < 2:
+        if df[self.group].nunique() < 2 and not self._fixed():
             raise CohortError(f"{name} needs at least 2 groups in `{self.group}` to estimate the frailty SD, got 1.")
+        if self._fixed():
+            values = df[self.predictors].astype(float).groupby(df[self.group].to_numpy(), sort=False)
+            spread = values.max() - values.min()
+            for column in self.predictors:
+                if (spread[column] == 0).all():
+                    raise CohortError(
+                        f"{name}: predictor `{column}` does not vary within any `{self.group}` (constant inside "
+                        f"each of the {len(spread):,} groups), so next to fixed baselines (group_intercepts='fixed') "
+                        f"its coefficient is not identified: each group's own baseline absorbs it. A predictor "
+                        f"needs different values within at least one group; drop `{column}`, or fit with "
+                        f"group_intercepts='random'.")
         duration = df[self.duration].astype(float)
         wrong = ~(np.isfinite(duration) & (duration > 0))
         if wrong.any():
@@ -226,14 +307,22 @@ class HierarchicalSurvival(HierarchicalModel):
             x_centered = pm.Data("x_centered", design["x"] - means, dims=("obs", "predictor"))
             group_idx = pm.Data("group_idx", design["group_idx"], dims="obs")
             beta = prior_variable("beta", self.priors_["beta"], dims="predictor")
-            sigma_group = prior_variable("sigma_group", self.priors_["sigma_group"])
-            z_group = pm.Normal("z_group", 0.0, 1.0, dims="group")
-            group_effect = pm.Deterministic("group_effect", sigma_group * z_group, dims="group")
-            eta = pt.dot(x_centered, beta) + group_effect[group_idx]
+            if self._fixed():   # each group its own baseline log hazard, each with the intercept's prior
+                group_intercept = prior_variable("group_intercept", self.priors_["intercept"], dims="group")
+                eta = pt.dot(x_centered, beta) + group_intercept[group_idx]
+            else:
+                sigma_group = prior_variable("sigma_group", self.priors_["sigma_group"])
+                z_group = pm.Normal("z_group", 0.0, 1.0, dims="group")
+                group_effect = pm.Deterministic("group_effect", sigma_group * z_group, dims="group")
+                eta = pt.dot(x_centered, beta) + group_effect[group_idx]
             if self.baseline == "weibull":
-                intercept = prior_variable("intercept", self.priors_["intercept"])
-                log_shape = prior_variable("log_shape", self.priors_["log_shape"])
-                shape = pm.Deterministic("shape", pt.exp(log_shape))
+                intercept = 0.0 if self._fixed() else prior_variable("intercept", self.priors_["intercept"])
+                if "shape" in self.priors_:   # the prior on the shape itself; PyMC samples its log (or logit for Uniform)
+                    shape = prior_variable("shape", self.priors_["shape"])
+                    log_shape = pt.log(shape)
+                else:
+                    log_shape = prior_variable("log_shape", self.priors_["log_shape"])
+                    shape = pm.Deterministic("shape", pt.exp(log_shape))
                 log_t = np.log(design["duration"])
                 linear = intercept + eta
                 loglik = design["event"] * (log_shape + (shape - 1) * log_t + linear) \
@@ -251,13 +340,17 @@ class HierarchicalSurvival(HierarchicalModel):
             sampler_kwargs: dict | None = None, backend: str = "auto"):
         """Sample the posterior for `df`; returns self. `backend` is what nutpie evaluates: 'kernel'
         (clinpaper's compiled Weibull log-density, `clinpaper.kernel`), 'jax' or 'numba' (the PyMC
-        model compiled), or 'auto': the kernel for the Weibull baseline, the PyMC model otherwise."""
+        model compiled), or 'auto': the kernel for the Weibull baseline with a frailty, the PyMC model otherwise
+        (the piecewise baseline, fixed baselines)."""
         check_sampling_arguments(draws=draws, tune=tune, chains=chains, target_accept=target_accept, sampler=sampler)
         if backend not in BACKENDS:
             raise ValueError(f"`backend` must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}.")
         if backend == "kernel" and self.baseline != "weibull":
             raise ValueError("backend='kernel' covers the Weibull baseline; the piecewise baseline needs "
                              "backend='jax' (or 'auto').")
+        if backend == "kernel" and self._fixed():
+            raise ValueError("backend='kernel' covers the Weibull model with a frailty; fixed baselines "
+                             "(group_intercepts='fixed') need backend='jax' or 'numba' (or 'auto').")
         self._validate(df)
         if progressbar is None:
             progressbar = sys.stderr.isatty()
@@ -273,7 +366,7 @@ class HierarchicalSurvival(HierarchicalModel):
         idata, sampled = sample_posterior(model, draws=draws, tune=tune, chains=chains, seed=seed,
                                           target_accept=target_accept, sampler=sampler, progressbar=progressbar,
                                           sampler_kwargs=sampler_kwargs, backend=backend,
-                                          kernel=kernel if self.baseline == "weibull" else None)
+                                          kernel=kernel if self.baseline == "weibull" and not self._fixed() else None)
         used = sampled["sampler"]
         self.model_, self.idata_ = model, idata
         self.groups_ = list(design["levels"])
@@ -290,10 +383,41 @@ class HierarchicalSurvival(HierarchicalModel):
         return self
 
     def summary(self, hdi_prob: float = 0.95, *, include_groups: bool = False) -> pd.DataFrame:
-        "Tidy posterior summary: baseline (intercept and shape, or log_baseline), beta[...], sigma_group."
+        """Tidy posterior summary: baseline (intercept and shape, or log_baseline), beta[...], sigma_group.
+        With fixed baselines: shape and beta[...]; `include_groups` adds each group's effect (its own
+        baseline, group_intercept[...], with fixed baselines; the convergence gate checks those always)."""
         self._check_fitted()
-        names = self._reported() + (["group_effect"] if include_groups else [])
+        names = [name for name in self._reported() if name != "group_intercept"]
+        if include_groups:
+            names += ["group_intercept" if self._fixed() else "group_effect"]
         return posterior_summary(self.idata_, var_names=names, hdi_prob=hdi_prob)
+
+    def _require_group(self, what: str) -> None:
+        "Raise ValueError, saying why, when a model with fixed baselines is asked for `what` of a frailty."
+        if self._fixed():
+            raise ValueError(f"HierarchicalSurvival with fixed baselines (group_intercepts='fixed') has no {what}: "
+                             f"each `{self.group}` has its own baseline hazard, not pooled, so there is no between-group "
+                             f"SD. The baselines are in summary(include_groups=True); fit with "
+                             f"group_intercepts='random' to estimate the variation between groups.")
+        super()._require_group(what)
+
+    def data_words(self) -> str | None:
+        "What the data gave the fit (for the gate's error); with fixed baselines, without the advice on a between-group SD."
+        text = super().data_words()
+        if text is None or not self._fixed():
+            return text
+        return (f"The data: {len(self.groups_)} groups (`{self.group}`, each its own baseline) with "
+                f"{self.n_events_:,} events among {self.n_obs_:,} observations.")
+
+    def describe_priors(self) -> pd.DataFrame:
+        "One row per parameter with a prior: parameter, distribution, text (with fixed baselines, the intercept's is each group's)."
+        rows = []
+        for name, prior in self.priors_.items():
+            meaning = ("each group's log baseline hazard at the predictors' means" if name == "intercept" and self._fixed()
+                       else self.PRIOR_MEANINGS[name])
+            rows.append({"parameter": name, "distribution": survival_prior_text(prior),
+                         "text": f"{meaning}: {survival_prior_text(prior)}"})
+        return pd.DataFrame(rows, columns=["parameter", "distribution", "text"])
 
 
     def hazard_ratios(self, hdi_prob: float = 0.95) -> pd.DataFrame:
@@ -306,11 +430,28 @@ class HierarchicalSurvival(HierarchicalModel):
         return self._median_ratio(prob, what="median hazard ratio")
 
     def _eta_draws(self, df, seed):
-        "Linear predictor (without the baseline) for each draw x row, new groups drawn from the frailty."
+        """Linear predictor (without the baseline) for each draw x row, new groups drawn from the frailty;
+        with fixed baselines each row's group's own baseline (a group not in the fit has none: CohortError)."""
         beta = self._draws("beta")
-        group_effect, codes, _ = self._group_effect_draws(df, np.random.default_rng(seed))
         x = df[self.predictors].to_numpy(dtype=float) - self.predictor_means_.to_numpy()
-        return x @ beta.T + group_effect[:, codes].T  # rows x draws
+        if not self._fixed():
+            group_effect, codes, _ = self._group_effect_draws(df, np.random.default_rng(seed))
+            return x @ beta.T + group_effect[:, codes].T  # rows x draws
+        codes = pd.Index(self.groups_).get_indexer(df[self.group])
+        unseen = codes < 0
+        if unseen.any():
+            rows, groups = int(unseen.sum()), int(df[self.group][unseen].nunique())
+            raise CohortError(
+                f"HierarchicalSurvival with fixed baselines (group_intercepts='fixed') cannot predict a `{self.group}` "
+                f"not in the fit: {rows:,} row{'s' if rows != 1 else ''} of {groups:,} group{'s' if groups != 1 else ''} "
+                f"the fit did not see, and a fixed baseline exists only for the {len(self.groups_):,} groups fitted. "
+                f"Predict for those groups, or fit with group_intercepts='random' (a new group's frailty is drawn "
+                f"from the between-group distribution).")
+        return x @ beta.T + self._draws("group_intercept")[:, codes].T
+
+    def _intercept_draws(self):
+        "The global log baseline hazard's draws; 0 with fixed baselines (each group's is in the linear predictor)."
+        return 0.0 if self._fixed() else self._draws("intercept")
 
 
     def _cumulative_hazard(self, eta, t):
@@ -318,7 +459,7 @@ class HierarchicalSurvival(HierarchicalModel):
         scaled = t / self.time_scale_
         if self.baseline == "weibull":
             shape = self._draws("shape")
-            return np.exp(self._draws("intercept") + eta + shape * np.log(scaled))
+            return np.exp(self._intercept_draws() + eta + shape * np.log(scaled))
         rates = np.exp(self._draws("log_baseline"))  # draws x intervals
         exposure = _exposure([scaled], np.asarray(self.cuts_) / self.time_scale_)[0]
         return np.exp(eta) * (rates @ exposure)
@@ -329,7 +470,7 @@ class HierarchicalSurvival(HierarchicalModel):
         log2 = math.log(2)
         if self.baseline == "weibull":
             shape = self._draws("shape")
-            return self.time_scale_ * (log2 / np.exp(self._draws("intercept") + eta)) ** (1 / shape)
+            return self.time_scale_ * (log2 / np.exp(self._intercept_draws() + eta)) ** (1 / shape)
         edges = np.concatenate([[0.0], np.asarray(self.cuts_) / self.time_scale_])
         widths = np.diff(edges)
         rates = np.exp(self._draws("log_baseline"))
@@ -382,9 +523,13 @@ class HierarchicalSurvival(HierarchicalModel):
                      if scale is not None else f"with time measured in multiples of the median time to {event}")
         items = [(priors["beta"], "each log hazard ratio, per unit of its predictor as entered in the model")]
         if self.baseline == "weibull":
-            baseline = f"a Weibull baseline hazard (proportional-hazards form), {timescale}"
-            items += [(priors["intercept"], "the log baseline hazard with every predictor at its mean"),
-                      (priors["log_shape"], "the log of the Weibull shape")]
+            baseline = (f"a separate baseline hazard for each {group}, not pooled (fixed stratum effects): Weibull "
+                        f"hazards with a common shape (proportional-hazards form), {timescale}" if self._fixed() else
+                        f"a Weibull baseline hazard (proportional-hazards form), {timescale}")
+            items.append((priors["intercept"], f"each {group}'s log baseline hazard with every predictor at its mean"
+                          if self._fixed() else "the log baseline hazard with every predictor at its mean"))
+            items.append((priors["shape"], "the Weibull shape") if "shape" in priors
+                         else (priors["log_shape"], "the log of the Weibull shape"))
         else:
             cuts = getattr(self, "cuts_", None) or self.cuts
             where = (f"cut at {', '.join(f'{c:g}' for c in cuts)}{unit}" if cuts else
@@ -392,10 +537,14 @@ class HierarchicalSurvival(HierarchicalModel):
             baseline = (f"a piecewise-constant baseline hazard ({len(cuts) + 1 if cuts else self.n_intervals} "
                         f"intervals {where}, {timescale}), fitted with the equivalent Poisson likelihood")
             items.append((priors["intercept"], "each interval's log baseline hazard with every predictor at its mean"))
-        items.append((priors["sigma_group"], f"the between-{group} standard deviation of the log frailty"))
-        text = (f"We fitted a Bayesian proportional-hazards model of time to {event} ({duration}, "
-                f"right-censored) on {predictors}, with {baseline} and a log-normal frailty by "
-                f"{group} in a non-centered parameterization. " + priors_sentence(items))
+        if self._fixed():
+            text = (f"We fitted a Bayesian stratified proportional-hazards model of time to {event} ({duration}, "
+                    f"right-censored) on {predictors}, with {baseline}. " + survival_priors_sentence(items))
+        else:
+            items.append((priors["sigma_group"], f"the between-{group} standard deviation of the log frailty"))
+            text = (f"We fitted a Bayesian proportional-hazards model of time to {event} ({duration}, "
+                    f"right-censored) on {predictors}, with {baseline} and a log-normal frailty by "
+                    f"{group} in a non-centered parameterization. " + survival_priors_sentence(items))
         if hasattr(self, "sampling_"):
             text += self._sampling_text(self._engine_text())
         return text

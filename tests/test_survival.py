@@ -154,3 +154,74 @@ def test_the_frailty_sd_takes_every_prior_family_of_the_logistic_model():
     model.fit(simulate(n=1000, n_groups=10, seed=9), draws=300, tune=300, chains=2, seed=4)
     assert model.sampling_["backend"] == "kernel" and model.idata_.posterior["sigma_group"].min() > 0
     assert "Inverse-Gamma(1, 0.1) on the variance" in model.methods_text()
+
+
+def test_a_prior_on_the_shape_itself_is_sampled_named_and_kept(tmp_path):
+    "BUGS' dgamma(1, 0.001) on the Weibull shape r (its Kidney example): the kernel samples it, the words name it."
+    from clinpaper.survival import resolve_survival_priors
+    bugs = {"dist": "Gamma", "alpha": 1, "beta": 0.001}
+    with pytest.raises(ValueError, match="gives both `log_shape` and `shape`"):
+        resolve_survival_priors({"shape": bugs, "log_shape": {"sigma": 2}})
+    with pytest.raises(ValueError, match="The prior of shape must be one of"):
+        HierarchicalSurvival("days", "died", "site", ["sepsis"],
+                             priors={"shape": {"dist": "InverseGammaVariance", "alpha": 1, "beta": 1}})
+    data = simulate(n=1000, n_groups=10, seed=9)
+    model = HierarchicalSurvival("days", "died", "site", ["sepsis"], priors={"shape": bugs})
+    model.fit(data, draws=300, tune=300, chains=2, seed=4)
+    assert model.sampling_["backend"] == "kernel"
+    assert "log_shape" not in model.idata_.posterior and "shape" in model.summary()["parameter"].to_list()
+    # the simulated shape 1.3 inside a 99% interval
+    low, high = np.quantile(model.idata_.posterior["shape"].values, [0.005, 0.995])
+    assert low < 1.3 < high
+    assert "Gamma(1, 0.001) for the Weibull shape (vague)" in model.methods_text()
+    assert model.describe_priors().set_index("parameter").loc["shape", "distribution"] == "Gamma(1, 0.001)"
+    loaded = HierarchicalSurvival.load(model.save(tmp_path / "gamma"))
+    assert loaded.priors_["shape"] == bugs and "Gamma(1, 0.001)" in loaded.methods_text()
+    rows = pd.DataFrame({"site": ["S2"], "sepsis": [1]})
+    pd.testing.assert_frame_equal(loaded.predict(rows, times=[3.0]), model.predict(rows, times=[3.0]))
+
+
+def test_fixed_baselines_fit_predict_refuse_and_round_trip(tmp_path):
+    "group_intercepts='fixed': each site its own baseline; what needs a between-group SD or a new site is refused."
+    data = simulate(n=900, n_groups=8, sigma=1.0, seed=12)
+    before = data.copy()
+    model = HierarchicalSurvival("days", "died", "site", ["sepsis"], group_intercepts="fixed")
+    assert model.fit(data, draws=400, tune=400, chains=2, seed=2) is model
+    pd.testing.assert_frame_equal(data, before)
+    assert model.sampling_["backend"] in ("jax", "numba")
+    assert "sigma_group" not in model.idata_.posterior and "intercept" not in model.idata_.posterior
+    assert model.summary()["parameter"].to_list() == ["shape", "beta[sepsis]"]
+    assert len(model.summary(include_groups=True)) == 2 + 8
+    gate = model.check_convergence(ess_min=200)
+    assert sum(name.startswith("group_intercept[") for name in gate["parameter"]) == 8
+    ratios = model.hazard_ratios()
+    assert ratios.loc[0, "low"] < np.exp(0.7) < ratios.loc[0, "high"]
+    with pytest.raises(ValueError, match="no median hazard ratio"):
+        model.median_hazard_ratio()
+    with pytest.raises(ValueError, match="no between-group SD"):
+        model.group_effects()
+    rows = pd.DataFrame({"site": ["S1", "S5"], "sepsis": [1, 1]}, index=["a", "b"])
+    curve = model.predict(rows, times=[1, 5])
+    assert len(curve) == 4 and curve.loc["a", "mean"].is_monotonic_decreasing
+    with pytest.raises(CohortError, match="cannot predict a `site` not in the fit: 1 row of 1 group the fit did not see"):
+        model.predict(rows.assign(site=["S1", "NEW"]))
+    loaded = HierarchicalSurvival.load(model.save(tmp_path / "fixed"))
+    assert loaded.group_intercepts == "fixed" and "sigma_group" not in loaded.priors_
+    pd.testing.assert_frame_equal(loaded.predict(rows, times=[1, 5]), curve)
+    assert "group_intercepts='fixed'" in repr(loaded)
+    text = model.methods_text(names={"site": "hospital"})
+    assert "a separate baseline hazard for each hospital, not pooled (fixed stratum effects)" in text
+    assert "frailty" not in text
+
+
+def test_fixed_baselines_refuse_a_predictor_constant_within_every_group():
+    data = simulate(n=400, n_groups=6, seed=13)
+    data["teaching"] = data["site"].isin(["S0", "S1", "S2"]).astype(int)   # a site-level characteristic
+    model = HierarchicalSurvival("days", "died", "site", ["sepsis", "teaching"], group_intercepts="fixed")
+    with pytest.raises(CohortError, match="predictor `teaching` does not vary within any `site`") as error:
+        model.fit(data)
+    assert "S0" not in str(error.value)   # names the column and the rule, never values
+    with pytest.raises(ValueError, match="needs the Weibull baseline"):
+        HierarchicalSurvival("days", "died", "site", ["sepsis"], baseline="piecewise", group_intercepts="fixed")
+    with pytest.raises(ValueError, match="must be 'random'"):
+        HierarchicalSurvival("days", "died", "site", ["sepsis"], group_intercepts="unpooled")
