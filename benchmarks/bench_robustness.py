@@ -15,6 +15,7 @@ data's words (hospitals, deaths, the smallest hospital) and the gate's last fail
     .venv/bin/python benchmarks/bench_robustness.py                    # 36 cohorts, about 15 minutes
     .venv/bin/python benchmarks/bench_robustness.py --quick            # the slow test's 8 cohorts
     .venv/bin/python benchmarks/bench_robustness.py -p adapt=false     # the same without refits
+    .venv/bin/python benchmarks/bench_robustness.py --few -p adapt=false   # the sweep's 3 to 5 hospitals
 
 Results are appended to benchmarks/_out/bench_robustness.jsonl.
 """
@@ -106,10 +107,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the slow test's 8 cohorts")
     parser.add_argument("--cohorts", type=int, default=36, help="how many cohorts of the sweep (default 36)")
+    parser.add_argument("--few", action="store_true", help="only the sweep's cohorts with 3 to 5 hospitals")
     parser.add_argument("-p", dest="overrides", action="append", default=[], help="a study parameter, key=value")
     args = parser.parse_args(argv)
     study = demo_study(args.overrides)
     cohorts = QUICK if args.quick else sweep_cohorts(args.cohorts)
+    if args.few:
+        cohorts = [cohort for cohort in cohorts if cohort["sites"] <= 5]
     print(f"{len(cohorts)} cohorts; the demo study's sampler: {study['parameters']['chains']} chains x "
           f"{study['parameters']['draws']} draws after {study['parameters']['tune']}, target_accept "
           f"{study['parameters']['target_accept']}; overrides {args.overrides or 'none'}", flush=True)

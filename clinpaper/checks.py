@@ -12,12 +12,13 @@ import pandas as pd
 from scipy import stats
 
 from .core import CohortError
-from .models import HierarchicalLogistic, prior_variable, sample_posterior
+from .models import (HierarchicalLogistic, HierarchicalModel, _comma_join, _fit_problem, check_convergence,
+                              next_fit, prior_variable, sample_posterior)
 
 # %% auto #0
 __all__ = ['POOLED_PRIORS', 'prior_predictive', 'posterior_predictive_check', 'expected_risk', 'observed_expected_by_group',
-           'psis_loo', 'loo_compare', 'loo_summary', 'loo_sentence', 'observed_expected_sentence', 'glm_baseline',
-           'cox_baseline', 'grouped_folds', 'lightgbm_cv']
+           'psis_loo', 'ComparisonFit', 'loo_compare', 'loo_summary', 'loo_sentence', 'observed_expected_sentence',
+           'glm_baseline', 'cox_baseline', 'grouped_folds', 'lightgbm_cv']
 
 # %% ../nbs/04c_checks.ipynb #c005
 def _thin(n_total: int, n_draws: int | None) -> np.ndarray:
@@ -362,12 +363,65 @@ def psis_loo(chunks, *, n_draws: int) -> "az.ELPDData":
                "good_k"])
 
 
+class ComparisonFit(HierarchicalModel):
+    """A fit of one of `loo_compare`'s single-level comparison models (complete or no pooling), as the gate
+    reads it: its posterior (`idata_`), the fits made (`attempts_`) and their budget (`adapt_`)."""
+    REPORTED = ("intercept_centered", "group_intercept", "beta")
+
+    def __init__(self, name: str, idata, attempts: list, budget: dict):
+        self.name, self.idata_, self.attempts_, self.adapt_ = name, idata, attempts, budget
+
+    def __repr__(self):
+        return f"ComparisonFit({self.name!r}, fits={len(self.attempts_)})"
+
+
+def _sample_gated(build, kernel, settings: dict, *, var_names, r_hat_max: float, ess_min: float,
+                  divergences_max: int, attempts: int, max_draws: int):
+    """`sample_posterior` of a model with one form, then the convergence gate over `var_names`; while a fit
+    fails and the budget allows, refit with the change `next_fit` chooses (the main model's policy).
+    Returns the last fit's idata and every fit's record, as `HierarchicalModel.fit_adaptive` keeps them."""
+    import time
+
+    current = {"draws": int(settings["draws"]), "tune": int(settings["tune"]),
+               "target_accept": float(settings["target_accept"]), "parameterization": None}
+    records = []
+    for number in range(1, attempts + 1):
+        started = time.perf_counter()
+        idata, _ = sample_posterior(build(), **{**settings, "draws": current["draws"], "tune": current["tune"],
+                                                "target_accept": current["target_accept"]}, kernel=kernel)
+        table = check_convergence(idata, var_names=var_names, r_hat_max=r_hat_max, ess_min=ess_min,
+                                  divergences_max=divergences_max)
+        problem = _fit_problem(table, divergences_max=divergences_max)
+        passed = bool(table["passed"].all()) and problem["divergences"] <= divergences_max
+        records.append({"fit": number, **current, "chains": int(settings["chains"]),
+                        "r_hat": float(table["r_hat"].max()), "ess": float(table[["ess_bulk", "ess_tail"]].min().min()),
+                        "divergences": problem["divergences"], "passed": passed,
+                        "failed": _comma_join(problem["words"]) or None, "change": None,
+                        "seconds": round(time.perf_counter() - started, 2)})
+        if passed or number == attempts:
+            break
+        step = next_fit(current, table, ess_min=ess_min, divergences_max=divergences_max, max_draws=max_draws)
+        if step is None:
+            break
+        current, records[-1]["change"] = step
+    return idata, records
+
+
 def loo_compare(df: pd.DataFrame, *, outcome: str, group: str | None, predictors, draws: int = 500,
                 tune: int = 500, chains: int = 2, seed: int = 0, target_accept: float = 0.9, sampler: str = "nutpie",
-                hierarchical=None, n_draws: int = 1000) -> pd.DataFrame:
+                hierarchical=None, n_draws: int = 1000, r_hat_max: float = 1.01, ess_min: float = 400,
+                divergences_max: int = 0, attempts: int = 3, max_draws: int | None = None) -> pd.DataFrame:
     """Fit pooled, unpooled and hierarchical logistic models and compare them by PSIS-LOO: arviz.compare's
     table (model, rank, elpd_loo, se, p_loo, elpd_diff, dse, weight, warning) plus the number of
-    patients with Pareto k above 0.7 and the draws used. With `group=None`, the single-level model's row."""
+    patients with Pareto k above 0.7, the draws used, `converged` and `fits`. With `group=None`, the
+    single-level model's row. A `hierarchical` model given is taken as its caller gated it (the paper's main
+    model); without one, it is fitted here and gated like the others.
+
+    The pooled and unpooled fits pass the same convergence gate as the main model (`r_hat_max`, `ess_min`,
+    `divergences_max`), refitted by the same policy within the budget (`attempts` fits, at most `max_draws`
+    draws per chain, by default four times the larger of `draws` and `tune`). A model that still fails is not
+    compared (its draws are not trusted): its row keeps `converged` False and no ELPD. The fits, for
+    `Paper.gate`, are in `table.attrs["fits"]` (model name -> `ComparisonFit`)."""
     import arviz as az
 
     predictors = [predictors] if isinstance(predictors, str) else list(predictors)
@@ -380,10 +434,12 @@ def loo_compare(df: pd.DataFrame, *, outcome: str, group: str | None, predictors
     codes = pd.Index(design["levels"]).get_indexer(df[group]) if group is not None else None
     settings = dict(draws=draws, tune=tune, chains=chains, seed=seed, target_accept=target_accept,
                     sampler=sampler, progressbar=False, sampler_kwargs={})
+    gate = {"r_hat_max": r_hat_max, "ess_min": ess_min, "divergences_max": divergences_max}
+    given = hierarchical is not None
     if hierarchical is None:
-        hierarchical = HierarchicalLogistic(outcome, group, predictors).fit(
+        hierarchical = HierarchicalLogistic(outcome, group, predictors).fit_adaptive(
             df, draws=draws, tune=tune, chains=chains, seed=seed, target_accept=target_accept, sampler=sampler,
-            progressbar=False)
+            progressbar=False, attempts=attempts, max_draws=max_draws, **gate)
     elif ((hierarchical.group is None) != (group is None) or list(hierarchical.groups_) != list(design["levels"])
           or hierarchical.predictors != predictors):
         raise ValueError("`hierarchical` must be a HierarchicalLogistic fitted on the same groups and predictors"
@@ -396,10 +452,12 @@ def loo_compare(df: pd.DataFrame, *, outcome: str, group: str | None, predictors
             rows = slice(start, start + block_rows)
             yield _pointwise_log_likelihood(logit_of(rows), y[rows])
 
-    models = {}
+    budget = {"attempts": int(attempts), "max_draws": int(4 * max(draws, tune) if max_draws is None else max_draws)}
+    models, fits = {}, {}
     for name in (("pooled", "unpooled") if group is not None else ()):
-        built = _pooled_model(design, unpooled=name == "unpooled", predictors=predictors, means=means,
-                              groups=design["levels"])
+        def build(name=name):
+            return _pooled_model(design, unpooled=name == "unpooled", predictors=predictors, means=means,
+                                 groups=design["levels"])
 
         def kernel(name=name):   # clinpaper's compiled log-density of the same model (clinpaper.kernel)
             from clinpaper.kernel import fixed_nutpie_model
@@ -408,7 +466,12 @@ def loo_compare(df: pd.DataFrame, *, outcome: str, group: str | None, predictors
                                       intercept_prior=POOLED_PRIORS[name],
                                       intercept_name="group_intercept" if name == "unpooled" else "intercept_centered")
 
-        idata, _ = sample_posterior(built, **settings, kernel=kernel)
+        idata, records = _sample_gated(build, kernel, settings, var_names=[
+            "beta", "group_intercept" if name == "unpooled" else "intercept_centered"],
+            r_hat_max=r_hat_max, ess_min=ess_min, divergences_max=divergences_max, **budget)
+        fits[name] = ComparisonFit(name, idata, records, budget)
+        if not records[-1]["passed"]:   # its draws are not trusted: not compared
+            continue
         stacked = idata.posterior.stack(sample=("chain", "draw"))
         keep = _thin(stacked.sizes["sample"], n_draws)
         beta = stacked["beta"].transpose("sample", ...).values[keep]
@@ -421,33 +484,55 @@ def loo_compare(df: pd.DataFrame, *, outcome: str, group: str | None, predictors
             models[name] = (len(keep), lambda rows, beta=beta, intercept=intercept:
                             (x[rows] - means) @ beta.T + intercept)
 
-    hierarchical_block, sigma = _logistic_parts(hierarchical, df, n_draws=n_draws)
-    models["hierarchical" if group is not None else "single-level"] = (
-        len(sigma), lambda rows: np.add(*hierarchical_block(rows)))
+    own = "hierarchical" if group is not None else "single-level"
+    fits[own] = hierarchical
+    # a `hierarchical` given is the caller's, gated by the caller (the paper's main model); one fitted here, by its fits
+    if given or hierarchical.attempts_[-1]["passed"]:
+        hierarchical_block, sigma = _logistic_parts(hierarchical, df, n_draws=n_draws)
+        models[own] = (len(sigma), lambda rows: np.add(*hierarchical_block(rows)))
     loos = {name: psis_loo(blocks(logit_of), n_draws=n_kept) for name, (n_kept, logit_of) in models.items()}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        table = az.compare(loos, ic="loo")
-    table = table.rename_axis("model").reset_index()
+    if loos:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            table = az.compare(loos, ic="loo")
+        table = table.rename_axis("model").reset_index()
+    else:
+        table = pd.DataFrame({"model": pd.Series(dtype=object)})
     table["pareto_k_high"] = [int((loos[name].pareto_k.values > 0.7).sum()) for name in table["model"]]
     table["n_draws"] = [int(loos[name]["n_samples"]) for name in table["model"]]
-    return table[["model", "rank", "elpd_loo", "se", "p_loo", "elpd_diff", "dse", "weight", "warning",
-                  "pareto_k_high", "n_draws"]]
+    table["converged"] = True
+    table["fits"] = [max(len(fits[name].attempts_ or ()), 1) for name in table["model"]]
+    failed = [name for name in fits if name not in models]
+    if failed:   # listed after the compared models, with nothing a reader could compare
+        table = pd.concat([table, pd.DataFrame({"model": failed, "converged": False, "warning": False,
+                                                "fits": [max(len(fits[name].attempts_ or ()), 1) for name in failed]})],
+                          ignore_index=True)
+    table = table.reindex(columns=["model", "rank", "elpd_loo", "se", "p_loo", "elpd_diff", "dse", "weight", "warning",
+                                   "pareto_k_high", "n_draws", "converged", "fits"])
+    table.attrs["fits"] = fits
+    return table
 
 # %% ../nbs/04c_checks.ipynb #c025d
 def loo_summary(table: pd.DataFrame, names: dict | None = None) -> dict:
     """The best model of a `loo_compare` table and each model's ELPD difference from it: {'best': model,
-    'best_name': its name in `names`, 'differences': {model: {'difference': elpd - best elpd (<= 0), 'se': ...}}}."""
+    'best_name': its name in `names`, 'differences': {model: {'difference': elpd - best elpd (<= 0), 'se': ...}},
+    'not_converged': [models not compared]}. Only the models that passed the gate are compared; with none,
+    'best' is None and 'differences' empty."""
     missing = [c for c in ("model", "elpd_loo", "dse") if c not in table.columns]
     if missing:
         raise ValueError(f"loo_summary needs a loo_compare table; the columns {missing} are missing.")
     names = dict(names or {})
-    ranked = table.sort_values("elpd_loo", ascending=False).reset_index(drop=True)
+    converged = table["converged"].astype(bool) if "converged" in table else pd.Series(True, index=table.index)
+    not_converged = table.loc[~converged, "model"].tolist()
+    ranked = table[converged].sort_values("elpd_loo", ascending=False).reset_index(drop=True)
+    if ranked.empty:
+        return {"best": None, "best_name": None, "differences": {}, "not_converged": not_converged}
     best, best_elpd = ranked.loc[0, "model"], float(ranked.loc[0, "elpd_loo"])
     differences = {row.model: {"difference": float(row.elpd_loo) - best_elpd,
                                "se": 0.0 if row.model == best else float(row.dse)}
                    for row in ranked.itertuples()}
-    return {"best": best, "best_name": names.get(best, best), "differences": differences}
+    return {"best": best, "best_name": names.get(best, best), "differences": differences,
+            "not_converged": not_converged}
 
 # %% ../nbs/04c_checks.ipynb #c025g
 def loo_sentence(claims: dict, short: dict, *, table: str = "Table S6") -> str:
@@ -456,6 +541,11 @@ def loo_sentence(claims: dict, short: dict, *, table: str = "Table S6") -> str:
     each other model fell short (with its SE), and, where a shortfall is under twice its SE, that the
     data do not clearly favour the best model over it."""
     best, differences = claims["best"], claims["differences"]
+    failed = [short[m] for m in claims.get("not_converged", ())]
+    unfit = (f"{', '.join(failed[:-1]) + ' and ' if len(failed) > 1 else ''}{failed[-1]} did not pass the convergence gate and "
+             f"{'were' if len(failed) > 1 else 'was'} not compared") if failed else ""
+    if best is None:
+        return f"The PSIS-LOO comparison is withheld: {unfit} ({table})."
     others = [m for m in differences if m != best]
     lower = " and ".join(f"by {-differences[m]['difference']:.1f} (SE {differences[m]['se']:.1f}) for {short[m]}"
                          for m in others)
@@ -466,6 +556,8 @@ def loo_sentence(claims: dict, short: dict, *, table: str = "Table S6") -> str:
     if close:
         sentence += (f"; for {' and '.join(close)} the difference was less than twice its standard error, so "
                      f"the data do not clearly favour {short[best]} over {'them' if len(close) > 1 else 'it'}")
+    if unfit:
+        sentence += f"; {unfit}"
     return sentence + f" ({table})."
 
 

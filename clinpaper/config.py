@@ -244,7 +244,7 @@ SENSITIVITY_ANALYSES = ("predictive_checks", "pooling", "observed_expected", "su
 # the analyses with a convergence gate: the main model (its estimates are the paper's: a failed gate always
 # stops the run) and the alternative analyses that a study may call secondary (a failed gate is reported)
 MAIN_ANALYSIS = "model"
-SECONDARY_ANALYSES = ("survival",)
+SECONDARY_ANALYSES = ("survival", "pooling")   # pooling: the LOO comparison's pooled and unpooled fits
 # what each design needs beyond the schema: (key, why)
 DESIGN_NEEDS = {
     "hospital-variation": [("group", "hospital variation is variation between the groups of `group`"),

@@ -19,11 +19,12 @@ import pandas as pd
 from .core import ClinpaperError, CohortError, ConvergenceError
 
 # %% auto #0
-__all__ = ['LOCATION_PRIORS', 'SCALE_PRIORS', 'DEFAULT_PRIORS', 'PRIOR_MEANINGS', 'REPORTED_PARAMETERS', 'PARAMETERIZATIONS',
-           'TARGET_ACCEPT_MAX', 'CENTERING_SNAP', 'CENTERED_MEDIAN', 'BACKENDS', 'prior_text', 'prior_strength',
-           'priors_sentence', 'resolve_priors', 'hdi', 'posterior_summary', 'check_convergence', 'convergence_message',
-           'form_words', 'next_fit', 'NotFittedError', 'HierarchicalModel', 'prior_variable', 'group_values',
-           'choose_centering', 'check_sampling_arguments', 'nutpie_backend', 'sample_posterior', 'HierarchicalLogistic']
+__all__ = ['LOCATION_PRIORS', 'SCALE_PRIORS', 'DEFAULT_PRIORS', 'PRIOR_MEANINGS', 'FEW_GROUPS', 'FEW_GROUPS_PRIOR',
+           'REPORTED_PARAMETERS', 'PARAMETERIZATIONS', 'TARGET_ACCEPT_MAX', 'CENTERING_SNAP', 'CENTERED_MEDIAN',
+           'BACKENDS', 'few_groups_prior', 'few_groups_text', 'prior_text', 'prior_strength', 'priors_sentence',
+           'resolve_priors', 'hdi', 'posterior_summary', 'check_convergence', 'convergence_message', 'form_words',
+           'next_fit', 'NotFittedError', 'HierarchicalModel', 'prior_variable', 'group_values', 'choose_centering',
+           'check_sampling_arguments', 'nutpie_backend', 'sample_posterior', 'HierarchicalLogistic']
 
 # %% ../nbs/04_models.ipynb #c006
 LOCATION_PRIORS = {"Normal": ("mu", "sigma"), "StudentT": ("nu", "mu", "sigma")}
@@ -44,6 +45,34 @@ PRIOR_MEANINGS = {
     "sigma_group": "between-group SD of the intercepts",
     "sigma_slope": "between-group SD of each random slope",
 }
+
+# with this many groups or fewer the data barely identify a between-group SD (Gelman 2006): unless the
+# study sets its prior, the fit uses FEW_GROUPS_PRIOR instead of the default Half-Normal(1)
+FEW_GROUPS = 5
+FEW_GROUPS_PRIOR = {"dist": "HalfNormal", "sigma": 0.5}
+
+
+def few_groups_prior(priors: dict | None, n_groups: int, *, name: str = "sigma_group") -> dict | None:
+    """The prior of the between-group SD `name` for a fit with `n_groups` groups when the user's `priors`
+    leave it to the default: FEW_GROUPS_PRIOR with FEW_GROUPS groups or fewer, else None (the default stands)."""
+    if n_groups > FEW_GROUPS or name in (priors or {}):
+        return None
+    return dict(FEW_GROUPS_PRIOR)
+
+
+def few_groups_text(n_groups: int, prior: dict, default: dict, *, group: str, groups: str,
+                    scale: str = "log-odds", ratio: str = "odds ratio") -> str:
+    """The Methods sentence that justifies the prior of the between-group SD with few groups: how many,
+    why so few cannot inform the SD, the prior used and what its 95th percentile means on the ratio scale
+    (the median ratio between two groups picked at random, exp(sqrt(2) z_0.75 sd))."""
+    from scipy import stats
+
+    upper = float(stats.halfnorm.ppf(0.95, scale=float(prior["sigma"])))
+    median_ratio = float(np.exp(np.sqrt(2) * stats.norm.ppf(0.75) * upper))
+    return (f"With {n_groups} {groups} the data barely identify the between-{group} standard deviation (Gelman 2006), "
+            f"so its prior was {prior_text(prior)} instead of the default {prior_text(default)}: it keeps 95% of its "
+            f"mass below {upper:.2f} on the {scale} scale, a median {ratio} of {median_ratio:.2f} between two "
+            f"{groups} picked at random, and leaves smaller values to the data.")
 
 
 def _number(value) -> str:
@@ -188,7 +217,7 @@ def posterior_summary(idata, *, var_names=None, hdi_prob: float = 0.95) -> pd.Da
                   "ess_bulk", "ess_tail"]]
 
 # %% ../nbs/04_models.ipynb #c014
-REPORTED_PARAMETERS = ("intercept", "beta", "sigma_group", "sigma_slope")
+REPORTED_PARAMETERS = ("intercept", "group_intercept", "beta", "sigma_group", "sigma_slope")
 
 
 def check_convergence(idata, *, var_names=None, r_hat_max: float = 1.01, ess_min: float = 400,
@@ -221,15 +250,19 @@ def check_convergence(idata, *, var_names=None, r_hat_max: float = 1.01, ess_min
 
 # %% ../nbs/04_models.ipynb #c014a
 def convergence_message(table: pd.DataFrame, *, model: str = "The model", divergences_max: int = 0,
-                        attempts=None, budget: dict | None = None, data: str | None = None) -> str | None:
+                        attempts=None, budget: dict | None = None, data: str | None = None,
+                        data_first: bool = False) -> str | None:
     """The ConvergenceError message for a `check_convergence` table, or None when it passed. `attempts`
     (a model's `attempts_`) and `budget` (its `adapt_`) name the fits made before the gate gave up; `data`
-    says what the data gave the model (a model's `data_words()`)."""
+    says what the data gave the model (a model's `data_words()`), right after the first line with
+    `data_first` (few groups: the data, not the sampler, are the reason)."""
     failed = table[~table["passed"]]
     divergences = table.attrs.get("divergences", 0)
     if failed.empty and divergences <= divergences_max:
         return None
     lines = [f"{model} did not pass the convergence gate; no estimate from this fit may be published."]
+    if data and data_first:
+        lines.append(data)
     if not failed.empty:
         lines.append(f"{len(failed)} of {len(table)} parameters failed:")
         lines += [f"  {row.parameter}: {row.problem}" for row in failed.itertuples()]
@@ -244,7 +277,7 @@ def convergence_message(table: pd.DataFrame, *, model: str = "The model", diverg
         spent = (f" ({budget['attempts']} fits, at most {budget['max_draws']:,} draws per chain)" if budget else "")
         lines.append(f"The refits' budget{spent} is spent: raise `adapt_attempts` or `adapt_max_draws` in the "
                      "study's parameters, or change what the data or the model give the sampler:")
-    if data:
+    if data and not data_first:
         lines.append(data)
     lines.append("What to try: more tuning steps (e.g. tune=2000); a higher target_accept (0.95 or 0.99), "
                  "which removes most divergences; more draws (e.g. draws=2000) when only the ESS is low; "
@@ -425,9 +458,17 @@ class HierarchicalModel:
                              f"no between-group variation in a single-level model. Fit it with `group=` a column "
                              f"(e.g. the hospital) to estimate one.")
 
+    def _require_random(self, what: str) -> None:
+        "Raise ValueError, saying why, when a model with fixed group intercepts is asked for `what`."
+        self._require_group(what)
+        if getattr(self, "group_intercepts", "random") == "fixed":
+            raise ValueError(f"{type(self).__name__} with group_intercepts='fixed' gives each group its own "
+                             f"intercept, not pooled: there is no between-group SD, so it has no {what}. Fit it "
+                             "with group_intercepts='random' to estimate one.")
+
     def _median_ratio(self, prob: float, *, what: str = "median ratio") -> dict:
         "Posterior median and equal-tailed interval of exp(sqrt(2) sigma_group z_0.75), per draw."
-        self._require_group(what)
+        self._require_random(what)
         self._check_fitted()
         from scipy.stats import norm
 
@@ -453,7 +494,7 @@ class HierarchicalModel:
     def group_effects(self, hdi_prob: float = 0.95) -> pd.DataFrame:
         """Per group: the posterior median of its effect (deviation from the average group, on the linear
         predictor) with the equal-tailed `hdi_prob` interval, low and high, and the posterior mean."""
-        self._require_group("group effects")
+        self._require_random("group effects")
         self._check_fitted()
         effects = self._draws("group_effect")
         tail = (1 - hdi_prob) / 2
@@ -469,26 +510,34 @@ class HierarchicalModel:
                                   ess_min=ess_min, divergences_max=divergences_max)
         message = convergence_message(table, model=type(self).__name__, divergences_max=divergences_max,
                                       attempts=getattr(self, "attempts_", None), budget=getattr(self, "adapt_", None),
-                                      data=self.data_words())
+                                      data=self.data_words(), data_first=self.few_groups())
         if message:
             raise ConvergenceError(message)
         return table
 
+    def few_groups(self) -> bool:
+        "Whether the fit had FEW_GROUPS groups or fewer (its gate's message then starts from the data)."
+        return 0 < len(getattr(self, "groups_", None) or ()) <= FEW_GROUPS
+
     def data_words(self) -> str | None:
         """What the data gave the fit, in words a clinician reads (for the gate's error): the groups, events
-        and observations, and, with five groups or fewer, why so few cannot carry a between-group SD."""
+        and observations, and, with FEW_GROUPS groups or fewer, why so few cannot carry a between-group SD."""
         groups = getattr(self, "groups_", None)
         if not groups:
             return None
         k = len(groups)
         text = (f"The data: {k} groups (`{self.group}`) with {self.n_events_:,} events among {self.n_obs_:,} "
                 "observations.")
-        if k <= 5:
-            text += (f" With {k} groups the between-group standard deviation is barely identified: the data cannot "
-                     "tell a small difference between the groups from none, and the sampler then explores what the "
-                     "prior allows. A tighter prior on sigma_group (e.g. Half-Normal(0.5) on the model's scale), "
-                     "fixed effects for the groups (indicator columns as predictors, group=None), or more groups "
-                     "help.")
+        if k <= FEW_GROUPS:
+            prior = getattr(self, "priors_", {}).get("sigma_group")
+            used = f" (this fit's prior on it: {prior_text(prior)})" if prior else ""
+            text = (f"The data are most likely too few for a hierarchical model: {k} groups (`{self.group}`) with "
+                    f"{self.n_events_:,} events among {self.n_obs_:,} observations cannot tell how much the groups "
+                    f"differ. With {k} groups the between-group standard deviation is barely identified"
+                    f"{used}: the data cannot tell a small difference between the groups from none, and the sampler "
+                    "then explores what the prior allows. Compare the groups as fixed effects (indicator columns as "
+                    "predictors, group=None), give sigma_group a prior that your field's evidence supports, or add "
+                    "groups.")
         return text
 
     def _parameterizations(self) -> tuple:
@@ -868,17 +917,20 @@ class HierarchicalLogistic(HierarchicalModel):
     (`predictors=[]`) the model is intercept-only: provider profiling, funnel plots, a random-effects
     meta-analysis of proportions.
     `group=None` fits a single-level logistic regression, without group effects.
-    `random_slopes` lists predictors whose slope varies by group. `priors` overrides the
-    defaults (see `DEFAULT_PRIORS`)."""
+    `random_slopes` lists predictors whose slope varies by group. `group_intercepts='fixed'` keeps
+    each group's intercept (a stratum's or a trial's baseline) fixed, unpooled, each with the intercept's
+    prior and no between-group SD, while the random slopes are pooled, as matched analyses and
+    meta-analyses with fixed trial baselines do. `priors` overrides the defaults (see `DEFAULT_PRIORS`)."""
     REPORTED = REPORTED_PARAMETERS
     PRIOR_MEANINGS = PRIOR_MEANINGS
     POSITIONAL = ("outcome", "group", "predictors")
-    SETTINGS = ("trials", "random_slopes", "priors", "parameterization")
+    SETTINGS = ("trials", "random_slopes", "priors", "parameterization", "group_intercepts")
     STATE = ("groups_", "n_obs_", "n_events_", "n_rows_model_", "collapsed_", "sampler_", "sampling_",
-             "timings_", "parameterization_", "centering_", "attempts_", "adapt_")
+             "timings_", "parameterization_", "centering_", "attempts_", "adapt_", "priors_", "few_groups_")
 
     def __init__(self, outcome: str, group: str | None, predictors, *, trials: str | None = None,
-                 random_slopes=None, priors: dict | None = None, parameterization: str = "auto"):
+                 random_slopes=None, priors: dict | None = None, parameterization: str = "auto",
+                 group_intercepts: str = "random"):
         if isinstance(predictors, str):
             predictors = [predictors]
         self.outcome = outcome
@@ -888,6 +940,13 @@ class HierarchicalLogistic(HierarchicalModel):
         self.random_slopes = list(random_slopes or [])
         self.priors = priors
         self.parameterization = parameterization
+        self.group_intercepts = group_intercepts
+        if group_intercepts not in ("random", "fixed"):
+            raise ValueError(f"`group_intercepts` of HierarchicalLogistic must be 'random' (pooled, with a "
+                             f"between-group SD) or 'fixed' (each group its own), got {group_intercepts!r}.")
+        if group_intercepts == "fixed" and group is None:
+            raise ValueError("`group_intercepts='fixed'` gives each group its own intercept, and a model with "
+                             "group=None has no group; give `group` a column.")
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"`parameterization` of HierarchicalLogistic must be one of "
                              f"{', '.join(map(repr, PARAMETERIZATIONS))}, got {parameterization!r}.")
@@ -900,18 +959,32 @@ class HierarchicalLogistic(HierarchicalModel):
         if group is None and self.random_slopes:
             raise ValueError("`random_slopes` of HierarchicalLogistic vary by group, and a model with group=None "
                              "has no group; give `group` a column or drop `random_slopes`.")
-        self.priors_ = resolve_priors(priors, random_slopes=bool(self.random_slopes), grouped=group is not None)
+        self.priors_ = self._resolve_priors()
+
+    def _fixed(self) -> bool:
+        return self.group_intercepts == "fixed"
+
+    def _resolve_priors(self) -> dict:
+        "The priors of this model's parameters: fixed group intercepts have the intercept's prior, no sigma_group."
+        if self._fixed() and "sigma_group" in (self.priors or {}):
+            raise ValueError("`priors` of HierarchicalLogistic has a prior on sigma_group, and with "
+                             "group_intercepts='fixed' there is no between-group SD of the intercepts; drop it.")
+        return resolve_priors(self.priors, random_slopes=bool(self.random_slopes),
+                              grouped=self.group is not None and not self._fixed())
 
     def __repr__(self):
         extra = f", trials={self.trials!r}" if self.trials else ""
         extra += f", random_slopes={self.random_slopes!r}" if self.random_slopes else ""
+        extra += ", group_intercepts='fixed'" if self._fixed() else ""
         return (f"HierarchicalLogistic(outcome={self.outcome!r}, group={self.group!r}, "
                 f"predictors={self.predictors!r}{extra})")
 
     def _parameterizations(self) -> tuple:
         """A refit after divergences may switch to the pure forms of the group effects, non-centered first (the
         form that cannot funnel); none without a group."""
-        return ("non-centered", "centered") if self.group is not None else ()
+        if self.group is None or (self._fixed() and not self.random_slopes):
+            return ()
+        return ("non-centered", "centered")
 
     def _slope_idx(self) -> list:
         return [self.predictors.index(name) for name in self.random_slopes]
@@ -943,6 +1016,19 @@ class HierarchicalLogistic(HierarchicalModel):
         if self.group is not None and df[self.group].nunique() < 2:
             raise CohortError(f"{name} needs at least 2 groups in `{self.group}` to estimate the between-group "
                               f"SD, got 1. For a single group, fit the single-level model (group=None).")
+        if self.group is not None and self.predictors and (self._fixed() or self.random_slopes):
+            spread = df.groupby(self.group, sort=False)[self.predictors].nunique()
+            for column in self.predictors:
+                within = bool((spread[column] <= 1).all())
+                if within and self._fixed():
+                    raise CohortError(f"{name}: predictor `{column}` is constant within every one of the "
+                                      f"{len(spread):,} groups of `{self.group}`, so next to each group's own "
+                                      f"intercept (group_intercepts='fixed') its effect is not identified. Drop it, "
+                                      f"or pool the intercepts (group_intercepts='random').")
+                if within and column in self.random_slopes:
+                    raise CohortError(f"{name}: random slope of `{column}`, which is constant within every one "
+                                      f"of the {len(spread):,} groups of `{self.group}`: a slope within a group "
+                                      f"needs the predictor to vary there. Drop it from `random_slopes`.")
         outcome = df[self.outcome]
         if not (pd.api.types.is_numeric_dtype(outcome) or pd.api.types.is_bool_dtype(outcome)):
             raise CohortError(f"`outcome` of {name} must be numeric, got dtype {outcome.dtype}.")
@@ -956,6 +1042,7 @@ class HierarchicalLogistic(HierarchicalModel):
             if wrong.any():
                 raise CohortError(f"`outcome` of {name} must be a column of 0/1 values. Got "
                                   f"{_show_codes(outcome[wrong])} in {int(wrong.sum()):,} rows.")
+            self._check_information(df, outcome, pd.Series(1.0, index=df.index))
             return
         trials = df[self.trials]
         if not pd.api.types.is_numeric_dtype(trials):
@@ -976,6 +1063,41 @@ class HierarchicalLogistic(HierarchicalModel):
         if wrong.any():
             raise CohortError(f"`outcome` of {name} must not exceed `trials`: {int(wrong.sum()):,} rows have "
                               f"more events (`{self.outcome}`) than trials (`{self.trials}`).")
+        self._check_information(df, outcome, trials)
+
+    def _check_information(self, df, events, trials) -> None:
+        """What the data must hold for the model to say anything, in counts (never rows): events and non-events,
+        predictors that vary, more than one row a group for a 0/1 outcome. Complete separation by a 0/1
+        predictor is allowed (the coefficient's prior keeps the estimate finite) and warned about."""
+        name = "HierarchicalLogistic"
+        n_events, n_trials = float(events.sum()), float(trials.sum())
+        if n_events == 0 or n_events == n_trials:
+            which = "no events" if n_events == 0 else "only events"
+            raise CohortError(f"`outcome` of {name}: `{self.outcome}` has {which} in all {int(n_trials):,} "
+                              f"observations, so there is no risk to model. Check the outcome's definition or the "
+                              f"cohort's follow-up.")
+        for column in self.predictors:
+            if df[column].nunique(dropna=False) < 2:
+                raise CohortError(f"{name}: predictor `{column}` takes one value in all {len(df):,} rows, so its "
+                                  "effect cannot be estimated. Drop it from the predictors.")
+        if self.group is not None and self.trials is None:
+            sizes = df.groupby(self.group, sort=False).size()
+            if (sizes == 1).all():
+                raise CohortError(f"{name}: each of the {len(sizes):,} groups of `{self.group}` has one row; with a "
+                                  "0/1 outcome a group's own effect cannot be told from chance. Group the rows by a "
+                                  "coarser unit, or fit the single-level model (group=None).")
+        for column in self.predictors:   # a 0/1 predictor with no events, or only events, at one of its levels
+            values = df[column].astype(float)
+            if not values.isin([0.0, 1.0]).all():
+                continue
+            for level in (0.0, 1.0):
+                at = values == level
+                e, t = float(events[at].sum()), float(trials[at].sum())
+                if e == 0 or e == t:
+                    warnings.warn(f"{name}: complete separation by `{column}`: the {int(t):,} observations with "
+                                  f"`{column}` = {level:g} have {'no events' if e == 0 else 'only events'}. The "
+                                  f"odds ratio of `{column}` is then set by its prior (finite, but wide); report it "
+                                  "as such, or combine levels.", RuntimeWarning, stacklevel=4)
 
     def _design(self, df, *, collapse="auto"):
         "Model arrays: x (rows x predictors), group_idx, events, trials, the group levels and whether rows were collapsed."
@@ -1027,11 +1149,17 @@ class HierarchicalLogistic(HierarchicalModel):
             x_centered = pm.Data("x_centered", x - means, dims=("obs", "predictor"))
             if grouped:
                 group_idx = pm.Data("group_idx", design["group_idx"], dims="obs")
-            intercept_centered = prior_variable("intercept_centered", self.priors_["intercept"])
-            beta = prior_variable("beta", self.priors_["beta"], dims="predictor")
-            pm.Deterministic("intercept", intercept_centered - pt.dot(means, beta))
-            logit_p = intercept_centered + pt.dot(x_centered, beta)
-            if grouped:
+            # the variables in the order of the compiled kernel's parameter vector (the PyMC comparison relies on it)
+            if self._fixed():   # each group its own intercept, at the predictors' means, not pooled
+                group_intercept = prior_variable("group_intercept", self.priors_["intercept"], dims="group")
+                beta = prior_variable("beta", self.priors_["beta"], dims="predictor")
+                logit_p = group_intercept[group_idx] + pt.dot(x_centered, beta)
+            else:
+                intercept_centered = prior_variable("intercept_centered", self.priors_["intercept"])
+                beta = prior_variable("beta", self.priors_["beta"], dims="predictor")
+                pm.Deterministic("intercept", intercept_centered - pt.dot(means, beta))
+                logit_p = intercept_centered + pt.dot(x_centered, beta)
+            if grouped and not self._fixed():
                 sigma_group = prior_variable("sigma_group", self.priors_["sigma_group"])
                 group_effect = group_values("group_effect", "z_group", sigma_group, centering["group"], "group")
                 logit_p = logit_p + group_effect[group_idx]
@@ -1058,13 +1186,22 @@ class HierarchicalLogistic(HierarchicalModel):
         check_sampling_arguments(draws=draws, tune=tune, chains=chains, target_accept=target_accept,
                                  sampler=sampler)
         grouped = self.group is not None
-        backend = nutpie_backend(backend, grouped=grouped)
+        if self._fixed() and backend == "kernel":
+            raise ValueError("backend='kernel' covers pooled (random) group intercepts; with "
+                             "group_intercepts='fixed' use backend='auto' (the PyMC model, compiled).")
+        backend = nutpie_backend(backend, grouped=grouped and not self._fixed())
         self._validate(df)
         if progressbar is None:
             progressbar = sys.stderr.isatty()
         design = self._design(df, collapse=collapse)
         weights = design["trials"]
         means = (design["x"] * weights[:, None]).sum(axis=0) / weights.sum()
+        # the priors start from the user's at every fit; with few groups the SD's default is tighter
+        self.priors_ = self._resolve_priors()
+        few = few_groups_prior(self.priors, len(design["levels"])) if grouped and not self._fixed() else None
+        if few:
+            self.priors_["sigma_group"] = few
+        self.few_groups_ = len(design["levels"]) if few else None
         if parameterization not in (None, *PARAMETERIZATIONS):
             raise ValueError(f"`parameterization` of HierarchicalLogistic.fit must be one of "
                              f"{', '.join(map(repr, PARAMETERIZATIONS))} or None (the model's own), got {parameterization!r}.")
@@ -1083,10 +1220,10 @@ class HierarchicalLogistic(HierarchicalModel):
         idata, sampled = sample_posterior(
             model, draws=draws, tune=tune, chains=chains, seed=seed, target_accept=target_accept,
             sampler=sampler, progressbar=progressbar, sampler_kwargs=sampler_kwargs, backend=backend,
-            kernel=kernel if grouped else None)
+            kernel=kernel if grouped and not self._fixed() else None)
         self.model_ = model
         self.idata_ = idata
-        self.parameterization_ = centering["form"] if grouped else None
+        self.parameterization_ = centering["form"] if grouped and (self.random_slopes or not self._fixed()) else None
         self.centering_ = None if centering is None else {
             "sd": centering["sd"], "slope_sd": centering["slope_sd"], "group": [float(w) for w in centering["group"]],
             "slope": [[float(w) for w in row] for row in centering["slope"]],
@@ -1130,10 +1267,22 @@ class HierarchicalLogistic(HierarchicalModel):
         self._check_fitted()
         self._validate(df, for_fit=False)
         seed = self.sampling_["seed"] if seed is None else seed
-        intercept = self._draws("intercept")
         beta = self._draws("beta")
         rng = np.random.default_rng(seed)
-        if self.group is not None:
+        if self._fixed():   # logit = a_j + beta (x - means): the group's own intercept, beta x and no other
+            codes = pd.Index(self.groups_).get_indexer(df[self.group])
+            if (codes < 0).any():
+                unseen = pd.unique(df[self.group][codes < 0])
+                raise CohortError(f"HierarchicalLogistic with fixed group intercepts cannot predict a group it was "
+                                  f"not fitted on: {len(unseen):,} group(s) of `{self.group}` in {int((codes < 0).sum()):,} "
+                                  "rows are new. Only pooled intercepts (group_intercepts='random') carry a "
+                                  "distribution to draw a new group's from.")
+            intercept = np.zeros(len(beta))
+            effects = self._draws("group_intercept") - (beta @ self.predictor_means_.to_numpy())[:, None]
+            new_levels = []
+        else:
+            intercept = self._draws("intercept")
+        if self.group is not None and not self._fixed():
             effects, codes, new_levels = self._group_effect_draws(df, rng)
         if self.random_slopes:
             slopes = self._draws("group_slope")  # draws x groups x slopes
@@ -1227,14 +1376,34 @@ class HierarchicalLogistic(HierarchicalModel):
             if parameterization == "partial" and self.parameterization == "auto":   # pure forms: one for the intercepts, one per slope
                 parameterization = "centered" if np.all(np.asarray(self.centering_["group"]) == 1) else "non-centered"
             parameterization = form_words(parameterization)
-            items += [(priors["intercept"], intercept),
-                      (priors["sigma_group"], f"the between-{group} standard deviation of the intercepts "
-                                              "(log-odds scale)")]
+            if self._fixed():
+                items.append((priors["intercept"], f"each {group}'s intercept, the log odds in that {group} with every "
+                                                   "predictor at its mean"))
+            else:
+                items += [(priors["intercept"], intercept),
+                          (priors["sigma_group"], f"the between-{group} standard deviation of the intercepts "
+                                                  "(log-odds scale)")]
             if self.random_slopes:
                 items.append((priors["sigma_slope"], f"the between-{group} standard deviation of each slope"))
-            text = (f"We fitted a Bayesian hierarchical logistic regression of {outcome} ({likelihood}){on}, "
-                    f"with random intercepts by {group}{slopes}, in a "
-                    f"{parameterization} parameterization{chosen}. " + priors_sentence(items))
+            if self._fixed():
+                pooled = ""
+                if self.random_slopes:
+                    record = getattr(self, "centering_", None)
+                    forms = sorted({"centered" if np.all(np.asarray([row[k] for row in record["slope"]]) == 1)
+                                    else "non-centered" for k in range(len(self.random_slopes))}) if record else []
+                    form = f", sampled {' and '.join(forms)}" if forms else ""
+                    pooled = (f", and with the slope{'s' if len(self.random_slopes) > 1 else ''} of "
+                              f"{', '.join(names.get(s, s) for s in self.random_slopes)} varying by {group} (random "
+                              f"slopes{form})")
+                text = (f"We fitted a Bayesian logistic regression of {outcome} ({likelihood}){on}, with a separate "
+                        f"intercept for each {group}, not pooled (fixed {group} effects){pooled}. " + priors_sentence(items))
+            else:
+                text = (f"We fitted a Bayesian hierarchical logistic regression of {outcome} ({likelihood}){on}, "
+                        f"with random intercepts by {group}{slopes}, in a "
+                        f"{parameterization} parameterization{chosen}. " + priors_sentence(items))
+            if getattr(self, "few_groups_", None):
+                text += " " + few_groups_text(self.few_groups_, priors["sigma_group"], DEFAULT_PRIORS["sigma_group"],
+                                              group=group, groups=groups)
         if hasattr(self, "sampling_"):
             text += self._sampling_text(self._engine_text())
         return text

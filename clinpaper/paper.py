@@ -445,22 +445,25 @@ class PaperChoices:
         budget = self.adapt_budget(chosen["draws"], chosen["tune"])
         return model.fit_adaptive(data, seed=self.seed, **chosen, **self.gate_thresholds(analysis), **budget)
 
-    def gate(self, model, analysis: str, *, label: str) -> dict:
+    def gate(self, model, analysis: str, *, label: str, name: str | None = None) -> dict:
         """The convergence gate of `analysis`'s fitted `model` (its reported parameters). A main analysis that
         fails raises ConvergenceError: the run stops and the last good run is untouched. A secondary one that
         fails is reported, not fatal: a line in the notebook's output and the kernel's log, and in results.json
         `{analysis}_converged` (false) and `{analysis}_gate` (the gate's figures against its thresholds, and a
         sentence that says the analysis did not converge and its estimates are withheld). Returns passed,
-        table, figures and sentence; `label` names the analysis in the sentence ("The Weibull model")."""
+        table, figures and sentence; `label` names the analysis in the sentence ("The Weibull model"); `name`
+        keys the records (default `analysis`) when an analysis gates several fits."""
         import sys
         from clinpaper.core import ConvergenceError
         from clinpaper.models import check_convergence, convergence_message
         thresholds = self.gate_thresholds(analysis)
+        key = name or analysis
         table = check_convergence(model.idata_, var_names=model._reported(), **thresholds)
         attempts = getattr(model, "attempts_", None) or []
         message = convergence_message(table, model=type(model).__name__, divergences_max=thresholds["divergences_max"],
                                       attempts=attempts, budget=getattr(model, "adapt_", None),
-                                      data=getattr(model, "data_words", lambda: None)())
+                                      data=getattr(model, "data_words", lambda: None)(),
+                                      data_first=getattr(model, "few_groups", lambda: False)())
         secondary = self.is_secondary(analysis)
         if message and not secondary:
             raise ConvergenceError(message)
@@ -477,10 +480,10 @@ class PaperChoices:
         sentence = (f"{label} passed the convergence gate{fits} ({measured})." if passed else
                     f"{label} did not converge: it failed the convergence gate{fits} ({measured}), so its estimates "
                     "are withheld.")
-        self.text(f"{analysis}_converged", passed, "converged" if passed else "did not converge")
-        self.text(f"{analysis}_gate", figures, sentence)
+        self.text(f"{key}_converged", passed, "converged" if passed else "did not converge")
+        self.text(f"{key}_gate", figures, sentence)
         if attempts:   # every fit the gate saw, in order, in the run's supplement (tables/)
-            self.table(f"table_fits_{analysis}", model.attempts_table(),
+            self.table(f"table_fits_{key}", model.attempts_table(),
                        caption=f"Fits of {_lower_first(label)}, in order: a refit is made only after a fit failed the "
                                "convergence gate, with the change the study's budget allowed.")
         if not passed:

@@ -189,12 +189,36 @@ def test_not_fitted():
     (lambda df: df.assign(hospital="A"), "at least 2 groups"),
     (lambda df: df.assign(hospital=df["hospital"].where(np.arange(len(df)) >= 3)), "3 rows have no `hospital`"),
     (lambda df: df.assign(male=df["male"].map({0: "F", 1: "M"})), "must be numeric"),
+    # the data must hold something to model: events and non-events, predictors that vary, groups of more than one row
+    (lambda df: df.assign(death=0), "`death` has no events in all 1,500 observations"),
+    (lambda df: df.assign(death=1), "has only events in all 1,500 observations"),
+    (lambda df: df.assign(male=1), "predictor `male` takes one value in all 1,500 rows"),
+    (lambda df: df.assign(hospital=[f"H{i}" for i in range(len(df))]), "each of the 1,500 groups of `hospital` has one row"),
 ])
 def test_bad_input(cohort, change, message):
     with pytest.raises(CohortError) as error:
         HierarchicalLogistic("death", "hospital", PREDICTORS).fit(change(cohort), draws=10, tune=10)
     assert message in str(error.value)
     assert isinstance(error.value, (ClinpaperError, ValueError))
+
+
+def test_separation_is_warned_not_refused(cohort):
+    "Complete separation by a 0/1 predictor: the prior keeps the odds ratio finite, and the warning says so, in counts."
+    separated = cohort.assign(death=np.where(cohort["male"] == 1, cohort["death"], 0))
+    n_women = int((cohort["male"] == 0).sum())
+    with pytest.warns(RuntimeWarning, match=f"the {n_women:,} observations with `male` = 0 have no events"):
+        model = HierarchicalLogistic("death", "hospital", PREDICTORS).fit(separated, draws=200, tune=200, chains=1)
+    odds = model.odds_ratios().set_index("predictor").loc["male"]
+    assert np.isfinite(odds["high"]) and odds["low"] > 1
+
+
+def test_random_slope_of_a_group_level_predictor_is_refused(cohort):
+    "A slope within a group needs the predictor to vary there; the message names the column and the groups, no rows."
+    level = cohort.assign(teaching=cohort["hospital"].isin(["A", "B"]).astype(int))
+    with pytest.raises(CohortError, match="random slope of `teaching`, which is constant within every one of the 5 groups"):
+        HierarchicalLogistic("death", "hospital", ["teaching"], random_slopes=["teaching"]).fit(level, draws=10, tune=10)
+    # as a fixed effect beside random intercepts a group-level predictor is identified: accepted
+    HierarchicalLogistic("death", "hospital", ["teaching"])._validate(level)
 
 
 def test_bad_counts():

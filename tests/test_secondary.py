@@ -141,6 +141,17 @@ def check_withheld_secondary(run, build, *, ess_min):
     assert "did not converge" in recorded["methods_survival"]["text"]
     assert "frailty standard deviation" not in recorded["checks_paragraph"]["text"]
     assert "did not converge" in recorded["checks_paragraph"]["text"]
+    # the LOO comparison's pooled and unpooled fits are secondary too (the template's `secondary`), refitted within the
+    # budget and, failing that gate, not compared: their rows say so, the sentence names them
+    for name in ("pooled", "unpooled"):
+        assert recorded[f"pooling_{name}_converged"]["value"] is False, name
+        assert recorded[f"pooling_{name}_gate"]["value"]["ess"] < ess_min
+        assert recorded[f"loo_diff_{name}"]["value"] is None
+    loo = pd.read_csv(run / "tables" / "table_loo.csv")
+    elpd = loo.filter(like="ELPD-LOO").iloc[:, 0]
+    assert (elpd == "not compared: did not converge").sum() == 2 and elpd.str.match(r"-?[\d,]+\.\d \(").sum() == 1
+    assert "did not pass the convergence gate and were not compared" in recorded["loo_sentence"]["text"]
+    assert (run / "tables" / "table_fits_pooling_unpooled.csv").is_file()
     manuscript = (build / "html" / "manuscript.html").read_text()
     assert "did not converge" in manuscript and "withheld" in manuscript
     assert "did not converge" in docx_text(build / "manuscript.docx")
