@@ -166,11 +166,16 @@ def _sampled_name(weights, centered: str, raw: str) -> str:
     return centered if np.all(np.asarray(weights) == 1.0) else raw
 
 
-def nutpie_model(design: dict, priors: dict, *, means, predictors, groups, weights, slopes=(), slope_weights=None):
+def nutpie_model(design: dict, priors: dict, *, means, predictors, groups, weights, slopes=(), slope_weights=None,
+                 zero_sum: bool = False):
     """A nutpie model (from `nutpie.from_pyfunc`) for a design of `HierarchicalLogistic._design`. `weights`
     (one per group, or one for all) is each group's centering: 1 centered, 0 non-centered, in between
     partially non-centered; `slopes` names the predictors with random slopes and `slope_weights`
-    (groups x slopes, or one number) their centerings."""
+    (groups x slopes, or one number) their centerings. `zero_sum` samples the intercepts as
+    `HierarchicalLogistic.build_model` does for few groups: a + ū (`intercept_mean`, Normal(mu, sqrt(s0² +
+    sigma²/k)) for the intercept's Normal(mu, s0)) and the non-centered deviations sigma H w (`z_free`,
+    `group_deviation`), H the basis of `zero_sum_basis`; the kernel's log-density at (a + ū, H w), with the
+    intercept's prior replaced and the gradient taken back through H."""
     from nutpie.compiled_pyfunc import from_pyfunc
 
     order = np.argsort(design["group_idx"], kind="stable")
@@ -241,6 +246,9 @@ def nutpie_model(design: dict, priors: dict, *, means, predictors, groups, weigh
     first = initial_point(0)  # compiles the kernel now (or loads it from numba's cache) and checks it
     if not np.isfinite(make_logp()(first)[0]):
         raise FloatingPointError("the compiled log-density is not finite at the initial point")
+    if zero_sum:
+        return _zero_sum_model(make_logp, make_expand, n_dim, n_predictors, n_groups, n_slopes, variance,
+                               slope_variance, priors, sigma_prior, predictors, groups, slopes, initial_point)
     names = ["intercept_centered", "beta", *(["sigma_group_variance"] if variance else []), "sigma_group", group_name]
     if n_slopes:
         names += [*(["sigma_slope_variance"] if slope_variance else []), "sigma_slope", slope_name]
@@ -259,6 +267,71 @@ def nutpie_model(design: dict, priors: dict, *, means, predictors, groups, weigh
     return from_pyfunc(
         n_dim, make_logp, make_expand, [np.dtype("float64")] * len(names), [shapes[n] for n in names], names,
         coords=coords, dims={name: dims[name] for name in names if name in dims}, make_initial_point_fn=initial_point)
+
+
+def _zero_sum_model(make_logp, make_expand, n_dim, n_predictors, n_groups, n_slopes, variance, slope_variance,
+                    priors, sigma_prior, predictors, groups, slopes, initial_point):
+    "`nutpie_model(..., zero_sum=True)`: the non-centered kernel of `make_logp` seen through a + ū and H w."
+    from nutpie.compiled_pyfunc import from_pyfunc
+    from clinpaper.models import zero_sum_basis
+
+    if priors["intercept"]["dist"] != "Normal":
+        raise ValueError("zero_sum needs a Normal prior on the intercept (its convolution with the effects' mean).")
+    basis = zero_sum_basis(n_groups)
+    mu, s0 = float(priors["intercept"]["mu"]), float(priors["intercept"]["sigma"])
+    at_sigma, at_z = 1 + n_predictors, 2 + n_predictors
+    outer = n_dim - 1
+    inner_logp = make_logp()
+
+    def inner_of(theta):
+        inner = np.empty(n_dim)
+        inner[:at_z] = theta[:at_z]
+        inner[at_z:at_z + n_groups] = basis @ theta[at_z:at_z + n_groups - 1]
+        inner[at_z + n_groups:] = theta[at_z + n_groups - 1:]
+        return inner
+
+    def make_logp_outer():
+        def logp(theta, **_):
+            value, grad = inner_logp(inner_of(theta))
+            sigma, dsigma, _, _ = _scale_logp(theta[at_sigma], sigma_prior)
+            r, s2 = theta[0] - mu, s0 * s0 + sigma * sigma / n_groups
+            value += -0.5 * math.log(s2) - r * r / (2 * s2) + r * r / (2 * s0 * s0)   # Normal(mu, s0) -> (mu, sqrt(s2))
+            out = np.empty(outer)
+            out[:at_z] = grad[:at_z]
+            out[0] += -r / s2 + r / (s0 * s0)
+            out[at_sigma] += (-0.5 / s2 + r * r / (2 * s2 * s2)) * (2 * sigma / n_groups) * dsigma
+            out[at_z:at_z + n_groups - 1] = basis.T @ grad[at_z:at_z + n_groups]
+            out[at_z + n_groups - 1:] = grad[at_z + n_groups:]
+            return value, out
+        return logp
+
+    def make_expand_outer(seed1, seed2, chain):
+        expand = make_expand(seed1, seed2, chain)
+
+        def expand_outer(theta, **_):
+            values = expand(inner_of(theta))
+            values["intercept_mean"] = values.pop("intercept_centered")
+            values["z_free"] = np.array(theta[at_z:at_z + n_groups - 1])
+            values["group_deviation"] = values.pop("group_effect")
+            for name in ("z_group", "intercept"):
+                values.pop(name, None)
+            return values
+        return expand_outer
+
+    def initial_point_outer(seed):
+        return np.delete(initial_point(seed), at_z)
+
+    probe = make_expand_outer(0, 0, 0)(initial_point_outer(0))   # the names and shapes the draws have
+    names = list(probe)
+    shapes = {name: np.shape(value) for name, value in probe.items()}
+    dims = {"beta": ("predictor",), "group_deviation": ("group",), "z_slope": ("group", "slope"),
+            "group_slope": ("group", "slope"), "sigma_slope_variance": ("slope",), "sigma_slope": ("slope",)}
+    coords = {"predictor": list(predictors), "group": [str(g) for g in groups]}
+    if n_slopes:
+        coords["slope"] = list(slopes)
+    return from_pyfunc(outer, make_logp_outer, make_expand_outer, [np.dtype("float64")] * len(names),
+                       [shapes[n] for n in names], names, coords=coords,
+                       dims={name: dims[name] for name in names if name in dims}, make_initial_point_fn=initial_point_outer)
 
 # %% ../nbs/04d_kernel.ipynb #c016
 SHAPE_CODES = {**{name: code for name, code in SCALE_CODES.items() if name != "InverseGammaVariance"},

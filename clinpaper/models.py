@@ -23,8 +23,9 @@ __all__ = ['LOCATION_PRIORS', 'SCALE_PRIORS', 'DEFAULT_PRIORS', 'PRIOR_MEANINGS'
            'REPORTED_PARAMETERS', 'PARAMETERIZATIONS', 'TARGET_ACCEPT_MAX', 'CENTERING_SNAP', 'CENTERED_MEDIAN',
            'BACKENDS', 'few_groups_prior', 'few_groups_text', 'prior_text', 'prior_strength', 'priors_sentence',
            'resolve_priors', 'hdi', 'posterior_summary', 'check_convergence', 'convergence_message', 'form_words',
-           'next_fit', 'NotFittedError', 'HierarchicalModel', 'prior_variable', 'group_values', 'choose_centering',
-           'check_sampling_arguments', 'nutpie_backend', 'sample_posterior', 'HierarchicalLogistic']
+           'next_fit', 'NotFittedError', 'HierarchicalModel', 'prior_variable', 'group_values', 'zero_sum_basis',
+           'zero_sum_mean_draws', 'choose_centering', 'check_sampling_arguments', 'nutpie_backend', 'sample_posterior',
+           'HierarchicalLogistic']
 
 # %% ../nbs/04_models.ipynb #c006
 LOCATION_PRIORS = {"Normal": ("mu", "sigma"), "StudentT": ("nu", "mu", "sigma")}
@@ -726,6 +727,25 @@ def group_values(name: str, raw: str, sd, weights, dims):
         return pm.Deterministic(name, sd * pm.Normal(raw, 0.0, 1.0, dims=dims), dims=dims)
     return pm.Deterministic(name, sd ** (1.0 - weights) * pm.Normal(raw, 0.0, sd ** weights, dims=dims), dims=dims)
 
+def zero_sum_basis(k: int) -> np.ndarray:
+    "An orthonormal basis (k x (k - 1)) of the vectors of length k that sum to zero (Helmert's contrasts, scaled)."
+    basis = np.zeros((k, k - 1))
+    for j in range(1, k):
+        basis[:j, j - 1] = 1.0 / np.sqrt(j * (j + 1))
+        basis[j, j - 1] = -j / np.sqrt(j * (j + 1))
+    return basis
+
+
+def zero_sum_mean_draws(intercept_mean, sd, k: int, prior: dict, rng) -> np.ndarray:
+    """Draws of the mean of the k group effects, ū, given the sampled a + ū (`intercept_mean`) and the SD:
+    with a ~ Normal(mu, s0) and ū ~ Normal(0, sd / sqrt(k)), ū | a + ū is normal with mean
+    (a + ū - mu) v / (s0^2 + v) and variance s0^2 v / (s0^2 + v), v = sd^2 / k. One draw per posterior draw,
+    so that (a, u) = (a + ū - ū, deviations + ū) are draws of the model's own intercept and effects."""
+    mu, s0 = float(prior["mu"]), float(prior["sigma"])
+    v = np.asarray(sd, dtype=float) ** 2 / k
+    mean = (np.asarray(intercept_mean, dtype=float) - mu) * v / (s0 ** 2 + v)
+    return mean + np.sqrt(s0 ** 2 * v / (s0 ** 2 + v)) * rng.standard_normal(mean.shape)
+
 # %% ../nbs/04_models.ipynb #c024
 CENTERING_SNAP = 0.05   # "partial": weights this close to 0 or 1 are set to 0 or 1
 CENTERED_MEDIAN = 0.75  # "auto": centered when the median weight reaches this (se below 0.58 s)
@@ -1154,12 +1174,25 @@ class HierarchicalLogistic(HierarchicalModel):
                 group_intercept = prior_variable("group_intercept", self.priors_["intercept"], dims="group")
                 beta = prior_variable("beta", self.priors_["beta"], dims="predictor")
                 logit_p = group_intercept[group_idx] + pt.dot(x_centered, beta)
+            elif grouped and centering.get("zero_sum"):
+                # few groups: a + ū and the effects' deviations from their mean, non-centered (`zero_sum_basis`);
+                # the same model, whose a and ū fit draws them apart after sampling (`zero_sum_mean_draws`)
+                k = len(design["levels"])
+                prior = self.priors_["intercept"]
+                sigma_group = prior_variable("sigma_group", self.priors_["sigma_group"])
+                intercept_mean = pm.Normal("intercept_mean", float(prior["mu"]),
+                                           pt.sqrt(float(prior["sigma"]) ** 2 + sigma_group ** 2 / k))
+                beta = prior_variable("beta", self.priors_["beta"], dims="predictor")
+                z_free = pm.Normal("z_free", 0.0, 1.0, shape=k - 1)
+                deviation = pm.Deterministic("group_deviation", sigma_group * pt.dot(zero_sum_basis(k), z_free),
+                                             dims="group")
+                logit_p = intercept_mean + pt.dot(x_centered, beta) + deviation[group_idx]
             else:
                 intercept_centered = prior_variable("intercept_centered", self.priors_["intercept"])
                 beta = prior_variable("beta", self.priors_["beta"], dims="predictor")
                 pm.Deterministic("intercept", intercept_centered - pt.dot(means, beta))
                 logit_p = intercept_centered + pt.dot(x_centered, beta)
-            if grouped and not self._fixed():
+            if grouped and not self._fixed() and not centering.get("zero_sum"):
                 sigma_group = prior_variable("sigma_group", self.priors_["sigma_group"])
                 group_effect = group_values("group_effect", "z_group", sigma_group, centering["group"], "group")
                 logit_p = logit_p + group_effect[group_idx]
@@ -1186,6 +1219,7 @@ class HierarchicalLogistic(HierarchicalModel):
         check_sampling_arguments(draws=draws, tune=tune, chains=chains, target_accept=target_accept,
                                  sampler=sampler)
         grouped = self.group is not None
+        requested = backend
         if self._fixed() and backend == "kernel":
             raise ValueError("backend='kernel' covers pooled (random) group intercepts; with "
                              "group_intercepts='fixed' use backend='auto' (the PyMC model, compiled).")
@@ -1209,24 +1243,45 @@ class HierarchicalLogistic(HierarchicalModel):
         if grouped:
             centering = choose_centering(design, means=means, slope_idx=self._slope_idx(),
                                          form=parameterization or self.parameterization)
+            centering["zero_sum"] = False
+            if (not self._fixed() and len(design["levels"]) <= FEW_GROUPS and requested == "auto"
+                    and self.priors_["intercept"]["dist"] == "Normal"):
+                # few groups: the intercept and the effects' mean form a ridge that the SD's posterior, barely
+                # identified, narrows and widens; non-centered deviations that sum to zero remove it
+                if (parameterization or self.parameterization) == "auto":
+                    centering["group"] = np.zeros_like(centering["group"])
+                    blocks = np.column_stack([centering["group"], centering["slope"]])
+                    centering["form"] = ("centered" if np.all(blocks == 1) else
+                                         "non-centered" if np.all(blocks == 0) else "partial")
+                centering["zero_sum"] = bool(np.all(centering["group"] == 0))
         model = self.build_model(design, predictor_means=means, centering=centering)
 
         def kernel():
             from clinpaper.kernel import nutpie_model
             return nutpie_model(design, self.priors_, means=means, predictors=self.predictors,
                                 groups=design["levels"], weights=centering["group"], slopes=self.random_slopes,
-                                slope_weights=centering["slope"])
+                                slope_weights=centering["slope"], zero_sum=centering["zero_sum"])
 
         idata, sampled = sample_posterior(
             model, draws=draws, tune=tune, chains=chains, seed=seed, target_accept=target_accept,
             sampler=sampler, progressbar=progressbar, sampler_kwargs=sampler_kwargs, backend=backend,
             kernel=kernel if grouped and not self._fixed() else None)
+        if grouped and centering["zero_sum"]:   # the model's own intercept and effects, drawn apart (exact)
+            posterior = idata.posterior
+            rng = np.random.default_rng([seed, 20])
+            mean_effect = zero_sum_mean_draws(posterior["intercept_mean"].values, posterior["sigma_group"].values,
+                                              len(design["levels"]), self.priors_["intercept"], rng)
+            centered_intercept = posterior["intercept_mean"].values - mean_effect
+            posterior["intercept_centered"] = (("chain", "draw"), centered_intercept)
+            posterior["intercept"] = (("chain", "draw"), centered_intercept - posterior["beta"].values @ means)
+            posterior["group_effect"] = (("chain", "draw", "group"),
+                                         posterior["group_deviation"].values + mean_effect[..., None])
         self.model_ = model
         self.idata_ = idata
         self.parameterization_ = centering["form"] if grouped and (self.random_slopes or not self._fixed()) else None
         self.centering_ = None if centering is None else {
             "sd": centering["sd"], "slope_sd": centering["slope_sd"], "group": [float(w) for w in centering["group"]],
-            "slope": [[float(w) for w in row] for row in centering["slope"]],
+            "slope": [[float(w) for w in row] for row in centering["slope"]], "zero_sum": centering["zero_sum"],
             "pilot": None if centering["pilot"] is None else np.round(centering["pilot"], 4).tolist()}
         self.groups_ = list(design["levels"])
         self.predictor_means_ = pd.Series(means, index=self.predictors)
@@ -1370,6 +1425,16 @@ class HierarchicalLogistic(HierarchicalModel):
             if parameterization == "auto":
                 parameterization = "centered, non-centered or partially non-centered"
             chosen = self._centering_text(names, group, groups)
+            if (getattr(self, "centering_", None) or {}).get("zero_sum"):
+                k = len(self.groups_)
+                chosen = (f"{', chosen for few ' + groups if self.parameterization == 'auto' else ''}: with {k} {groups} "
+                          f"the effects were sampled as non-centered deviations that sum to zero around a free "
+                          f"intercept, an exact reparameterization of the same model that removes the ridge few "
+                          f"{groups} leave between the intercept and the mean of their effects (that mean was drawn "
+                          "from its conditional distribution after sampling)")
+                chosen += "".join(f"; the slope of {names.get(name, name)} was sampled "
+                                  f"{'centered' if all(row[j] == 1 for row in self.centering_['slope']) else 'non-centered'}"
+                                  for j, name in enumerate(self.random_slopes))
             first = (getattr(self, "attempts_", None) or [{}])[0].get("parameterization")
             if first and first != parameterization:   # a refit changed it: the attempts' sentences say why
                 chosen = f" (after a refit; the first fit was {form_words(first)})"

@@ -13,7 +13,8 @@ import pandas as pd
 
 from .core import CohortError
 from .models import (BACKENDS, SCALE_PRIORS, HierarchicalModel, _and_join, check_sampling_arguments,
-                              hdi, posterior_summary, prior_strength, prior_text, prior_variable, sample_posterior)
+                              few_groups_prior, few_groups_text, hdi, posterior_summary, prior_strength, prior_text,
+                              prior_variable, sample_posterior)
 
 # %% auto #0
 __all__ = ['SURVIVAL_PRIORS', 'SURVIVAL_PRIOR_MEANINGS', 'GROUP_INTERCEPTS', 'SHAPE_PRIORS', 'resolve_survival_priors',
@@ -166,7 +167,7 @@ class HierarchicalSurvival(HierarchicalModel):
     POSITIONAL = ("duration", "event", "group", "predictors")
     SETTINGS = ("baseline", "cuts", "n_intervals", "priors", "group_intercepts")
     STATE = ("groups_", "time_scale_", "cuts_", "n_obs_", "n_events_", "sampler_", "sampling_", "timings_",
-             "attempts_", "adapt_")
+             "attempts_", "adapt_", "priors_", "few_groups_")
 
     def __init__(self, duration: str, event: str, group: str, predictors, *, baseline: str = "weibull",
                  cuts=None, n_intervals: int = 6, priors: dict | None = None, group_intercepts: str = "random"):
@@ -356,6 +357,12 @@ class HierarchicalSurvival(HierarchicalModel):
             progressbar = sys.stderr.isatty()
         design = self._design(df)
         means = df[self.predictors].to_numpy(dtype=float).mean(axis=0)
+        # the priors start from the user's at every fit; with few groups the frailty SD's default is tighter
+        self.priors_ = resolve_survival_priors(self.priors, baseline=self.baseline, group_intercepts=self.group_intercepts)
+        few = None if self._fixed() else few_groups_prior(self.priors, len(design["levels"]))
+        if few:
+            self.priors_["sigma_group"] = few
+        self.few_groups_ = len(design["levels"]) if few else None
         model = self.build_model(design, predictor_means=means)
 
         def kernel():
@@ -545,6 +552,9 @@ class HierarchicalSurvival(HierarchicalModel):
             text = (f"We fitted a Bayesian proportional-hazards model of time to {event} ({duration}, "
                     f"right-censored) on {predictors}, with {baseline} and a log-normal frailty by "
                     f"{group} in a non-centered parameterization. " + survival_priors_sentence(items))
+            if getattr(self, "few_groups_", None):
+                text += " " + few_groups_text(self.few_groups_, priors["sigma_group"], SURVIVAL_PRIORS["sigma_group"],
+                                              group=group, groups=f"{group}s", scale="log-hazard", ratio="hazard ratio")
         if hasattr(self, "sampling_"):
             text += self._sampling_text(self._engine_text())
         return text

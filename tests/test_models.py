@@ -49,9 +49,14 @@ def test_fit_returns_self_and_keeps_input(cohort):
 def test_model_names_dims_and_data(cohort, fitted):
     "Centered, the sampler sees group_effect; non-centered or partial, z_group; every form names the same quantities."
     assert fitted.sampling_["backend"] == "kernel"
-    assert fitted.parameterization_ == choose_centering(
-        fitted._design(cohort), means=fitted.predictor_means_.to_numpy())["form"]
+    # 5 hospitals are few: non-centered deviations that sum to zero, whatever the pilot weights say (`FEW_GROUPS`)
+    assert (fitted.parameterization_, fitted.centering_["zero_sum"]) == ("non-centered", True)
     assert "group_effect" in fitted.idata_.posterior and "intercept" in fitted.idata_.posterior
+    assert {"intercept_mean", "z_free", "group_deviation"} <= set(fitted.idata_.posterior)
+    more = pd.concat([cohort, cohort.assign(hospital=cohort["hospital"] + "2")], ignore_index=True)   # 10 hospitals
+    many = HierarchicalLogistic("death", "hospital", PREDICTORS).fit(more, draws=50, tune=50, chains=1)
+    assert many.parameterization_ == choose_centering(many._design(more), means=many.predictor_means_.to_numpy())["form"]
+    assert not many.centering_["zero_sum"]
     spec = HierarchicalLogistic("death", "hospital", PREDICTORS, parameterization="centered")
     model = spec.build_model(spec._design(cohort))
     free = {var.name for var in model.free_RVs}

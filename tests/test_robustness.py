@@ -48,6 +48,18 @@ def test_the_issues_cohort_publishes_at_the_first_fit(tmp_path):
     assert single["parameterizations"] == ["non-centered"]
 
 
+@pytest.mark.slow
+def test_few_hospitals_publish_at_the_first_fit(tmp_path):
+    """Two of the sweep's cohorts with 3 and 5 hospitals whose first fit diverged in both pure forms (65 and 1
+    divergent transitions, issue 9 item 3): non-centered deviations that sum to zero pass with refits off."""
+    bench = _bench()
+    study = bench.demo_study(["adapt=false"])
+    for cohort in [c for c in bench.sweep_cohorts() if c["seed"] in (7301, 7308)]:
+        result = bench.fit_cohort(study, cohort, tmp_path)
+        assert result["hospitals"] <= 5 and result["passed"] and result["fits"] == 1, result
+        assert result["parameterizations"] == ["non-centered"]
+
+
 def test_a_spent_budget_names_every_fit(tmp_path):
     "Two fits of 30 draws cannot reach an ESS of 400: the gate's error lists both and how to raise the budget."
     import numpy as np
@@ -68,7 +80,9 @@ def test_a_spent_budget_names_every_fit(tmp_path):
     assert "2 fits were made" in message and "fit 1 (30 draws after 30" in message and "fit 2 (60 draws" in message
     assert "budget (2 fits, at most 60 draws per chain) is spent" in message and "adapt_attempts" in message
     # four hospitals: the reason in the data's words, not the sampler's
-    assert "The data: 4 groups (`hospital`) with" in message and "With 4 groups the between-group standard deviation" in message
+    assert "The data are most likely too few for a hierarchical model: 4 groups (`hospital`) with" in message
+    assert "With 4 groups the between-group standard deviation" in message
+    assert message.index("too few for a hierarchical model") < message.index("2 fits were made")   # the data first
     # off: one fit, and the error is today's
     off = Paper({**study, "parameters": {**study["parameters"], "adapt": False}}, tmp_path, glue=False)
     single = off.fit(HierarchicalLogistic("death", "hospital", ["x"]), data, "model")

@@ -225,3 +225,22 @@ def test_fixed_baselines_refuse_a_predictor_constant_within_every_group():
         HierarchicalSurvival("days", "died", "site", ["sepsis"], baseline="piecewise", group_intercepts="fixed")
     with pytest.raises(ValueError, match="must be 'random'"):
         HierarchicalSurvival("days", "died", "site", ["sepsis"], group_intercepts="unpooled")
+
+
+def test_few_groups_take_the_tighter_frailty_prior(tmp_path):
+    "With 5 groups or fewer the frailty SD's default prior is Half-Normal(0.5), said in the Methods; a study's own stays."
+    few = simulate(n=600, n_groups=3, seed=8)
+    model = HierarchicalSurvival("days", "died", "site", ["sepsis"]).fit(few, draws=200, tune=200, chains=2, seed=1)
+    assert model.priors_["sigma_group"] == {"dist": "HalfNormal", "sigma": 0.5} and model.few_groups_ == 3
+    text = model.methods_text()
+    assert "With 3 sites the data barely identify the between-site standard deviation" in text, text
+    # independently: 1.96 x 0.5 on the log-hazard scale, a median hazard ratio of exp(0.954 x 0.98)
+    assert "below 0.98 on the log-hazard scale, a median hazard ratio of 2.55" in text, text
+    again = HierarchicalSurvival.load(model.save(tmp_path / "few"))
+    assert again.priors_ == model.priors_ and again.few_groups_ == 3
+    own = HierarchicalSurvival("days", "died", "site", ["sepsis"], priors={"sigma_group": {"sigma": 1.0}})
+    assert own.fit(few, draws=100, tune=100, chains=1).priors_["sigma_group"]["sigma"] == 1.0
+    assert not getattr(own, "few_groups_", None)
+    # six groups: the default
+    assert HierarchicalSurvival("days", "died", "site", ["sepsis"]).fit(
+        simulate(n=600, n_groups=6), draws=100, tune=100, chains=1).priors_["sigma_group"]["sigma"] == 1.0
