@@ -16,6 +16,15 @@ r_hat <= 1.01, for
   bambi      bambi's default: bmb.Model("death ~ age_10 + ... + (1|hospital)", family="bernoulli").fit()
   pymc       plain pm.sample() (PyMC's NUTS, its defaults) on the same PyMC model, one row per stay
 
+and two more designs (issue 9), each against PyMC's default sampler on the same data and model:
+
+  clinpaper-slopes / pymc-slopes       random intercepts and a random slope of sepsis by hospital
+                                       (every parameter, the 30 x 2 group values included)
+  clinpaper-survival / pymc-survival   the hierarchical Weibull model of time to death with a
+                                       hospital frailty (HierarchicalSurvival with its defaults; data of
+                                       benchmarks/bench_survival_kernel.py: Weibull shape 1.2, frailty SD
+                                       0.3, discharge censoring)
+
 Method: a sampler starts with its default number of draws (1,000). If the
 criterion fails, the draws needed are extrapolated from the smallest bulk ESS
 (draws * 1.25 * 1000 / min ESS, rounded up to 500) and the sampler is rerun from scratch with that
@@ -27,6 +36,8 @@ meets it is reported as "not reached" with its last attempt's time (a lower boun
 
     .venv/bin/python benchmarks/bench_models.py                 # both sizes, all three samplers
     .venv/bin/python benchmarks/bench_models.py --sizes 20000:30 --samplers clinpaper
+    .venv/bin/python benchmarks/bench_models.py --sizes 20000:30 \
+        --samplers clinpaper-slopes,pymc-slopes,clinpaper-survival,pymc-survival
 
 Each (size, sampler) runs in its own subprocess (a clean interpreter: compile caches are not shared
 between samplers); results are appended to benchmarks/_out/bench_models.jsonl.
@@ -94,7 +105,11 @@ FIRST_DRAWS = 1000
 IMPORTS = {"clinpaper": ["clinpaper.models", "clinpaper.kernel", "nutpie", "pymc", "arviz"],
            "clinpaper-lean": ["clinpaper.models", "clinpaper.kernel", "nutpie", "pymc", "arviz"],
            "clinpaper-jax": ["clinpaper.models", "nutpie", "pymc", "arviz", "jax"],
-           "bambi": ["bambi", "pymc", "arviz"], "pymc": ["clinpaper.models", "pymc", "arviz"]}
+           "bambi": ["bambi", "pymc", "arviz"], "pymc": ["clinpaper.models", "pymc", "arviz"],
+           "clinpaper-slopes": ["clinpaper.models", "clinpaper.kernel", "nutpie", "pymc", "arviz"],
+           "pymc-slopes": ["clinpaper.models", "pymc", "arviz"],
+           "clinpaper-survival": ["clinpaper.survival", "clinpaper.kernel", "nutpie", "pymc", "arviz"],
+           "pymc-survival": ["clinpaper.survival", "pymc", "arviz"]}
 
 
 def run_clinpaper(df, draws, seed, settings=None):
@@ -141,8 +156,68 @@ def run_pymc(df, draws, seed):
         "rows_in_model": len(df), "chains": int(idata.posterior.sizes["chain"])}
 
 
+SLOPES = ["sepsis"]
+
+
+def run_clinpaper_slopes(df, draws, seed):
+    from clinpaper.models import HierarchicalLogistic
+
+    model = HierarchicalLogistic("death", "hospital", PREDICTORS, random_slopes=SLOPES)
+    model.fit(df, draws=draws, seed=seed, progressbar=False)
+    return model.idata_, ["intercept", "beta", "sigma_group", "sigma_slope", "group_effect", "group_slope"], {
+        "rows_in_model": model.n_rows_model_, "chains": model.sampling_["chains"], "backend": model.sampling_["backend"],
+        "parameterization": model.parameterization_, **model.timings_}
+
+
+def run_pymc_slopes(df, draws, seed):
+    import pymc as pm
+    from clinpaper.models import HierarchicalLogistic
+
+    spec = HierarchicalLogistic("death", "hospital", PREDICTORS, random_slopes=SLOPES)
+    model = spec.build_model(spec._design(df, collapse=False))   # the form clinpaper chooses, one row per stay
+    with model:
+        idata = pm.sample(draws=draws, random_seed=seed, progressbar=False, compute_convergence_checks=False)
+    return idata, ["intercept", "beta", "sigma_group", "sigma_slope", "group_effect", "group_slope"], {
+        "rows_in_model": len(df), "chains": int(idata.posterior.sizes["chain"])}
+
+
+def survival_data(df):
+    "The survival rows of the size: bench_survival_kernel's simulation with the same patients and hospitals."
+    from bench_survival_kernel import simulate as simulate_survival
+
+    return simulate_survival(len(df), df["hospital"].nunique(), 7)
+
+
+SURVIVAL_PREDICTORS = ["age_10", "male", "sepsis", "chf", "ckd", "cancer"]
+SURVIVAL_NAMES = ["intercept", "shape", "beta", "sigma_group", "group_effect"]
+
+
+def run_clinpaper_survival(df, draws, seed):
+    from clinpaper.survival import HierarchicalSurvival
+
+    data = survival_data(df)
+    model = HierarchicalSurvival("days", "died", "hospital", SURVIVAL_PREDICTORS)
+    model.fit(data, draws=draws, seed=seed, progressbar=False)
+    return model.idata_, SURVIVAL_NAMES, {"rows_in_model": len(data), "chains": model.sampling_["chains"],
+                                          "backend": model.sampling_["backend"], **model.timings_}
+
+
+def run_pymc_survival(df, draws, seed):
+    import pymc as pm
+    from clinpaper.survival import HierarchicalSurvival
+
+    data = survival_data(df)
+    spec = HierarchicalSurvival("days", "died", "hospital", SURVIVAL_PREDICTORS)
+    model = spec.build_model(spec._design(data), predictor_means=data[SURVIVAL_PREDICTORS].to_numpy(dtype=float).mean(axis=0))
+    with model:
+        idata = pm.sample(draws=draws, random_seed=seed, progressbar=False, compute_convergence_checks=False)
+    return idata, SURVIVAL_NAMES, {"rows_in_model": len(data), "chains": int(idata.posterior.sizes["chain"])}
+
+
 RUNNERS = {"clinpaper": run_clinpaper, "clinpaper-lean": run_clinpaper_lean, "clinpaper-jax": run_clinpaper_jax,
-           "bambi": run_bambi, "pymc": run_pymc}
+           "bambi": run_bambi, "pymc": run_pymc, "clinpaper-slopes": run_clinpaper_slopes,
+           "pymc-slopes": run_pymc_slopes, "clinpaper-survival": run_clinpaper_survival,
+           "pymc-survival": run_pymc_survival}
 
 
 def child(args) -> None:
@@ -234,6 +309,10 @@ def main() -> None:
                   f"{result['import_seconds']:.1f} s, not counted)", flush=True)
     for size in args.sizes.split(","):
         by = {r["sampler"]: r for r in results if r["size"] == size}
+        for ours, other in (("clinpaper-slopes", "pymc-slopes"), ("clinpaper-survival", "pymc-survival")):
+            if ours in by and other in by:
+                bound = "" if by[other]["reached"] else ">= "
+                print(f"{size}: {other} / {ours} = {bound}{by[other]['seconds'] / by[ours]['seconds']:.1f}x")
         for ours in ("clinpaper", "clinpaper-lean", "clinpaper-jax"):
             for other in ("bambi", "pymc"):
                 if ours in by and other in by:

@@ -257,6 +257,10 @@ class HierarchicalSurvival(HierarchicalModel):
         if event.sum() == 0:
             raise CohortError(f"`event` of {name} (`{self.event}`) has no events in {len(df):,} rows; "
                               f"a hazard cannot be estimated without events.")
+        for column in self.predictors:
+            if df[column].nunique(dropna=False) < 2:
+                raise CohortError(f"{name}: predictor `{column}` takes one value in all {len(df):,} rows, so its "
+                                  "hazard ratio cannot be estimated. Drop it from the predictors.")
 
     def _design(self, df, *, time_scale=None, cuts=None):
         "Model arrays: one row per patient (Weibull), or per hospital, predictor values and interval (piecewise)."

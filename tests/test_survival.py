@@ -244,3 +244,8 @@ def test_few_groups_take_the_tighter_frailty_prior(tmp_path):
     # six groups: the default
     assert HierarchicalSurvival("days", "died", "site", ["sepsis"]).fit(
         simulate(n=600, n_groups=6), draws=100, tune=100, chains=1).priors_["sigma_group"]["sigma"] == 1.0
+
+
+def test_a_constant_predictor_is_refused(data):
+    with pytest.raises(CohortError, match=r"predictor `sepsis` takes one value in all 800 rows"):
+        HierarchicalSurvival("days", "died", "site", ["sepsis"]).fit(data.assign(sepsis=1), draws=10, tune=10)
