@@ -520,10 +520,11 @@ class HierarchicalSurvival(HierarchicalModel):
                                       index=df.index))
         return pd.concat(parts)
 
-    def methods_text(self, *, names: dict | None = None, time_unit: str = "") -> str:
+    def methods_text(self, *, names: dict | None = None, time_unit: str = "", group_plural: str | None = None) -> str:
         """A paragraph for a paper's Methods: model, priors and (once fitted) the sampler settings.
         `names` gives the words of the event, the duration, the group and each predictor; `time_unit`
-        the unit of the durations ('days'), for the time scale the baseline hazard's prior applies to."""
+        the unit of the durations ('days'), for the time scale the baseline hazard's prior applies to;
+        `group_plural` the group's plural (default: its name + 's')."""
         priors = self.priors_
         names = dict(names or {})
         event, duration = names.get(self.event, self.event), names.get(self.duration, self.duration)
@@ -558,7 +559,8 @@ class HierarchicalSurvival(HierarchicalModel):
                     f"{group} in a non-centered parameterization. " + survival_priors_sentence(items))
             if getattr(self, "few_groups_", None):
                 text += " " + few_groups_text(self.few_groups_, priors["sigma_group"], SURVIVAL_PRIORS["sigma_group"],
-                                              group=group, groups=f"{group}s", scale="log-hazard", ratio="hazard ratio")
+                                              group=group, groups=group_plural or f"{group}s", scale="log-hazard",
+                                              ratio="hazard ratio")
         if hasattr(self, "sampling_"):
             text += self._sampling_text(self._engine_text())
         return text

@@ -236,6 +236,7 @@ def test_few_groups_take_the_tighter_frailty_prior(tmp_path):
     assert "With 3 sites the data barely identify the between-site standard deviation" in text, text
     # independently: 1.96 x 0.5 on the log-hazard scale, a median hazard ratio of exp(0.954 x 0.98)
     assert "below 0.98 on the log-hazard scale, a median hazard ratio of 2.55" in text, text
+    assert "With 3 centres the data" in model.methods_text(names={"site": "centre"}, group_plural="centres")
     again = HierarchicalSurvival.load(model.save(tmp_path / "few"))
     assert again.priors_ == model.priors_ and again.few_groups_ == 3
     own = HierarchicalSurvival("days", "died", "site", ["sepsis"], priors={"sigma_group": {"sigma": 1.0}})
