@@ -115,6 +115,13 @@ STUDY_SCHEMA = {
                         why="they label the values 0 and 1", example=["Survived", "Died"]),
         "time": Field(str, required=False),   # follow-up time (days) of survival analyses
     },
+    # outcomes that neither exposure is believed to cause (an OMOP study with an outcome window in days):
+    # each makes the columns <id>, time_to_<id> and prior_<id>, in the outcome's window
+    "negative_controls": Each({
+        "id": ID, "label": LABEL,
+        "type": Field(str, choices=("condition",)),
+        "concepts": Field(list, items=CONCEPT_ID, min_items=1, example=[81151]),   # and their descendants
+    }, required=False, unique="id"),
     # optional: a study without a group is single-centre
     "group": {"id": ID, "label": LABEL, "column": Field(str),
               "plural": Field(str, required=False),
@@ -558,6 +565,10 @@ def _window_rules(outcome: dict, event: str) -> list[str]:
     return []
 
 
+# the columns of a negative control `id`: its event in the window, its follow-up time and a prior record
+_NEGATIVE_CONTROL_PREFIXES = ("", "time_to_", "prior_")
+
+
 def _column_rules(study: dict) -> list[str]:
     "The analysis columns an OMOP study makes (outcome, group, features) are made once each."
     made = [(column, "a column the cohort always makes") for column in _BUILT_IN_COLUMNS]
@@ -569,6 +580,13 @@ def _column_rules(study: dict) -> list[str]:
         made += [(f"{measurement['id']}_{a}", f"`features.measurements[{i}]` ({a})")
                  for a in measurement["aggregate"]]
     made += [(c["id"], f"`features.conditions[{i}].id`") for i, c in enumerate(features.get("conditions") or [])]
+    if isinstance(study["outcome"].get("window"), dict):
+        made.append(("time_to_event", "the outcome's follow-up time"))
+    if (study.get("cohort") or {}).get("exposures"):
+        made.append(("exposure", "`cohort.exposures`"))
+    for i, control in enumerate(study.get("negative_controls") or []):
+        made += [(f"{prefix}{control['id']}", f"`negative_controls[{i}].id`")
+                 for prefix in _NEGATIVE_CONTROL_PREFIXES]
     first, problems = {}, []
     for column, source in made:
         if column in first and source != first[column]:
@@ -607,6 +625,9 @@ def _leakage_rules(study: dict) -> list[str]:
               for i, p in enumerate((study.get("model") or {}).get("predictors") or [])]
     inputs += [(f"baselines.features[{i}]", c) for i, c in enumerate((study.get("baselines") or {}).get("features") or [])]
     inputs += [(f"analysis.covariates[{i}]", c) for i, c in enumerate((study.get("analysis") or {}).get("covariates") or [])]
+    for control in study.get("negative_controls") or []:
+        known_late[control["id"]] = f"negative control outcome '{control['id']}'"
+        known_late[f"time_to_{control['id']}"] = f"the follow-up time of negative control '{control['id']}'"
     return [f"`{where}` is '{column}', {known_late[column]}: a model may not be given it as an input; remove it"
             for where, column in inputs if column in known_late]
 
@@ -634,9 +655,15 @@ def _study_rules(study: dict) -> list[str]:
             problems.append("missing required key `outcome.concepts` (an outcome of type condition needs "
                             "its concept ids)")
         problems += _column_rules(study)
+        if study.get("negative_controls") and not isinstance(study["outcome"].get("window"), dict):
+            problems.append("`negative_controls` are counted in the outcome's window, which must be days "
+                            "from the index date, e.g. outcome.window: {start_day: 1, end_day: 365}")
         problems += _criterion_types(cohort.get("criteria") or [], event=event,
                                      exposures=cohort.get("exposures") or [])
     if source.get("format") == "flat":
+        if study.get("negative_controls"):
+            problems.append("`negative_controls` are made from an OMOP source's condition records; a flat "
+                            "table's negative controls are columns of the table: remove the section")
         if "codebook" not in source:
             problems.append("missing required key `source.codebook` (a flat table needs its codebook)")
         for i, criterion in enumerate(cohort.get("criteria") or []):
