@@ -19,9 +19,10 @@ from .describe import suppress_table_one
 
 # %% auto #0
 __all__ = ['SEPARATION_TOLERANCE', 'WEIGHTING_METHODS', 'MAX_RATIO', 'MAX_INTERVAL_SPAN', 'WITHHELD_REASONS',
-           'treatment_indicator', 'propensity_scores', 'separating_covariates', 'balancing_weights',
-           'propensity_weighting', 'weight_summary', 'weighted_balance', 'weighted_kaplan_meier', 'risk_difference',
-           'weighted_cox', 'ratio_check', 'withheld_sentence', 'mask_table_one']
+           'DIAGNOSTIC_THRESHOLDS', 'DIAGNOSTICS', 'treatment_indicator', 'propensity_scores', 'separating_covariates',
+           'balancing_weights', 'propensity_weighting', 'weight_summary', 'weighted_balance', 'weighted_kaplan_meier',
+           'risk_difference', 'weighted_cox', 'ratio_check', 'withheld_sentence', 'mask_table_one', 'diagnostics_gate',
+           'diagnostics_sentence']
 
 # %% ../nbs/04e_comparative.ipynb #c007
 SEPARATION_TOLERANCE = 1e-8   # a propensity score this close to 0 or 1 counts as 0 or 1
@@ -669,3 +670,74 @@ def mask_table_one(shown: pd.DataFrame, table: pd.DataFrame, *, unweighted: pd.D
         raise ValueError(f"`threshold` of {caller} must be a whole number >= 1 (the study's "
                          f"small_count_threshold); got {threshold!r}.")
     return suppress_table_one(shown, table, unweighted=unweighted, threshold=threshold, hidden_text=hidden_text)
+
+# %% ../nbs/04e_comparative.ipynb #c091
+DIAGNOSTIC_THRESHOLDS = {"equipoise": 0.2, "max_smd": 0.1, "mdrr": 10.0, "ease": 0.25}
+# (label in running text, 'at least' or 'at most', how a value is printed)
+DIAGNOSTICS = {
+    "equipoise": ("the share of patients in equipoise (preference score 0.3 to 0.7)", "at least",
+                  lambda v: f"{100 * v:.0f}%"),
+    "max_smd": ("the largest absolute standardized mean difference after adjustment", "at most",
+                lambda v: f"{v:.2f}"),
+    "mdrr": ("the minimum detectable relative risk", "at most", lambda v: f"{v:.2f}"),
+    "ease": ("the expected absolute systematic error of the negative controls", "at most",
+             lambda v: f"{v:.2f}"),
+}
+
+
+def _threshold_value(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or value < 0:
+        raise ValueError(f"The threshold of the diagnostic '{name}' must be a number >= 0, such as "
+                         f"{DIAGNOSTIC_THRESHOLDS[name]:g}; got {value!r}.")
+    return float(value)
+
+
+def diagnostics_gate(values: dict, thresholds: dict | None = None) -> pd.DataFrame:
+    """One row per diagnostic of DIAGNOSTICS in `values` (name -> value; None or NaN: not evaluated):
+    diagnostic, label, value, threshold, rule ('at least' / 'at most'), status ('pass', 'fail',
+    'not evaluated'), shown (the value as printed) and margin (how far a failed value is beyond its
+    threshold, else 0). `thresholds` overrides DIAGNOSTIC_THRESHOLDS name by name. The frame's attrs
+    hold `passed`: True when no diagnostic failed."""
+    if not isinstance(values, dict) or not values:
+        raise ValueError("`values` of diagnostics_gate must map diagnostic names to values, e.g. "
+                         "{'equipoise': 0.45, 'max_smd': 0.04}.")
+    unknown = sorted(set(values) - set(DIAGNOSTICS)) + sorted(set(thresholds or {}) - set(DIAGNOSTICS))
+    if unknown:
+        raise ValueError(f"Unknown diagnostic(s) {', '.join(map(repr, unknown))} in diagnostics_gate; "
+                         f"the diagnostics are {', '.join(DIAGNOSTICS)}.")
+    limits = {**DIAGNOSTIC_THRESHOLDS, **{k: _threshold_value(k, v) for k, v in (thresholds or {}).items()}}
+    rows = []
+    for name, value in values.items():
+        label, rule, shown = DIAGNOSTICS[name]
+        limit = limits[name]
+        missing = value is None or (isinstance(value, (float, np.floating)) and math.isnan(value))
+        if missing:
+            status, margin, text = "not evaluated", 0.0, "not evaluated"
+        else:
+            value = float(value)
+            ok = value >= limit if rule == "at least" else value <= limit
+            status, margin, text = ("pass" if ok else "fail"), (0.0 if ok else abs(value - limit)), shown(value)
+        rows.append({"diagnostic": name, "label": label, "value": None if missing else value,
+                     "threshold": limit, "rule": rule, "status": status, "shown": text, "margin": margin})
+    gate = pd.DataFrame(rows)
+    gate.attrs["passed"] = bool((gate["status"] != "fail").all())
+    return gate
+
+
+def diagnostics_sentence(gate: pd.DataFrame, *, estimate: str = "the effect estimate") -> str:
+    """Why `estimate` is withheld, from `diagnostics_gate`'s frame: '' when every diagnostic passed (or
+    was not evaluated); else one sentence naming each failed diagnostic, its value and the threshold."""
+    if not isinstance(gate, pd.DataFrame) or not {"diagnostic", "status", "shown", "rule", "threshold"} <= set(gate):
+        raise ValueError("`gate` of diagnostics_sentence must be the frame of diagnostics_gate(...).")
+    failed = gate[gate["status"] == "fail"]
+    if failed.empty:
+        return ""
+    parts = []
+    for row in failed.itertuples():
+        limit = DIAGNOSTICS[row.diagnostic][2](row.threshold)
+        side = "below" if row.rule == "at least" else "above"
+        parts.append(f"{row.label} was {row.shown}, {side} the study's threshold of {limit}")
+    return (f"{estimate[:1].upper()}{estimate[1:]} is withheld because the study diagnostics failed: "
+            f"{_listed(parts)}. A comparison that fails its diagnostics is not published, whatever its "
+            "estimate (the diagnostics were computed before the estimate was looked at).")
