@@ -18,9 +18,10 @@ import yaml
 from .core import StudyError, find_project_root
 
 # %% auto #0
-__all__ = ['NUMBER', 'CONCEPT_ID', 'CONCEPTS', 'ID', 'LABEL', 'DAYS', 'SEED_MAX', 'STUDY_SCHEMA', 'SENSITIVITY_ANALYSES',
-           'MAIN_ANALYSIS', 'SECONDARY_ANALYSES', 'DESIGN_NEEDS', 'EUNOMIA_PREFIX', 'EUNOMIA_DATASETS', 'Field', 'Each',
-           'validate_study', 'parse_override', 'apply_overrides', 'load_study', 'eunomia_path', 'source_path']
+__all__ = ['NUMBER', 'ADJUSTMENTS', 'CONCEPT_ID', 'CONCEPTS', 'ID', 'LABEL', 'DAYS', 'SEED_MAX', 'STUDY_SCHEMA',
+           'SENSITIVITY_ANALYSES', 'MAIN_ANALYSIS', 'SECONDARY_ANALYSES', 'DESIGN_NEEDS', 'EUNOMIA_PREFIX',
+           'EUNOMIA_DATASETS', 'Field', 'Each', 'validate_study', 'parse_override', 'apply_overrides', 'load_study',
+           'eunomia_path', 'source_path']
 
 # %% ../nbs/00a_config.ipynb #c005
 class Field:
@@ -52,6 +53,8 @@ class Each:
 
 
 NUMBER = (int, float)
+# the propensity-score adjustments of a comparative analysis
+ADJUSTMENTS = ("overlap", "iptw", "iptw_stabilized", "match", "stratify")
 CONCEPT_ID = Field(int, minimum=1, why="OMOP concept ids are positive; 0 is 'No matching concept'")
 CONCEPTS = Field(list, items=CONCEPT_ID, min_items=1, example=[32037])
 ID = Field(str, why="it names a column, a row of the flow or a glue name")
@@ -162,16 +165,52 @@ STUDY_SCHEMA = {
                                             example=1.1),
         "_optional": True,
     },
-    # a comparative-effectiveness analysis (propensity-score weighting)
+    # a comparative-effectiveness analysis (propensity-score adjustment, diagnostics, controls)
     "analysis": {
         "exposure": Field(str),              # the analysis column that holds the exposure group
         "treated": Field(str),               # the exposure id compared with the others
-        "weighting": Field(str, choices=("overlap", "iptw", "iptw_stabilized")),
+        # how the propensity score adjusts: weights (overlap, iptw, iptw_stabilized), matching or strata;
+        # `weighting` is the older name of a weighting `adjustment` (one of the two is required)
+        "adjustment": Field(str, required=False, choices=ADJUSTMENTS),
+        "weighting": Field(str, required=False, choices=("overlap", "iptw", "iptw_stabilized")),
+        "matching": {"max_ratio": Field(int, required=False, minimum=1, maximum=100, example=1,
+                                        why="comparators per treated patient: 1 for 1:1, more for variable ratio"),
+                     "caliper": Field(NUMBER, required=False, minimum=0, exclusive_minimum=True, maximum=10,
+                                      example=0.2, why="standard deviations of the logit of the propensity score"),
+                     "_optional": True},
+        "strata": Field(int, required=False, minimum=2, maximum=100, example=5,
+                        why="strata of the propensity score (quantiles)"),
         # [low, high]: scores outside get weight 0
         "trim": Field(list, items=Field(NUMBER, minimum=0, maximum=1), required=False, min_items=2,
                       max_items=2, increasing=True, why="[low, high] propensity scores, between 0 and 1",
                       example=[0.05, 0.95]),
-        "covariates": Field(list, items=Field(str), min_items=1, unique=True),
+        # hand-picked covariates (analysis columns); with `large_scale`, they join the data-driven ones
+        "covariates": Field(list, items=Field(str), required=False, min_items=1, unique=True),
+        # covariates built from the data: every condition, drug ingredient and procedure in a look-back
+        # window, with a minimum prevalence, demographics and calendar year; an L1-regularized propensity model
+        "large_scale": {"lookback_days": Field(int, required=False, minimum=1, maximum=100 * 365, example=365,
+                                               why="days before the index date"),
+                        "min_prevalence": Field(NUMBER, required=False, minimum=0, maximum=1, example=0.01,
+                                                why="the share of patients with the covariate"),
+                        "domains": Field(list, items=Field(str, choices=("condition", "drug", "procedure")),
+                                         required=False, min_items=1, unique=True),
+                        "_optional": True},
+        # the thresholds of the diagnostics that gate the estimate (CohortMethod's defaults)
+        "diagnostics": {"equipoise": Field(NUMBER, required=False, minimum=0, maximum=1, example=0.2,
+                                           why="the smallest share of patients in equipoise"),
+                        "max_smd": Field(NUMBER, required=False, minimum=0, exclusive_minimum=True, example=0.1,
+                                         why="the largest absolute SMD after adjustment"),
+                        "mdrr": Field(NUMBER, required=False, minimum=1, exclusive_minimum=True, example=10,
+                                      why="the largest minimum detectable relative risk"),
+                        "ease": Field(NUMBER, required=False, minimum=0, exclusive_minimum=True, example=0.25,
+                                      why="the largest expected absolute systematic error"),
+                        "_optional": True},
+        # the analysis repeated with other adjustments, reported in the supplement
+        "sensitivity": Field(list, items=Field(str, choices=ADJUSTMENTS), required=False, unique=True),
+        # true effect sizes of the synthetic positive controls (signals injected into the negative controls)
+        "positive_controls": Field(list, items=Field(NUMBER, minimum=1, exclusive_minimum=True), required=False,
+                                   unique=True, increasing=True, example=[1.5, 2, 4],
+                                   why="relative risks above 1"),
         "_optional": True,
     },
     # the paper's analysis choices: Table 1, evaluation, baselines, sensitivity analyses
@@ -257,7 +296,7 @@ DESIGN_NEEDS = {
     "hospital-variation": [("group", "hospital variation is variation between the groups of `group`"),
                            ("model", "the hierarchical model of the outcome")],
     "prediction": [("model", "the risk model's outcome and predictors")],
-    "comparative": [("analysis", "the exposure compared, its weighting and covariates")],
+    "comparative": [("analysis", "the exposure compared, its adjustment and covariates")],
 }
 
 # %% ../nbs/00a_config.ipynb #c007
@@ -632,6 +671,32 @@ def _leakage_rules(study: dict) -> list[str]:
             for where, column in inputs if column in known_late]
 
 # %% ../nbs/00a_config.ipynb #c007c
+def _analysis_rules(analysis: dict) -> list[str]:
+    "A comparative analysis: one adjustment, the settings it uses, and covariates of some kind."
+    problems = []
+    if "adjustment" not in analysis and "weighting" not in analysis:
+        problems.append("missing required key `analysis.adjustment` (how the propensity score adjusts: "
+                        f"{', '.join(ADJUSTMENTS)})")
+    elif "adjustment" in analysis and "weighting" in analysis and analysis["adjustment"] != analysis["weighting"]:
+        problems.append(f"`analysis.adjustment` is {analysis['adjustment']!r} and `analysis.weighting` "
+                        f"{analysis['weighting']!r}: give one of the two (`weighting` is the older name)")
+    adjustment = analysis.get("adjustment", analysis.get("weighting"))
+    if "matching" in analysis and adjustment != "match" and "match" not in (analysis.get("sensitivity") or []):
+        problems.append(f"`analysis.matching` is given but the analysis does not match (adjustment "
+                        f"{adjustment!r}); remove it, or set `analysis.adjustment: match`")
+    if "strata" in analysis and adjustment != "stratify" and "stratify" not in (analysis.get("sensitivity") or []):
+        problems.append(f"`analysis.strata` is given but the analysis does not stratify (adjustment "
+                        f"{adjustment!r}); remove it, or set `analysis.adjustment: stratify`")
+    if "trim" in analysis and adjustment in ("match", "stratify"):
+        problems.append(f"`analysis.trim` applies to weights; the analysis uses {adjustment!r}: remove `trim`")
+    if adjustment in (analysis.get("sensitivity") or []):
+        problems.append(f"`analysis.sensitivity` repeats the main adjustment {adjustment!r}; list only other ones")
+    if not analysis.get("covariates") and "large_scale" not in analysis:
+        problems.append("the propensity score needs covariates: give `analysis.covariates` (analysis columns), "
+                        "`analysis.large_scale` (covariates built from the data), or both")
+    return problems
+
+
 def _study_rules(study: dict) -> list[str]:
     "What the schema cannot say alone: sections that a source or a design needs, ids that must agree."
     problems = []
@@ -697,6 +762,8 @@ def _study_rules(study: dict) -> list[str]:
     if analysis and exposures and analysis["treated"] not in [e["id"] for e in exposures]:
         problems.append(f"`analysis.treated` is {analysis['treated']!r}, which is not the id of one of "
                         f"`cohort.exposures` ({', '.join(e['id'] for e in exposures)})")
+    if analysis:
+        problems += _analysis_rules(analysis)
     secondary = study.get("secondary") or []
     if MAIN_ANALYSIS in secondary:
         problems.append(f"`secondary` names `{MAIN_ANALYSIS}`, the paper's main model: its estimates are the paper's, "
