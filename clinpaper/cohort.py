@@ -22,10 +22,10 @@ from ibis.common.exceptions import IbisError
 from .core import CohortError, SourceError, StudyError, mask_count
 
 # %% auto #0
-__all__ = ['CRITERIA', 'AGGREGATES', 'DEMOGRAPHICS', 'source_error', 'connect_source', 'source_table', 'check_source',
-           'expand_concept_sets', 'register_criterion', 'age_criterion', 'visit_length_criterion',
-           'prior_observation_criterion', 'no_prior_criterion', 'exposure_to_comparator_criterion', 'Cohort',
-           'cohort_codebook', 'build_cohort']
+__all__ = ['CRITERIA', 'AGGREGATES', 'DEMOGRAPHICS', 'NEGATIVE_CONTROL_TYPES', 'source_error', 'connect_source', 'source_table',
+           'check_source', 'expand_concept_sets', 'register_criterion', 'age_criterion', 'visit_length_criterion',
+           'prior_observation_criterion', 'no_prior_criterion', 'exposure_to_comparator_criterion',
+           'negative_control_columns', 'Cohort', 'cohort_codebook', 'build_cohort']
 
 # %% ../nbs/02_cohort.ipynb #c008
 _SOURCE_ALIAS = "omop_source"
@@ -273,7 +273,7 @@ def _required_columns(study: dict) -> dict[str, list[str]]:
     outcome = study.get("outcome") or {}
     if outcome.get("type") == "death":
         need["death"] = ["person_id", "death_date"]
-    if outcome.get("type") == "condition":
+    if outcome.get("type") == "condition" or study.get("negative_controls"):
         need.setdefault("condition_occurrence", []).extend(["person_id", "condition_concept_id",
                                                             "condition_start_date"])
     if isinstance(outcome.get("window"), dict):
@@ -574,6 +574,44 @@ DEMOGRAPHICS = ("age", "sex")
 _AGGREGATE_NAMES = {"first": "first value", "min": "minimum", "max": "maximum", "mean": "mean",
                     "last": "last value", "count": "number of measurements"}
 _BUILT_IN_COLUMNS = ("person_id", "visit_occurrence_id", "index_datetime", "age", "sex", "male", "los_days")
+NEGATIVE_CONTROL_TYPES = ("condition",)
+
+
+def negative_control_columns(control_id: str) -> dict[str, str]:
+    "The analysis columns of negative control `control_id`: its event, its follow-up time, a prior record."
+    return {"event": control_id, "time": f"time_to_{control_id}", "prior": f"prior_{control_id}"}
+
+
+def _check_negative_controls(study: dict) -> list[str]:
+    "The negative controls' checks (ids, types, concepts, the window they need); their columns' names."
+    controls = study.get("negative_controls")
+    if controls is None:
+        return []
+    if not isinstance(controls, list):
+        raise StudyError(f"negative_controls must be a list of outcomes ({{id, label, type: condition, concepts}}), "
+                         f"got {type(controls).__name__}.")
+    if controls and not isinstance((study.get("outcome") or {}).get("window"), dict):
+        raise StudyError("negative_controls are counted in the outcome's window, which must be days from the "
+                         "index date, e.g. outcome.window: {start_day: 1, end_day: 365}.")
+    columns, seen = [], set()
+    for position, control in enumerate(controls):
+        if not isinstance(control, dict) or not isinstance(control.get("id"), str) or not control["id"].strip():
+            raise StudyError(f"negative_controls[{position}] needs an `id` (text: it names the control's columns).")
+        cid = control["id"]
+        if cid in seen:
+            raise StudyError(f"negative_controls: the id '{cid}' is given twice; give each control its own id.")
+        seen.add(cid)
+        kind = control.get("type")
+        if kind not in NEGATIVE_CONTROL_TYPES:
+            raise StudyError(f"Negative control '{cid}': type {kind!r} is not supported; the negative control "
+                             f"types are: {', '.join(NEGATIVE_CONTROL_TYPES)}.")
+        concepts = control.get("concepts")
+        if not isinstance(concepts, list) or not concepts or any(
+                isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in concepts):
+            raise StudyError(f"Negative control '{cid}' needs `concepts`: a list of condition concept ids "
+                             "(positive whole numbers; descendants are included), e.g. concepts: [81151].")
+        columns += list(negative_control_columns(cid).values())
+    return columns
 
 
 def _check_window(outcome: dict, event: str) -> None:
@@ -665,10 +703,12 @@ def _check_study(study: dict) -> None:
             raise StudyError(f"Condition '{condition.get('id')}': lookback_days must be a whole number of "
                              f"days >= 0 or null (all history), got {lookback!r}.")
         columns.append(condition.get("id"))
+    columns += _check_negative_controls(study)
     duplicates = sorted({c for c in columns if c is not None and columns.count(c) > 1})
     if duplicates:
         raise StudyError(f"These analysis column names are used twice: {', '.join(duplicates)}. Give the "
-                         "outcome, group, measurements and conditions distinct ids.")
+                         "outcome, group, measurements, conditions and negative controls distinct ids (a "
+                         "negative control `id` makes the columns id, time_to_id and prior_id).")
 
 # %% ../nbs/02_cohort.ipynb #c029
 @dataclasses.dataclass(repr=False)
@@ -1107,29 +1147,57 @@ def _death_outcome(con, cohort, outcome_id: str):
     return hits.select("event_id").distinct().mutate(**{outcome_id: ibis.literal(1, "int64")})
 
 
-def _window_outcome(con, cohort, study: dict, concept_sets: dict):
-    """Outcome in a window of days after the index date: event (0/1) and time_to_event (days from the index
-    date to the first outcome record, or to censoring: the earlier of the window's end, the end of the
-    observation period that holds the index date, and death)."""
+def _outcome_targets(study: dict, concept_sets: dict) -> list[dict]:
+    "What `_window_outcome` counts: the study's outcome, then each negative control, with its columns."
+    outcome = study["outcome"]
+    targets = [{"type": outcome["type"], "concepts": concept_sets.get("__outcome__"), "event": outcome["id"],
+                "time": "time_to_event", "prior": None}]
+    for control in study.get("negative_controls") or []:
+        columns = negative_control_columns(control["id"])
+        targets.append({"type": control["type"], "concepts": concept_sets[f"negative_control:{control['id']}"],
+                        **columns})
+    return targets
+
+
+def _window_outcome(con, cohort, study: dict, concept_sets: dict, targets: list | None = None):
+    """Outcomes in the study's window of days after the index date, for each of `targets` (default: the
+    study's outcome, columns `outcome.id` and `time_to_event`; `_outcome_targets` adds the negative
+    controls): the event (0/1) and its time (days from the index date to the first record in the window,
+    or to censoring: the earlier of the window's end, the end of the observation period that holds the
+    index date, and death, unless the outcome is death itself), and where a target names a `prior`
+    column, 0/1 for any record before the window's first day. One grouped query for all targets."""
     outcome = study["outcome"]
     start_day, end_day = outcome["window"]["start_day"], outcome["window"]["end_day"]
+    if targets is None:
+        targets = _outcome_targets({**study, "negative_controls": []}, concept_sets)
     stays = cohort.select("event_id", "person_id", "index_date")
-    if outcome["type"] == "condition":
+    parts = []
+    pairs = [{"concept_id": concept, "target": number} for number, target in enumerate(targets)
+             if target["type"] == "condition" for concept in target["concepts"]]
+    if pairs:
         records = source_table(con, "condition_occurrence")
-        concept_map = ibis.memtable(pd.DataFrame(
-            {"concept_id": pd.array(concept_sets["__outcome__"], dtype="int64")}))
+        concept_map = ibis.memtable(pd.DataFrame(pairs).astype({"concept_id": "int64", "target": "int64"}))
         records = records.select(person_id=records.person_id.cast("int64"),
                                  concept_id=records.condition_concept_id.cast("int64"),
                                  outcome_date=_date(records, "condition_start_date", "condition_start_datetime"))
-        records = records.join(concept_map, "concept_id").select("person_id", "outcome_date")
-    else:
-        records = source_table(con, "death")
-        records = records.select(person_id=records.person_id.cast("int64"),
-                                 outcome_date=_date(records, "death_date", "death_datetime"))
+        parts.append(records.join(concept_map, "concept_id").select("person_id", "target", "outcome_date"))
+    for number, target in enumerate(targets):
+        if target["type"] == "death":
+            records = source_table(con, "death")
+            parts.append(records.select(person_id=records.person_id.cast("int64"),
+                                        target=ibis.literal(number, "int64"),
+                                        outcome_date=_date(records, "death_date", "death_datetime")))
+    records = parts[0].union(*parts[1:], distinct=False) if len(parts) > 1 else parts[0]
     hits = stays.join(records, "person_id")
-    after = hits.outcome_date.delta(hits.index_date, unit="day")
-    hits = hits.filter(after >= start_day, after <= end_day)
-    first = hits.group_by("event_id").aggregate(outcome_day=hits.outcome_date.delta(hits.index_date, unit="day").min())
+    hits = hits.mutate(after=hits.outcome_date.delta(hits.index_date, unit="day"))
+    hits = hits.filter(hits.after <= end_day)
+    in_window = hits.after >= start_day
+    aggregates = {}
+    for number, target in enumerate(targets):
+        aggregates[f"first_{number}"] = hits.after.min(where=(hits.target == number) & in_window)
+        if target.get("prior"):
+            aggregates[f"prior_{number}"] = hits.count(where=(hits.target == number) & ~in_window)
+    first = hits.group_by("event_id").aggregate(**aggregates)
 
     periods = source_table(con, "observation_period")
     periods = periods.select(
@@ -1142,8 +1210,9 @@ def _window_outcome(con, cohort, study: dict, concept_sets: dict):
         observed_day=held.period_end.delta(held.index_date, unit="day").max())
     table = stays.left_join(first, "event_id").drop("event_id_right")
     table = table.left_join(observed, "event_id").drop("event_id_right")
-    censor = ibis.coalesce(table.observed_day, end_day)
-    death = source_table(con, "death") if outcome["type"] != "death" else None
+    censor = ibis.least(ibis.coalesce(table.observed_day, end_day), end_day)
+    censor_alive = censor   # outcomes other than death end at death too
+    death = source_table(con, "death") if any(t["type"] != "death" for t in targets) else None
     if death is not None:
         death = death.select(person_id=death.person_id.cast("int64"),
                              death_date=_date(death, "death_date", "death_datetime"))
@@ -1152,13 +1221,16 @@ def _window_outcome(con, cohort, study: dict, concept_sets: dict):
         died = died.group_by("event_id").aggregate(
             death_day=died.death_date.delta(died.index_date, unit="day").min())
         table = table.left_join(died, "event_id").drop("event_id_right")
-        censor = ibis.least(censor, ibis.coalesce(table.death_day, end_day))
-    censor = ibis.least(censor, end_day)
-    event = table.outcome_day.notnull() & (table.outcome_day <= censor)
-    return table.select(
-        "event_id",
-        **{outcome["id"]: ibis.ifelse(event, 1, 0).cast("int64"),
-           "time_to_event": ibis.ifelse(event, table.outcome_day, censor).cast("int64")})
+        censor_alive = ibis.least(censor, ibis.coalesce(table.death_day, end_day))
+    columns = {}
+    for number, target in enumerate(targets):
+        day, ends = table[f"first_{number}"], censor if target["type"] == "death" else censor_alive
+        event = day.notnull() & (day <= ends)
+        columns[target["event"]] = ibis.ifelse(event, 1, 0).cast("int64")
+        columns[target["time"]] = ibis.ifelse(event, day, ends).cast("int64")
+        if target.get("prior"):
+            columns[target["prior"]] = ibis.ifelse(table[f"prior_{number}"].fill_null(0) > 0, 1, 0).cast("int64")
+    return table.select("event_id", **columns)
 
 # %% ../nbs/02_cohort.ipynb #c033
 def cohort_codebook(study: dict) -> dict:
@@ -1208,6 +1280,17 @@ def cohort_codebook(study: dict) -> dict:
         codebook["time_to_event"] = {"label": f"Days to {outcome.get('label', outcome['id']).lower()} or censoring",
                                      "type": "continuous", "unit": "days", "levels": None, "role": "time",
                                      "nonnormal": True}
+    for control in study.get("negative_controls") or []:
+        label = control.get("label", control["id"])
+        columns = negative_control_columns(control["id"])
+        tag = {"role": "negative_control", "negative_control": control["id"]}
+        codebook[columns["event"]] = {"label": label, "type": "binary", "unit": None, "levels": [0, 1],
+                                      **tag, "part": "event"}
+        codebook[columns["time"]] = {"label": f"Days to {label[:1].lower() + label[1:]} or censoring",
+                                     "type": "continuous", "unit": "days", "levels": None, **tag, "part": "time",
+                                     "nonnormal": True}
+        codebook[columns["prior"]] = {"label": f"{label}, recorded before the outcome window", "type": "binary",
+                                      "unit": None, "levels": [0, 1], **tag, "part": "prior"}
     return codebook
 
 # %% ../nbs/02_cohort.ipynb #c035
@@ -1276,6 +1359,12 @@ def _check_features(frame: pd.DataFrame, cleaning: pd.DataFrame, study: dict) ->
     if silent:
         warnings.warn(f"No stay of the cohort has a record of {', '.join(silent)}: the column is missing (or 0) "
                       "for everyone. Check those concept ids against the source.", UserWarning, stacklevel=3)
+    eventless = [f"'{c['id']}' (concepts {list(c['concepts'])})" for c in study.get("negative_controls") or []
+                 if c["id"] in frame and not frame[c["id"]].any()]
+    if eventless:
+        warnings.warn(f"No patient of the cohort has an event of negative control {', '.join(eventless)} in the "
+                      "outcome window: it gives no estimate. Check those concept ids against the source, or "
+                      "remove the control.", UserWarning, stacklevel=3)
 
 
 def build_cohort(study: dict, source=None) -> Cohort:
@@ -1312,6 +1401,8 @@ def _build(con, study: dict) -> Cohort:
         sets[f"measurement:{feature['id']}"] = feature["concepts"]
     for condition in features.get("conditions") or []:
         sets[f"condition:{condition['id']}"] = condition["concepts"]
+    for control in study.get("negative_controls") or []:
+        sets[f"negative_control:{control['id']}"] = control["concepts"]
     concept_sets = expand_concept_sets(con, sets)
     context = _Context(con, study, concept_sets)
 
@@ -1340,8 +1431,8 @@ def _build(con, study: dict) -> Cohort:
     table = cohort.select(event_id=cohort.event_id, **columns)
 
     windowed = isinstance(study["outcome"].get("window"), dict)
-    if windowed:
-        outcome = _window_outcome(con, cohort, study, concept_sets)
+    if windowed:   # the outcome and the negative controls, in one query
+        outcome = _window_outcome(con, cohort, study, concept_sets, _outcome_targets(study, concept_sets))
     else:
         outcome = _death_outcome(con, cohort, outcome_id)
     table = table.left_join(outcome, "event_id").drop("event_id_right")
@@ -1359,6 +1450,8 @@ def _build(con, study: dict) -> Cohort:
         table = table.mutate(**{c["id"]: table[c["id"]].fill_null(False).cast("int64")
                                 for c in features["conditions"]})
     last = [outcome_id] + (["time_to_event"] if windowed else [])
+    last += [column for control in study.get("negative_controls") or []
+             for column in negative_control_columns(control["id"]).values()]
     order = list(columns) + [c for c in table.columns
                              if c not in columns and c not in last and c != "event_id"] + last
     frame = table.select(order).to_pandas()
