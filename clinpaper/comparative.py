@@ -19,10 +19,10 @@ from .describe import suppress_table_one
 
 # %% auto #0
 __all__ = ['SEPARATION_TOLERANCE', 'WEIGHTING_METHODS', 'MAX_RATIO', 'MAX_INTERVAL_SPAN', 'WITHHELD_REASONS',
-           'DIAGNOSTIC_THRESHOLDS', 'DIAGNOSTICS', 'treatment_indicator', 'propensity_scores', 'separating_covariates',
-           'balancing_weights', 'propensity_weighting', 'weight_summary', 'weighted_balance', 'weighted_kaplan_meier',
-           'risk_difference', 'weighted_cox', 'ratio_check', 'withheld_sentence', 'mask_table_one', 'diagnostics_gate',
-           'diagnostics_sentence']
+           'DIAGNOSTIC_THRESHOLDS', 'DIAGNOSTICS', 'WEIGHT_METHODS', 'STRATIFIED_METHODS', 'treatment_indicator',
+           'propensity_scores', 'separating_covariates', 'balancing_weights', 'propensity_weighting', 'weight_summary',
+           'weighted_balance', 'weighted_kaplan_meier', 'risk_difference', 'weighted_cox', 'ratio_check',
+           'withheld_sentence', 'mask_table_one', 'diagnostics_gate', 'diagnostics_sentence', 'adjusted_cox']
 
 # %% ../nbs/04e_comparative.ipynb #c007
 SEPARATION_TOLERANCE = 1e-8   # a propensity score this close to 0 or 1 counts as 0 or 1
@@ -741,3 +741,27 @@ def diagnostics_sentence(gate: pd.DataFrame, *, estimate: str = "the effect esti
     return (f"{estimate[:1].upper()}{estimate[1:]} is withheld because the study diagnostics failed: "
             f"{_listed(parts)}. A comparison that fails its diagnostics is not published, whatever its "
             "estimate (the diagnostics were computed before the estimate was looked at).")
+
+# %% ../nbs/04e_comparative.ipynb #c094
+WEIGHT_METHODS = ("overlap", "iptw", "iptw_stabilized")
+STRATIFIED_METHODS = ("match", "stratify")
+
+
+def adjusted_cox(df: pd.DataFrame, *, treatment: str, duration: str, event: str, adjustment: str,
+                 weights: str = "weight", strata: str = "stratum", level: float = 0.95) -> pd.DataFrame:
+    """The hazard ratio of the treated versus the comparator by the outcome model of `adjustment`: a weighted
+    Cox model (robust variance) for overlap, iptw and iptw_stabilized; a Cox model stratified by `strata` for
+    match (weighted by `weights`, the matching weights of a variable ratio) and stratify; the crude Cox
+    model for 'none'. The frame of `weighted_cox` (one row); an arm without events raises CohortError."""
+    survival = dict(treatment=treatment, duration=duration, event=event, level=level)
+    if adjustment in WEIGHT_METHODS:
+        return weighted_cox(df, **survival, weights=weights)
+    if adjustment == "none":
+        return weighted_cox(df, **survival)
+    if adjustment in STRATIFIED_METHODS:
+        from clinpaper.propensity import stratified_cox
+        _check_frame(df, "adjusted_cox")
+        _check_columns(df, [strata], "adjusted_cox")
+        return stratified_cox(df, **survival, strata=strata, weights=weights if adjustment == "match" else None)
+    raise ValueError(f"`adjustment` of adjusted_cox must be one of {', '.join(WEIGHT_METHODS + STRATIFIED_METHODS)} "
+                     f"or 'none'; got {adjustment!r}.")
