@@ -33,12 +33,20 @@ def _parser() -> argparse.ArgumentParser:
     new.add_argument("--git", action="store_true", help="make the folder a git repository (git init)")
     new.add_argument("--list", action="store_true", help="list the templates and exit")
 
-    synth = commands.add_parser("synth", help="write a synthetic multi-site ICU cohort (OMOP CDM, DuckDB)")
+    synth = commands.add_parser("synth", help="write a synthetic cohort with known effects (OMOP CDM, DuckDB): "
+                                "a multi-site ICU cohort, or new users of two drugs")
     synth.add_argument("--out", required=True, help="the DuckDB file to write")
+    synth.add_argument("--scenario", default="icu", choices=["icu", "comparative"],
+                       help="icu: ICU stays in hospitals (default); comparative: new users of celecoxib or "
+                            "diclofenac with GI bleeding, confounders and negative control outcomes")
     synth.add_argument("--patients", type=int, default=20_000, help="number of patients (default 20000)")
-    synth.add_argument("--sites", type=int, default=30, help="number of hospitals (default 30)")
+    synth.add_argument("--sites", type=int, default=None, help="number of hospitals (icu; default 30)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    synth.add_argument("--shift", default=None, help="another health system, e.g. 'external'")
+    synth.add_argument("--shift", default=None, help="another health system, e.g. 'external' (icu)")
+    synth.add_argument("--true-hr", dest="true_hr", type=float, default=None,
+                       help="the true hazard ratio of GI bleeding, celecoxib versus diclofenac (comparative; default 1)")
+    synth.add_argument("--unmeasured", type=float, default=None,
+                       help="the strength of the unmeasured confounder, 0 for none (comparative; default 1)")
     synth.add_argument("--overwrite", action="store_true", help="replace an existing file")
 
     run = commands.add_parser("run", help="execute the paper's notebooks on a cohort")
@@ -182,13 +190,20 @@ def main(argv=None) -> int:
         elif args.command == "synth":
             from clinpaper.synth import synthesize
             try:
-                truth = synthesize(args.out, patients=args.patients, sites=args.sites,
-                                   seed=args.seed, shift=args.shift, overwrite=args.overwrite)
+                truth = synthesize(args.out, scenario=args.scenario, patients=args.patients, sites=args.sites,
+                                   seed=args.seed, shift=args.shift, true_hr=args.true_hr,
+                                   unmeasured=args.unmeasured, overwrite=args.overwrite)
             except (ValueError, TypeError, FileExistsError) as error:
                 # synthesize validates its arguments with the standard exceptions
                 raise ClinpaperError(str(error)) from error
-            print(f"wrote {args.out}: {truth['n_persons']:,} patients, {truth['n_stays']:,} ICU "
-                  f"stays in {truth['sites']} hospitals (truth beside it)")
+            if args.scenario == "comparative":
+                print(f"wrote {args.out}: {truth['n_persons']:,} new users, {truth['n_treated']:,} of "
+                      f"{truth['exposures']['treated']['id']} and {truth['n_comparator']:,} of "
+                      f"{truth['exposures']['comparator']['id']}, true hazard ratio {truth['true_hr']:g}, "
+                      f"{len(truth['negative_controls'])} negative controls (truth beside it)")
+            else:
+                print(f"wrote {args.out}: {truth['n_persons']:,} patients, {truth['n_stays']:,} ICU "
+                      f"stays in {truth['sites']} hospitals (truth beside it)")
         elif args.command == "run":
             from clinpaper.run import run_study
             path = run_study(args.study, cohort=args.cohort, name=args.name, out=args.out,
