@@ -72,7 +72,9 @@ STUDY_SCHEMA = {
                        example=["01_cohort.ipynb", "manuscript.md"]),
     "manuscript": Field(str, required=False),
     "toc": Field(str, required=False),
-    "checklist": Field(str, required=False),   # reporting checklist YAML, relative to the file
+    # reporting checklist YAML, relative to the file: one, or a list (STROBE and its extension RECORD)
+    "checklist": Field((str, list), required=False, items=Field(str), min_items=1, unique=True,
+                       example=["checklists/strobe_cohort.yaml", "checklists/record.yaml"]),
     # the words an author sets for generated sentences (defaults come from the other sections)
     "words": {
         "design": Field(str, required=False),      # "Multi-centre cohort study" (the abstract's first words)

@@ -117,7 +117,8 @@ def _readme(spec: dict, source: str, study: dict) -> str:
     parameters = study.get("parameters") or {}
     example = next((f"{key}={value}" for key, value in (("draws", 500), ("bootstrap", 200))
                     if key in parameters), "seed=1")
-    checklist = Path(str(study.get("checklist", ""))).stem or "none"
+    named = study.get("checklist") or []
+    checklist = ", ".join(Path(str(path)).stem for path in ([named] if isinstance(named, str) else named)) or "none"
     notebooks = ", ".join(f"`{n}`" for n in study.get("notebooks", []) if not n.endswith(".md"))
     fields = {"title": study.get("title", spec["name"]), "template": spec["name"],
               "description": " ".join(spec["description"].split()), "notebooks": notebooks,

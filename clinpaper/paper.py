@@ -20,8 +20,8 @@ from .report import Reporter
 # %% auto #0
 __all__ = ['DEFAULT_AGE_BANDS', 'METRIC_LABELS', 'METRIC_DIGITS', 'SOFTWARE_NAMES', 'RELEVANT_MEDIAN_ODDS_RATIO',
            'study_codebook', 'check_study', 'PaperStudy', 'PaperFiles', 'PaperModelFrame', 'PaperChoices', 'band',
-           'PaperDisplay', 'PaperManuscript', 'methods_cohort', 'variation_verdict', 'ratio_guard', 'PaperEstimates',
-           'Paper']
+           'PaperDisplay', 'PaperManuscript', 'methods_cohort', 'record_answers', 'variation_verdict', 'ratio_guard',
+           'PaperEstimates', 'Paper']
 
 # %% ../nbs/06a_paper.ipynb #c005
 def study_codebook(study: dict) -> dict:
@@ -578,11 +578,28 @@ class PaperManuscript:
         return self.text(f"{prefix}_{metric}", float(row["estimate"]),
                          self.interval(row["estimate"], row["low"], row["high"], digits=digits, label="95% CI"))
 
+    def record_data_facts(self, *, source: dict | None = None, code_lists: pd.DataFrame | None = None) -> dict:
+        """Record what the checklist's answers take from the data, for `record_manuscript_matter`: `source`
+        (`Cohort.source`: the source's own name and CDM version, and its file's name) and `code_lists`
+        (`diagnostics.code_lists`: the names of the study's concepts). Returns the answers
+        (`record_answers`)."""
+        source = source or {}
+        kept = {key: str(source[key]) for key in ("format", "cdm_source_name", "cdm_version") if source.get(key)}
+        if source.get("path"):
+            kept["path"] = Path(str(source["path"])).name   # the file's name, never a folder of this machine
+        codes = (None if code_lists is None else
+                 code_lists.astype(object).where(code_lists.notna(), None).to_dict(orient="records"))
+        self.text("data_facts", {"source": kept, "code_lists": codes}, "")
+        return record_answers(self.study, source=kept, code_lists=code_lists)
+
     def record_manuscript_matter(self, *, software=("python", "pymc", "nutpie", "arviz", "duckdb",
                                                     "ibis-framework", "pandas", "papermill", "jupyter-book")) -> None:
-        "Record the title page, the software sentence, the checklist table and the reproducibility table."
+        """Record the title page, the software sentence, the checklist table (every checklist the study
+        names, with the answers of `record_answers` where an item has a `fill`: the source and code lists
+        that `record_data_facts` recorded, else the study file's) and the reproducibility table."""
         import json
-        from clinpaper.report import checklist_table, load_checklist
+        from clinpaper.report import (checklist_names, checklist_table, load_checklist, read_results,
+                                      study_checklists)
         from clinpaper.run import package_versions
         versions = package_versions(tuple(n for n in software if n != "python") + ("clinpaper",))
         named = [f"{SOFTWARE_NAMES.get(n, n)} {versions[n]}" for n in software if versions.get(n)]
@@ -590,14 +607,22 @@ class PaperManuscript:
         self.text("title", self.study["title"])
         self.text("short_title", self.study.get("short_title", self.study["title"]))
         self.text("authors", ", ".join(self.study.get("authors", [])) or "For the authors to fill")
-        if self.study.get("checklist"):
-            checklist = load_checklist(Path(self.study["_dir"]) / self.study["checklist"])
-            self.text("checklist_name", checklist["name"])
-            self.table("table_checklist", checklist_table(checklist), caption=f"{checklist['name']} checklist.")
         manifest_file = self.run_dir / "manifest.json"
         if not manifest_file.is_file():
             raise RunError(f"{manifest_file}: no manifest; the manuscript runs inside a run made by `clinpaper run`.")
         manifest = json.loads(manifest_file.read_text())
+        checklists = [load_checklist(Path(self.study["_dir"]) / named) for named in study_checklists(self.study)]
+        if checklists:
+            answers = None
+            if any(item.get("fill") for checklist in checklists for item in checklist["items"]):
+                recorded = (read_results(self.run_dir).get("data_facts") or {}).get("value") or {}
+                source = recorded.get("source") or {"path": Path(manifest["source"]["path"]).name}
+                codes = pd.DataFrame(recorded["code_lists"]) if recorded.get("code_lists") else None
+                answers = record_answers(self.study, source=source, code_lists=codes)
+            name = checklist_names(checklists)
+            self.text("checklist_name", name)
+            self.table("table_checklist", checklist_table(checklists, answers=answers),
+                       caption=f"{name} checklist{'s' if len(checklists) > 1 else ''}.")
         shown = lambda value: "not set" if value is None else str(value)
         git = manifest.get("git") or {}
         facts = [("Data source", Path(manifest["source"]["path"]).name),
@@ -679,6 +704,94 @@ def methods_cohort(study: dict, source: dict | None = None) -> str:
         parts.append(f"Conditions were taken from records up to the index date ({names}).")
     parts.append("Concept sets were expanded to their descendants in the OMOP vocabulary.")
     return " ".join(parts)
+
+# %% ../nbs/06a_paper.ipynb #c104
+def _listed(texts: list, word: str = "and") -> str:
+    texts = [t for t in texts if t]
+    return texts[0] if len(texts) == 1 else ", ".join(texts[:-1]) + f" {word} {texts[-1]}" if texts else ""
+
+
+def _code_list_text(study: dict, code_lists: pd.DataFrame | None) -> str:
+    "Each concept set of the study with its concept ids (and names, from the source's vocabulary)."
+    from clinpaper.diagnostics import _concept_sets
+    named = {}
+    if code_lists is not None and len(code_lists):
+        for row in code_lists.itertuples(index=False):
+            name = row.concept_name if isinstance(row.concept_name, str) and row.concept_name not in ("", "None") else None
+            named[int(row.concept_id)] = name
+    sets = []
+    for role, _, label, concepts in _concept_sets(study):
+        listed = ", ".join(f"{c} ({named[int(c)]})" if named.get(int(c)) else str(c) for c in concepts)
+        sets.append(f"{label} ({role}): {listed}")
+    if not sets:
+        return ""
+    return "; ".join(sets) + ". OMOP concept ids, each with its descendants in the source's vocabulary."
+
+
+def _cleaning_text(study: dict) -> str:
+    "The data rules that the cohort applies to this study's index records (clinpaper.cohort), in words."
+    if study["source"]["format"] == "flat":
+        return ("Each column was checked against the codebook (types, levels and plausible ranges); values "
+                "outside their range were set to missing and rows without the outcome were excluded, as the "
+                "cleaning table counts.")
+    from clinpaper.cohort import _uses_age
+    event = study["cohort"]["index"].get("event", "visit")
+    noun = _EVENT_NOUNS[event]
+    rules = ["whose person is missing from the person table", "without a start date"]
+    if event == "visit":
+        rules += ["without an end date", "ending before they start", "still open at the extract"]
+    if _uses_age(study):
+        rules += ["with a missing or implausible year of birth", "dated before the person's birth"]
+    rules += ["dated after a recorded death", "dated in the future"]
+    text = (f"Exact duplicate rows of the source were counted once. Index {noun}s {_listed(rules, 'or')} were "
+            "left out; every such rule that removed any is a step of the flow diagram, with its count.")
+    measurements = (study.get("features") or {}).get("measurements")
+    if measurements:
+        text += (" Measurement values outside their plausible range, in another unit or without a value were set "
+                 "to missing (the cleaning table).")
+    return text
+
+
+def _selection_text(study: dict) -> str:
+    "How the study population was selected: the index event and the criteria, in order."
+    criteria = [_lower_first(c.get("label", c["id"])) for c in (study.get("cohort") or {}).get("criteria") or []]
+    excluded = f" Excluded, in this order: {'; '.join(criteria)}." if criteria else ""
+    if study["source"]["format"] == "flat":
+        return f"Every row of the flat analysis table with the outcome recorded.{excluded}"
+    index = study["cohort"]["index"]
+    noun = _EVENT_NOUNS[index.get("event", "visit")]
+    which = "The first" if index.get("occurrence", "first") == "first" else "Every"
+    exposures = study["cohort"].get("exposures")
+    if exposures:
+        drugs = " or ".join(f"{_lower_first(e['label'])} ({_concepts(e['concepts'])})" for e in exposures)
+        start = f"{which} exposure of each person to {drugs}, grouped by the drug of that exposure."
+    else:
+        start = f"{which} {noun} of each person with {_concepts(index.get('concepts'))}."
+    return f"{start}{excluded} Concept sets include their descendants; Figure 1 counts each step."
+
+
+def record_answers(study: dict, *, source: dict | None = None, code_lists: pd.DataFrame | None = None) -> dict:
+    """What the study file (with the facts of its source: `Cohort.source`, and the code lists of
+    `diagnostics.code_lists`) answers of a reporting checklist: one text per fill of
+    report.CHECKLIST_FILLS, for the checklist table's "In this study" column (RECORD's data source,
+    linkage, selection, code lists, cleaning and code)."""
+    from clinpaper.report import CHECKLIST_FILLS
+    source = source or {}
+    kind = "flat analysis table" if study["source"]["format"] == "flat" else "OMOP Common Data Model database"
+    path = source.get("path") or study["source"].get("path")
+    read = f", read from the file {Path(str(path)).name}" if path and not str(path).startswith("eunomia:") else ""
+    answers = {
+        "data_source": f"{_source_words(study, source)[:1].upper()}{_source_words(study, source)[1:]}{read}.",
+        "linkage": f"None: all data came from one {kind}; no records were linked to another database for this study.",
+        "selection": _selection_text(study),
+        "code_lists": (_code_list_text(study, code_lists) if study["source"]["format"] != "flat"
+                       else "None: a flat analysis table; its codebook defines every column."),
+        "cleaning": _cleaning_text(study),
+        "code": ("The study file and the paper's notebooks hold every rule and every analysis; the run's manifest "
+                 "(the reproducibility table) names the data's fingerprint, the parameters, the seed and the "
+                 "package versions, and rerunning them gives the same numbers."),
+    }
+    return {fill: answers[fill] for fill in CHECKLIST_FILLS}
 
 # %% ../nbs/06a_paper.ipynb #c031
 RELEVANT_MEDIAN_ODDS_RATIO = 1.1   # the default: a 10% difference in the odds between two groups

@@ -22,10 +22,10 @@ import pandas as pd
 from .core import RunError, mask_count
 
 # %% auto #0
-__all__ = ['CHECKED_SECTIONS', 'PAPER_SIZES', 'to_jsonable', 'GlueRecord', 'write_json_atomic', 'read_results', 'Reporter',
-           'reglue', 'myst_to_pandoc', 'glue_uses', 'glue_producers', 'library_glue_producers', 'typed_numbers',
-           'check_typed_numbers', 'load_checklist', 'checklist_table', 'unreported_sections', 'notebook_markdown',
-           'render_manuscript', 'finish_docx']
+__all__ = ['CHECKED_SECTIONS', 'CHECKLIST_FILLS', 'PAPER_SIZES', 'to_jsonable', 'GlueRecord', 'write_json_atomic', 'read_results',
+           'Reporter', 'reglue', 'myst_to_pandoc', 'glue_uses', 'glue_producers', 'library_glue_producers',
+           'typed_numbers', 'check_typed_numbers', 'study_checklists', 'load_checklist', 'checklist_table',
+           'checklist_names', 'unreported_sections', 'notebook_markdown', 'render_manuscript', 'finish_docx']
 
 # %% ../nbs/06_report.ipynb #c005
 def to_jsonable(value):
@@ -586,6 +586,20 @@ def check_typed_numbers(markdown: str, *, where: str = "manuscript",
                        f"them, e.g. Reporter.text):\n{listed}")
 
 # %% ../nbs/06_report.ipynb #c023
+# what clinpaper writes into a checklist's "In this study" column from the study file (an item's `fill`):
+# clinpaper.paper.record_answers makes these texts
+CHECKLIST_FILLS = ("data_source", "linkage", "selection", "code_lists", "cleaning", "code")
+_ITEM_KEYS = {"item", "topic", "requirement", "where", "authors", "fill"}
+
+
+def study_checklists(study: dict) -> list[str]:
+    "The checklist files a study names (`checklist`: one path or a list of them), in its order; [] for none."
+    named = study.get("checklist")
+    if not named:
+        return []
+    return [named] if isinstance(named, str) else [str(path) for path in named]
+
+
 def load_checklist(path) -> dict:
     "Read and check a reporting checklist YAML file."
     import yaml
@@ -598,25 +612,73 @@ def load_checklist(path) -> dict:
         raise RunError(f"{path}: a checklist needs `name` and a list of `items`.")
     for number, item in enumerate(items):
         missing = [key for key in ("item", "topic", "requirement", "where") if key not in item]
-        unknown = sorted(set(item) - {"item", "topic", "requirement", "where", "authors"})
+        unknown = sorted(set(item) - _ITEM_KEYS)
         if missing or unknown:
             problem = (f"lacks {', '.join(missing)}" if missing else
                        f"has unknown keys {', '.join(map(str, unknown))} (quote text that "
                        "holds commas in a {...} item)")
             raise RunError(f"{path}: item {number + 1} {problem}.")
+        if "fill" in item and item["fill"] not in CHECKLIST_FILLS:
+            raise RunError(f"{path}: item {number + 1} has fill {item['fill']!r}; clinpaper fills "
+                           f"{', '.join(CHECKLIST_FILLS)} from the study file.")
+    checklist.setdefault("stem", path.stem)   # how another checklist names it in `extends`
     return checklist
 
 
-def checklist_table(checklist: dict) -> pd.DataFrame:
-    "The appendix table: item, topic, requirement and where it is reported."
+def _leading_number(item) -> int | None:
+    "STROBE's 6 of '6a' and RECORD's 6 of '6.1': where an extension's item sits beside its parent's."
+    match = re.match(r"^\s*(\d+)", str(item))
+    return int(match.group(1)) if match else None
+
+
+def _checklist_rows(checklists: list) -> list[tuple[dict, dict]]:
+    "(checklist, item) in the appendix's order: an extension's items after its parent's items of the same number."
     rows = []
-    for item in checklist["items"]:
+    for checklist in checklists:
+        items = [(checklist, item) for item in checklist["items"]]
+        extends = checklist.get("extends")
+        if not extends or not any(other.get("stem") == extends for other, _ in rows):
+            rows += items   # no parent among the checklists before it: its own order, after them
+            continue
+        for pair in items:
+            number = _leading_number(pair[1]["item"])
+            after = [i for i, (other, item) in enumerate(rows)
+                     if other.get("stem") == extends and _leading_number(item["item"]) is not None
+                     and _leading_number(item["item"]) <= (number if number is not None else -1)]
+            place = max(after) + 1 if after else len(rows)
+            while place < len(rows) and rows[place][0] is checklist:   # after this extension's earlier items
+                place += 1
+            rows.insert(place, pair)
+    return rows
+
+
+def checklist_table(checklist, *, answers: dict | None = None) -> pd.DataFrame:
+    """The appendix table: item, topic, requirement and where it is reported, for one checklist or a list
+    of them (an extension's items, e.g. RECORD's, beside its parent's items of the same number, numbered
+    with its `prefix`). With `answers` (fill -> text, from `paper.record_answers`), a column "In this
+    study" holds the answer of every item whose `fill` names one."""
+    checklists = [checklist] if isinstance(checklist, dict) else list(checklist)
+    answers = answers or {}
+    rows = []
+    for owner, item in _checklist_rows(checklists):
         where = "; ".join(item["where"])
         if item.get("authors"):
             where += " (author-written text)"
-        rows.append({"Item": str(item["item"]), "Topic": item["topic"],
-                     "Requirement": item["requirement"], "Reported in": where})
-    return pd.DataFrame(rows)
+        number = str(item["item"])
+        prefix = owner.get("prefix")
+        rows.append({"Item": f"{prefix} {number}" if prefix else number, "Topic": item["topic"],
+                     "Requirement": item["requirement"], "Reported in": where,
+                     "In this study": answers.get(item.get("fill"), "") if item.get("fill") else ""})
+    table = pd.DataFrame(rows, columns=["Item", "Topic", "Requirement", "Reported in", "In this study"])
+    if not (table["In this study"] != "").any():
+        table = table.drop(columns="In this study")
+    return table
+
+
+def checklist_names(checklists) -> str:
+    "The checklists' names as a sentence says them: 'STROBE (cohort studies) and RECORD'."
+    names = [c["name"] for c in ([checklists] if isinstance(checklists, dict) else checklists)]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" and {names[-1]}"
 
 
 def _heading_paths(markdown: str) -> set[str]:

@@ -31,7 +31,7 @@ from .core import (
     clean_leftovers, find_project_root, folder_kind, project_root, redact, writer_lock)
 from .report import (
     glue_producers, glue_uses, library_glue_producers, read_results, render_manuscript,
-    to_jsonable, write_json_atomic)
+    study_checklists, to_jsonable, write_json_atomic)
 
 # %% auto #0
 __all__ = ['PACKAGES', 'FLAT_SUFFIXES', 'NOTEBOOK_SUFFIXES', 'PAGE_SUFFIXES', 'NAME_MAX', 'WARM_AHEAD', 'default_runs_dir',
@@ -256,8 +256,8 @@ def check_before_run(config: dict, notebooks: dict, *, root) -> dict:
     root = Path(root)
     study_file, study_dir = config.get("_file", "study file"), Path(config.get("_dir", "."))
     problems = []
-    for key, named in (("checklist", config.get("checklist")),
-                       ("source.codebook", config["source"].get("codebook"))):
+    named_files = [("checklist", named) for named in study_checklists(config)]
+    for key, named in named_files + [("source.codebook", config["source"].get("codebook"))]:
         if named and not (study_dir / named).is_file():
             problems.append(f"`{key}` names {study_dir / named}, which does not exist")
     settings_file = root / "_config.yml"
@@ -710,8 +710,9 @@ def run_study(study=None, *, cohort=None, name=None, out=None, overrides=(), log
             tempfile.TemporaryDirectory(prefix="clinpaper-run-") as work:
         resolved = {k: v for k, v in config.items() if not k.startswith("_")}
         resolved["source"] = {**resolved["source"], "path": str(source)}
-        if resolved.get("checklist"):   # files named relative to the study file
-            resolved["checklist"] = str((study_dir / resolved["checklist"]).resolve())
+        if resolved.get("checklist"):   # files named relative to the study file (one, or a list)
+            paths = [str((study_dir / named).resolve()) for named in study_checklists(resolved)]
+            resolved["checklist"] = paths[0] if isinstance(resolved["checklist"], str) else paths
         if resolved["source"].get("codebook"):
             resolved["source"]["codebook"] = str((study_dir / resolved["source"]["codebook"]).resolve())
         (partial / "study.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False,
@@ -952,12 +953,17 @@ def code_sha(notebook) -> str:
 
 def _study_inputs(config: dict, study_dir) -> dict:
     "SHA-256 of the files the study names (its codebook and checklist), by role."
+    def sha(named):
+        file = Path(named) if Path(named).is_absolute() else Path(study_dir) / named
+        return fingerprint(file)["sha256"] if file.is_file() else None
+
     found = {}
-    for key, named in (("checklist", config.get("checklist")),
-                       ("codebook", (config.get("source") or {}).get("codebook"))):
-        if named:
-            file = Path(named) if Path(named).is_absolute() else Path(study_dir) / named
-            found[key] = fingerprint(file)["sha256"] if file.is_file() else None
+    if config.get("checklist"):   # a list of checklists: their hashes in the study's order
+        hashes = [sha(named) for named in study_checklists(config)]
+        found["checklist"] = hashes[0] if isinstance(config["checklist"], str) else hashes
+    codebook = (config.get("source") or {}).get("codebook")
+    if codebook:
+        found["codebook"] = sha(codebook)
     return found
 
 
