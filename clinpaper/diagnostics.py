@@ -7,13 +7,14 @@ enter, and how often the outcome happened in each stratum, every count masked as
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import ibis
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .cohort import _EVENT_TABLES, connect_source, expand_concept_sets, source_table
+from .cohort import _EVENT_TABLES, _cdm_source, connect_source, expand_concept_sets, source_table
 from .cohort import _threshold as _cohort_threshold
 from .core import CohortError, SourceError, mask_count
 from .describe import _protect
@@ -21,7 +22,7 @@ from .figures import OKABE_ITO, _new_axes
 
 # %% auto #0
 __all__ = ['DIMENSIONS', 'PERSON_YEAR_DAYS', 'incidence', 'incidence_table', 'plot_incidence', 'index_event_breakdown',
-           'breakdown_table', 'code_lists', 'code_list_table']
+           'breakdown_table', 'code_lists', 'code_list_table', 'source_facts']
 
 # %% ../nbs/03a_cohort_diagnostics.ipynb #d005
 DIMENSIONS = {"year": "Calendar year", "age_group": "Age group", "sex": "Sex"}
@@ -549,3 +550,15 @@ def code_list_table(codes: pd.DataFrame) -> pd.DataFrame:
         "Vocabulary (code)": [f"{text(v)} ({text(c)})" if isinstance(v, str) else "–"
                               for v, c in zip(codes["vocabulary_id"], codes["concept_code"])],
         "Concepts with descendants": codes["concepts"].map("{:,}".format).to_list()})
+
+
+def source_facts(source) -> dict:
+    """What a paper says of an OMOP source (RECORD 1.1): the name of its file or folder, its format and,
+    from its `cdm_source` table, `cdm_source_name` and `cdm_version` (as `Cohort.source` holds them), for
+    `Paper.record_data_facts`."""
+    con = _connection(source)
+    where = getattr(con, "clinpaper_source", {})
+    facts = {"path": Path(where["path"]).name} if where.get("path") else {}
+    if where.get("format"):
+        facts["format"] = where["format"]
+    return {**facts, **_cdm_source(con)}
