@@ -745,7 +745,7 @@ TREATMENT_MODEL = {"intercept": -0.35, "age_10": 0.20, "male": -0.10, "unmeasure
 # GI bleeding: hazard (per person-year) = rate * exp(age_10 (age - 65) / 10 + male + sum of `outcome`
 #   + unmeasured * U + log(true_hr) * celecoxib)
 COMPARATIVE_OUTCOME = {"id": "gi_bleed", "label": "Gastrointestinal hemorrhage", "concept": 192671,
-                       "rate": 0.025, "age_10": 0.30, "male": 0.15, "unmeasured": 0.6}
+                       "rate": 0.040, "age_10": 0.30, "male": 0.15, "unmeasured": 0.6}
 # death (censors follow-up; caused by neither drug nor the unmeasured confounder)
 COMPARATIVE_DEATH = {"rate": 0.012, "age_10": 0.6, "coronary_disease": 0.5, "chronic_kidney_disease": 0.6}
 
