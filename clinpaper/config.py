@@ -683,14 +683,6 @@ def _analysis_rules(analysis: dict) -> list[str]:
         problems.append(f"`analysis.adjustment` is {analysis['adjustment']!r} and `analysis.weighting` "
                         f"{analysis['weighting']!r}: give one of the two (`weighting` is the older name)")
     adjustment = analysis.get("adjustment", analysis.get("weighting"))
-    if "matching" in analysis and adjustment != "match" and "match" not in (analysis.get("sensitivity") or []):
-        problems.append(f"`analysis.matching` is given but the analysis does not match (adjustment "
-                        f"{adjustment!r}); remove it, or set `analysis.adjustment: match`")
-    if "strata" in analysis and adjustment != "stratify" and "stratify" not in (analysis.get("sensitivity") or []):
-        problems.append(f"`analysis.strata` is given but the analysis does not stratify (adjustment "
-                        f"{adjustment!r}); remove it, or set `analysis.adjustment: stratify`")
-    if "trim" in analysis and adjustment in ("match", "stratify"):
-        problems.append(f"`analysis.trim` applies to weights; the analysis uses {adjustment!r}: remove `trim`")
     if adjustment in (analysis.get("sensitivity") or []):
         problems.append(f"`analysis.sensitivity` repeats the main adjustment {adjustment!r}; list only other ones")
     if not analysis.get("covariates") and "large_scale" not in analysis:
