@@ -22,7 +22,8 @@ __all__ = ['SEPARATION_TOLERANCE', 'WEIGHTING_METHODS', 'MAX_RATIO', 'MAX_INTERV
            'DIAGNOSTIC_THRESHOLDS', 'DIAGNOSTICS', 'WEIGHT_METHODS', 'STRATIFIED_METHODS', 'treatment_indicator',
            'propensity_scores', 'separating_covariates', 'balancing_weights', 'propensity_weighting', 'weight_summary',
            'weighted_balance', 'weighted_kaplan_meier', 'risk_difference', 'weighted_cox', 'ratio_check',
-           'withheld_sentence', 'mask_table_one', 'diagnostics_gate', 'diagnostics_sentence', 'adjusted_cox']
+           'withheld_sentence', 'mask_table_one', 'diagnostics_gate', 'diagnostics_sentence', 'adjusted_cox',
+           'ps_adjustment']
 
 # %% ../nbs/04e_comparative.ipynb #c007
 SEPARATION_TOLERANCE = 1e-8   # a propensity score this close to 0 or 1 counts as 0 or 1
@@ -678,10 +679,11 @@ DIAGNOSTICS = {
     "equipoise": ("the share of patients in equipoise (preference score 0.3 to 0.7)", "at least",
                   lambda v: f"{100 * v:.0f}%"),
     "max_smd": ("the largest absolute standardized mean difference after adjustment", "at most",
-                lambda v: f"{v:.2f}"),
-    "mdrr": ("the minimum detectable relative risk", "at most", lambda v: f"{v:.2f}"),
+                lambda v: f"{v:.2g}" if v >= 0.01 else f"{v:.1g}" if v >= 0.001 else "<0.001"),
+    "mdrr": ("the minimum detectable relative risk", "at most",
+             lambda v: f"{v:.2f}" if math.isfinite(v) else "infinite (no events)"),
     "ease": ("the expected absolute systematic error of the negative controls", "at most",
-             lambda v: f"{v:.2f}"),
+             lambda v: f"{v:.2g}" if v >= 0.01 else f"{v:.1g}"),
 }
 
 
@@ -765,3 +767,44 @@ def adjusted_cox(df: pd.DataFrame, *, treatment: str, duration: str, event: str,
         return stratified_cox(df, **survival, strata=strata, weights=weights if adjustment == "match" else None)
     raise ValueError(f"`adjustment` of adjusted_cox must be one of {', '.join(WEIGHT_METHODS + STRATIFIED_METHODS)} "
                      f"or 'none'; got {adjustment!r}.")
+
+# %% ../nbs/04e_comparative.ipynb #c097
+def ps_adjustment(df: pd.DataFrame, *, treatment: str, score: str, adjustment: str, trim=None,
+                  max_ratio: int = 1, caliper: float | None = 0.2, strata: int = 5, seed: int = 0) -> pd.DataFrame:
+    """`weight` and `stratum` for every row of `df` (its index) under `adjustment`: overlap, iptw or
+    iptw_stabilized weights (`trim` as balancing_weights; stratum 0), match (match_on_ps with `max_ratio`
+    and `caliper`, ties broken with `seed`; unmatched rows weight 0, stratum -1) or stratify (`strata`
+    quantile strata of all patients; weight = the stratum's patients / its arm's patients in it). `.attrs`
+    hold adjustment, trim, n_trimmed (rows of weight 0 from trimming or matching) and the method's own."""
+    caller = "ps_adjustment"
+    _check_frame(df, caller)
+    if adjustment in WEIGHT_METHODS:
+        weight = balancing_weights(df, treatment=treatment, score=score, method=adjustment, trim=trim)
+        result = pd.DataFrame({"weight": weight.to_numpy(), "stratum": 0}, index=df.index)
+        result.attrs.update(adjustment=adjustment, trim=weight.attrs["trim"], n_trimmed=weight.attrs["n_trimmed"])
+        return result
+    from clinpaper.propensity import match_on_ps, stratify_by_ps
+    if adjustment == "match":
+        matched = match_on_ps(df[[treatment, score]], treatment=treatment, score=score, max_ratio=max_ratio,
+                              caliper=caliper, seed=seed)
+        result = pd.DataFrame({"weight": 0.0, "stratum": -1}, index=df.index)
+        result.loc[matched.index, "weight"] = matched["weight"].to_numpy()
+        result.loc[matched.index, "stratum"] = matched["stratum"].to_numpy()
+        result.attrs.update(adjustment=adjustment, trim=None, n_trimmed=int(len(df) - len(matched)),
+                            **{k: v for k, v in matched.attrs.items()})
+        _arms_with_weight(_treatment_values(df, treatment, caller), result["weight"].to_numpy(), caller)
+        return result
+    if adjustment == "stratify":
+        stratum = stratify_by_ps(df[[treatment, score]], treatment=treatment, score=score, n_strata=strata)
+        arm = _treatment_values(df, treatment, caller)
+        frame = pd.DataFrame({"stratum": stratum.to_numpy(), "arm": arm}, index=df.index)
+        size = frame.groupby("stratum")["arm"].transform("size")
+        in_arm = frame.groupby(["stratum", "arm"])["arm"].transform("size")
+        result = pd.DataFrame({"weight": (size / in_arm).astype(float), "stratum": frame["stratum"]}, index=df.index)
+        lonely = frame.groupby("stratum")["arm"].nunique()
+        result.loc[frame["stratum"].isin(lonely[lonely < 2].index), "weight"] = 0.0   # a stratum of one arm: no comparison
+        result.attrs.update(adjustment=adjustment, trim=None, n_trimmed=int((result["weight"] == 0).sum()),
+                            **stratum.attrs)
+        return result
+    raise ValueError(f"`adjustment` of {caller} must be one of {', '.join(WEIGHT_METHODS + STRATIFIED_METHODS)}; "
+                     f"got {adjustment!r}.")

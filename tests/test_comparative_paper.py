@@ -38,7 +38,8 @@ def other_study(path):
     study["parameters"]["small_count_threshold"] = 5
     # inverse probability weights (sums near twice the counts) and a rare condition, recorded before
     # the first exposure in a few naproxen patients: a weighted Table 1 that would give them away
-    study["analysis"]["weighting"] = "iptw"
+    study["analysis"]["adjustment"] = "iptw"
+    study["analysis"]["sensitivity"] = ["overlap", "match"]
     study["features"]["conditions"].append({"id": "epilepsy", "label": "Epilepsy", "concepts": [380378],
                                             "lookback_days": None})
     path.write_text(yaml.safe_dump(study, sort_keys=False))
@@ -132,26 +133,34 @@ def test_weighted_counts_of_a_small_cell_are_masked(paper):
     assert "–" in paper["docx"] and "cannot be worked out" in plain(paper["docx"])
 
 
-def test_an_arm_without_events_gets_no_ratio_and_the_reason(paper):
+def test_an_underpowered_comparison_is_withheld_with_the_reason(paper):
+    """A few ibuprofen events and none with naproxen: the minimum detectable relative risk is far above the
+    threshold of 10, so the diagnostics fail and no estimate is computed or shown, only why."""
     from lifelines import CoxPHFitter
-    sentence = ("No patient of the naproxen group had gastrointestinal hemorrhage within 180 days, so no "
-                "risk ratio or hazard ratio could be estimated.")
+    from scipy.stats import norm
     results = paper["results"]
-    assert results["ratio_sentence"]["text"] == sentence
-    for name in ("hazard_ratio", "hazard_ratio_crude", "risk_ratio"):
-        assert results[name]["text"] == "not reported", name
+    table = pd.read_parquet(paper["run"] / "data" / "analysis.parquet")
+    weights = pd.read_parquet(paper["run"] / "data" / "weights.parquet")
+    positive = weights["weight"] > 0
+    events = int((positive & (table["gi_bleed"] == 1) & (table["time_to_event"] <= 180)).sum())
+    share = float((weights.loc[positive, "treatment"] == 1).mean())
+    mdrr = np.exp(np.sqrt((norm.ppf(0.975) + norm.ppf(0.8)) ** 2 / (events * share * (1 - share))))   # Schoenfeld
+    assert results["mdrr"]["value"] == pytest.approx(mdrr, rel=1e-9) and mdrr > 10
+    assert results["diagnostics_passed"]["text"] == "failed"
+    sentence = results["diagnostics_sentence"]["text"].strip()
+    assert sentence.startswith("Every effect estimate of this comparison is withheld because the study diagnostics failed: ")
+    assert f"the minimum detectable relative risk was {mdrr:.2f}, above the study's threshold of 10.00" in sentence
+    for name in ("hazard_ratio", "hazard_ratio_crude", "risk_ratio", "risk_difference", "risk_treated"):
+        assert results[name]["text"] == "withheld", name
     body = plain(paper["docx"])
     assert body.count(sentence) >= 2   # the abstract and the results
     assert "hazard ratio was" not in body and "risk ratio was" not in body
-    # Table 3: the ratios' rows hold no number
-    effects = next(t for t in paper["document"].tables if any("Hazard ratio, weighted" in c.text
-                                                                for r in t.rows for c in r.cells))
-    rows = {r.cells[0].text: r.cells[-1].text for r in effects.rows}
-    for row in ("Risk ratio", "Hazard ratio, weighted", "Hazard ratio, crude"):
-        assert rows[row] == "not reported", row
+    diagnostics = _docx_table(paper["document"], "The minimum detectable relative risk")[0]
+    assert diagnostics["The minimum detectable relative risk"]["Status"] == "FAILED"
+    effects = _docx_table(paper["document"], "Every effect estimate")[0]
+    assert effects["Every effect estimate"]["Value (95% CI)"].startswith("withheld")
     assert sentence in plain(paper["pdf"])
-    # what the guard keeps out: lifelines' own crude fit on the run's table returns a number
-    table = pd.read_parquet(paper["run"] / "data" / "analysis.parquet")
+    # what the gate keeps out: lifelines' own crude fit on the run's table returns a number
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fit = CoxPHFitter().fit(table.assign(treated=(table.exposure == "ibuprofen").astype(int))
@@ -161,7 +170,7 @@ def test_an_arm_without_events_gets_no_ratio_and_the_reason(paper):
 
 
 def test_separation_withholds_the_weighted_estimates(paper, tmp_path):
-    "A condition recorded in the ibuprofen group only: 02 and 03 say why and show crude estimates."
+    "A condition recorded in the ibuprofen group only: 02 says why; the crude comparison fails its balance diagnostic."
     import papermill
     run = tmp_path / "separated"
     shutil.copytree(paper["run"], run)
@@ -171,22 +180,25 @@ def test_separation_withholds_the_weighted_estimates(paper, tmp_path):
     table.loc[table.index[ibuprofen[:20]], "esophagitis"] = 1
     table.to_parquet(run / "data" / "analysis.parquet", index=False)
     assert pd.crosstab(table["esophagitis"], table["exposure"]).loc[1, "naproxen"] == 0
-    for notebook in ("02_balance.ipynb", "03_effects.ipynb"):
+    for notebook in ("02_balance.ipynb", "03_controls.ipynb", "04_effects.ipynb"):
         papermill.execute_notebook(str(paper["project"] / notebook), str(run / notebook),
                                    parameters={"run_dir": str(run), "study_path": str(run / "study.yaml")},
                                    cwd=str(run), kernel_name="python3", progress_bar=False)
     results = json.loads((run / "results.json").read_text())
     why = ("The propensity score could not be estimated: esophagitis was recorded only in the ibuprofen "
-           "group, so those patients had no counterpart in the other group. No weighted estimate is "
-           "reported; the estimates shown are crude, not adjusted for confounding.")
+           "group, so those patients had no counterpart in the other group. No adjusted estimate is "
+           "possible; a crude comparison, not adjusted for confounding, is shown only if it passes the study "
+           "diagnostics.")
     assert results["separation_sentence"]["text"] == " " + why
-    assert results["hazard_ratio"]["text"] == "not estimated"
     assert results["smd_max_after"]["text"] == "not estimated"
     assert results["ess_treated"]["text"] == "not estimated"
-    assert results["risk_sentence"]["text"].startswith("The crude risk of gastrointestinal hemorrhage")
-    # the crude risks: 1 - Kaplan-Meier at day 180 by lifelines, per group
-    from lifelines import KaplanMeierFitter
-    for arm, name in (("ibuprofen", "risk_treated"), ("naproxen", "risk_comparator")):
-        rows = table[table.exposure == arm]
-        risk = 1 - KaplanMeierFitter().fit(rows.time_to_event, rows.gi_bleed).survival_function_at_times(180).iloc[0]
-        assert results[name]["value"] == pytest.approx(risk, abs=1e-12)
+    # crude: the largest difference is the one before adjustment (esophagitis: 20 ibuprofen patients, no naproxen)
+    arm = table["exposure"] == "ibuprofen"
+    p1, p0 = table.loc[arm, "esophagitis"].mean(), table.loc[~arm, "esophagitis"].mean()
+    smd = (p1 - p0) / np.sqrt((p1 * (1 - p1) + p0 * (1 - p0)) / 2)
+    largest = json.loads((run / "data" / "propensity.json").read_text())["max_smd_after"]
+    assert largest >= smd - 1e-9 and largest > 0.1
+    sentence = results["diagnostics_sentence"]["text"]
+    assert f"the largest absolute standardized mean difference after adjustment was {largest:.2g}, above the study's threshold of 0.1" in sentence
+    assert results["hazard_ratio"]["text"] == "withheld"
+    assert results["risk_sentence"]["text"] == sentence.strip()

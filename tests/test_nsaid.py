@@ -184,7 +184,8 @@ def test_template_notebooks_take_the_method_from_the_library():
     sources = {path.name: "\n".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"])
                for path in sorted(TEMPLATE.glob("*.ipynb"))}
     sources["manuscript.md"] = (TEMPLATE / "manuscript.md").read_text()
-    assert set(sources) == {"01_cohort.ipynb", "02_balance.ipynb", "03_effects.ipynb", "manuscript.md"}
+    assert set(sources) == {"01_cohort.ipynb", "02_balance.ipynb", "03_controls.ipynb", "04_effects.ipynb",
+                            "manuscript.md"}
     for name, text in sources.items():
         for method in ("CoxPHFitter", "KaplanMeierFitter", "sm.Logit", "sm.GLM", "default_rng",
                        "np.percentile", "1 / score"):
@@ -193,8 +194,13 @@ def test_template_notebooks_take_the_method_from_the_library():
                      "365", "<11"):   # the study's words only
             assert demo not in text.lower(), f"{name} types the demo's words ({demo!r})"
     for name in ("n_treated", "n_comparator", "events_treated", "events_comparator", "treated_label",
-                 "comparator_label", "window_words", "risk_sentence", "ratio_sentence", "guard_methods"):
+                 "comparator_label", "window_words", "risk_sentence", "ratio_sentence", "guard_methods",
+                 "diagnostics_methods", "diagnostics_sentence", "controls_methods", "null_sentence",
+                 "calibrated", "e_value_sentence", "sensitivity_methods"):
         assert f"`{name}`" in sources["manuscript.md"], name
+    for name in ("table_diagnostics", "table_negative_controls", "fig_calibration", "table_incidence",
+                 "table_index_breakdown", "table_code_lists", "table_sensitivity"):
+        assert f"{{glue}} {name}" in sources["manuscript.md"] or f"{{glue:figure}} {name}" in sources["manuscript.md"], name
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +208,7 @@ def paper(template_paper):
     """The comparative template's paper as the wheel's command line ran and built it (conftest's
     `template_paper`, shared with test_wheel: made once per session, with the quick settings)."""
     made = template_paper("comparative")
-    return {"run": made["run"], "build": made["build"], "results": made["results"]}
+    return {"run": made["run"], "build": made["build"], "results": made["results"], "project": made["project"]}
 
 
 def _plain(text: str) -> str:
@@ -240,11 +246,71 @@ def test_paper_shows_the_sql_counts(paper, sql_counts, study):
     assert (f"{shown['events_treated']} patients who started celecoxib and {shown['events_comparator']} "
             "who started diclofenac had gastrointestinal hemorrhage") in plain
     # both arms have events and the intervals are narrow enough: the guards let the ratios through
-    assert f"the weighted hazard ratio was {results['hazard_ratio']['text']}" in plain
-    assert f"The weighted risk ratio was {results['risk_ratio']['text']}" in plain
+    assert results["diagnostics_passed"]["text"] == "passed" and results["diagnostics_sentence"]["text"] == ""
+    assert f"the adjusted hazard ratio was {results['hazard_ratio']['text']}" in plain
+    assert f"The adjusted risk ratio was {results['risk_ratio']['text']}" in plain
     assert results["effects_note"]["text"] == "" and "could be estimated" not in plain
-    effects = next(t for t in document.tables if any("Hazard ratio, weighted" in c.text
+    effects = next(t for t in document.tables if any("Hazard ratio, adjusted" in c.text
                                                      for r in t.rows for c in r.cells))
     assert not any(r.cells[-1].text == "not reported" for r in effects.rows)
     assert "{glue" not in body
     assert (paper["build"] / "manuscript.pdf").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("wheel")
+def test_a_comparison_whose_balance_fails_is_withheld(paper, tmp_path):
+    """Inverse probability weights leave differences that overlap weights remove; with a threshold on the
+    largest SMD below them, the diagnostics fail: no estimate, and a sentence with the value and threshold."""
+    import shutil
+
+    import numpy as np
+    import pandas as pd
+    import papermill
+    import yaml
+    run = tmp_path / "unbalanced"
+    shutil.copytree(paper["run"], run)
+    study_file = run / "study.yaml"
+
+    def execute(notebook, **edits):
+        study = yaml.safe_load(study_file.read_text())
+        study["analysis"].update(edits)
+        study_file.write_text(yaml.safe_dump(study, sort_keys=False))
+        papermill.execute_notebook(str(paper["project"] / notebook), str(run / notebook),
+                                   parameters={"run_dir": str(run), "study_path": str(study_file)},
+                                   cwd=str(run), kernel_name="python3", progress_bar=False)
+
+    execute("02_balance.ipynb", adjustment="iptw", sensitivity=["overlap"])
+    # independent: the weighted SMDs of the study's covariates from the weights the step wrote
+    table = pd.read_parquet(run / "data" / "analysis.parquet")
+    weight = pd.read_parquet(run / "data" / "weights.parquet")["weight"].to_numpy()
+    treated = (table["exposure"] == "celecoxib").to_numpy()
+
+    def moments(x, w, binary):
+        m = np.sum(w * x) / np.sum(w)
+        if binary:
+            return m, m * (1 - m)
+        return m, np.sum(w) / (np.sum(w) ** 2 - np.sum(w ** 2)) * np.sum(w * (x - m) ** 2)
+
+    smds = []
+    for column in yaml.safe_load(study_file.read_text())["analysis"]["covariates"]:
+        x = table[column].to_numpy(float)
+        binary = set(np.unique(x)) <= {0.0, 1.0}
+        (m1, v1), (m0, v0) = moments(x[treated], weight[treated], binary), moments(x[~treated], weight[~treated], binary)
+        smds.append(abs(m1 - m0) / np.sqrt((v1 + v0) / 2))
+    largest = json.loads((run / "data" / "propensity.json").read_text())["max_smd_after"]
+    assert largest == pytest.approx(max(smds), rel=1e-9) and largest > 0
+    threshold = round(largest / 2, 6)
+    execute("03_controls.ipynb", diagnostics={"max_smd": threshold})
+    execute("04_effects.ipynb")
+    results = json.loads((run / "results.json").read_text())
+    assert results["diagnostics_passed"]["text"] == "failed"
+    sentence = results["diagnostics_sentence"]["text"].strip()
+    shown = lambda v: f"{v:.2g}" if v >= 0.01 else f"{v:.1g}"   # two significant digits, one below 0.01
+    assert (f"the largest absolute standardized mean difference after adjustment was {shown(largest)}, above the "
+            f"study's threshold of {shown(threshold)}") in sentence
+    assert "equipoise" not in sentence   # only the diagnostic that failed is named
+    for name in ("hazard_ratio", "risk_ratio", "risk_difference"):
+        assert results[name]["text"] == "withheld", name
+    shown = pd.read_csv(run / "tables" / "table_effects.csv")
+    assert shown.iloc[:, -1].str.startswith("withheld").all()
