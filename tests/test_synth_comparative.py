@@ -222,9 +222,10 @@ def test_crash_leaves_nothing(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_hundred_thousand_patients_in_well_under_a_minute(tmp_path):
-    started = time.perf_counter()
+def test_a_hundred_thousand_patients(tmp_path):
+    "The scale of the large-scale benchmark, in chunks (its time is in BENCHMARKS.md, not asserted here)."
     truth = synthesize(tmp_path / "big.duckdb", scenario="comparative", patients=100_000, seed=1)
-    seconds = time.perf_counter() - started
     assert truth["n_persons"] == 100_000
-    assert seconds < 30, f"{seconds:.1f} s"
+    with duckdb.connect(str(tmp_path / "big.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(DISTINCT person_id) FROM person").fetchone()[0] == 100_000
+        assert con.execute("SELECT count(*) FROM drug_exposure").fetchone()[0] > 100_000
