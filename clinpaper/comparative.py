@@ -19,11 +19,11 @@ from .describe import suppress_table_one
 
 # %% auto #0
 __all__ = ['SEPARATION_TOLERANCE', 'WEIGHTING_METHODS', 'MAX_RATIO', 'MAX_INTERVAL_SPAN', 'WITHHELD_REASONS',
-           'DIAGNOSTIC_THRESHOLDS', 'DIAGNOSTICS', 'WEIGHT_METHODS', 'STRATIFIED_METHODS', 'treatment_indicator',
-           'propensity_scores', 'separating_covariates', 'balancing_weights', 'propensity_weighting', 'weight_summary',
-           'weighted_balance', 'weighted_kaplan_meier', 'risk_difference', 'weighted_cox', 'ratio_check',
-           'withheld_sentence', 'mask_table_one', 'diagnostics_gate', 'diagnostics_sentence', 'adjusted_cox',
-           'ps_adjustment']
+           'DIAGNOSTIC_THRESHOLDS', 'DIAGNOSTICS', 'WEIGHT_METHODS', 'STRATIFIED_METHODS', 'LARGE_SCALE_DEFAULTS',
+           'treatment_indicator', 'propensity_scores', 'separating_covariates', 'balancing_weights',
+           'propensity_weighting', 'weight_summary', 'weighted_balance', 'weighted_kaplan_meier', 'risk_difference',
+           'weighted_cox', 'ratio_check', 'withheld_sentence', 'mask_table_one', 'diagnostics_gate',
+           'diagnostics_sentence', 'adjusted_cox', 'ps_adjustment']
 
 # %% ../nbs/04e_comparative.ipynb #c007
 SEPARATION_TOLERANCE = 1e-8   # a propensity score this close to 0 or 1 counts as 0 or 1
@@ -769,6 +769,10 @@ def adjusted_cox(df: pd.DataFrame, *, treatment: str, duration: str, event: str,
                      f"or 'none'; got {adjustment!r}.")
 
 # %% ../nbs/04e_comparative.ipynb #c097
+# a study's `analysis.large_scale` over these (FeatureExtraction's long-term window and a 1% prevalence)
+LARGE_SCALE_DEFAULTS = {"lookback_days": 365, "min_prevalence": 0.01, "domains": ["condition", "drug", "procedure"]}
+
+
 def ps_adjustment(df: pd.DataFrame, *, treatment: str, score: str, adjustment: str, trim=None,
                   max_ratio: int = 1, caliper: float | None = 0.2, strata: int = 5, seed: int = 0) -> pd.DataFrame:
     """`weight` and `stratum` for every row of `df` (its index) under `adjustment`: overlap, iptw or

@@ -152,14 +152,14 @@ def test_an_underpowered_comparison_is_withheld_with_the_reason(paper):
     assert f"the minimum detectable relative risk was {mdrr:.2f}, above the study's threshold of 10.00" in sentence
     for name in ("hazard_ratio", "hazard_ratio_crude", "risk_ratio", "risk_difference", "risk_treated"):
         assert results[name]["text"] == "withheld", name
-    body = plain(paper["docx"])
+    body = plain(paper["docx"]).replace("\u2019", "'")   # Word's apostrophes
     assert body.count(sentence) >= 2   # the abstract and the results
-    assert "hazard ratio was" not in body and "risk ratio was" not in body
+    assert not re.search(r"(hazard|risk) ratio was \d", body)
     diagnostics = _docx_table(paper["document"], "The minimum detectable relative risk")[0]
     assert diagnostics["The minimum detectable relative risk"]["Status"] == "FAILED"
     effects = _docx_table(paper["document"], "Every effect estimate")[0]
     assert effects["Every effect estimate"]["Value (95% CI)"].startswith("withheld")
-    assert sentence in plain(paper["pdf"])
+    assert sentence in plain(paper["pdf"]).replace("\u2019", "'")
     # what the gate keeps out: lifelines' own crude fit on the run's table returns a number
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -156,10 +156,10 @@ def test_comparative_method_on_the_eunomia_cohort(cohort, study):
     np.testing.assert_allclose(score, sm.Logit(table["treated"], design).fit(disp=0).predict(design), atol=1e-8)
     table = table.assign(score=score)
     table = table.assign(weight=balancing_weights(table, treatment="treated", score="score",
-                                                  method=analysis["weighting"]))
+                                                  method=analysis["adjustment"]))
     balance = weighted_balance(table, treatment="treated", covariates=used, weights="weight")
     assert balance[balance.weighting == "unweighted"].smd.abs().max() > 0.1
-    if analysis["weighting"] == "overlap":
+    if analysis["adjustment"] == "overlap":
         assert balance[balance.weighting == "weighted"].smd.abs().max() < 1e-8
     risks = weighted_kaplan_meier(table, duration="time_to_event", event=outcome, weights="weight",
                                   horizon=horizon, treatment="treated").set_index("arm")["risk"]
