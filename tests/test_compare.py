@@ -142,7 +142,7 @@ def test_manifest_lists_what_differed_only(two_runs):
     assert same and not any(f"packages.{name}" in items.index for name in same)
     assert items.loc["parameters.validate_against", ["A", "B"]].tolist() == ["null", "first"]
     assert items.loc["parameters.draws", ["A", "B"]].tolist() == \
-        [str(a["parameters"]["draws"]), str(b["parameters"]["draws"])] == ["2000", "500"]
+        [str(a["parameters"]["draws"]), str(b["parameters"]["draws"])] == ["1000", "500"]   # the study's, then -p
     for item in ("study.sha256", "notebooks", "parameters.small_count_threshold"):
         assert item not in items.index
     assert items.loc["timings.total_seconds", ["A", "B"]].tolist() == \
