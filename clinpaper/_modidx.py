@@ -810,6 +810,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                 'clinpaper/propensity.py'),
                                       'clinpaper.propensity._named': ('propensity.html#_named', 'clinpaper/propensity.py'),
                                       'clinpaper.propensity._penalty_list': ('propensity.html#_penalty_list', 'clinpaper/propensity.py'),
+                                      'clinpaper.propensity._release_workers': ( 'propensity.html#_release_workers',
+                                                                                 'clinpaper/propensity.py'),
                                       'clinpaper.propensity._score_vector': ('propensity.html#_score_vector', 'clinpaper/propensity.py'),
                                       'clinpaper.propensity._smd': ('propensity.html#_smd', 'clinpaper/propensity.py'),
                                       'clinpaper.propensity._sql_of': ('propensity.html#_sql_of', 'clinpaper/propensity.py'),

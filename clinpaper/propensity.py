@@ -457,6 +457,14 @@ def _penalty_list(penalties, caller: str) -> list[float]:
     return sorted(set(values), reverse=True)
 
 
+def _release_workers(n_jobs) -> None:
+    """Shut joblib's reusable worker processes down after a parallel fit: left idle they outlive the call for
+    loky's 300-second timeout, and a process that exits meanwhile (a test runner's worker) waits for them."""
+    if n_jobs not in (None, 1):
+        from joblib.externals.loky import get_reusable_executor
+        get_reusable_executor().shutdown(wait=True)
+
+
 def large_scale_propensity(X, treatment, *, seed: int, folds: int = 10, penalties=None,
                            max_correlation: float | None = 0.5, tol: float = 1e-4, max_iter: int = 1000,
                            n_jobs: int | None = None) -> pd.Series:
@@ -541,6 +549,7 @@ def large_scale_propensity(X, treatment, *, seed: int, folds: int = 10, penaltie
                     best, best_score = penalty, score
                 elif stop_early:
                     break
+        _release_workers(n_jobs)
         if best is None:
             warnings.warn(f"{caller}: no penalty did better on held-out rows than the intercept alone ({baseline:.4f} "
                           f"per patient): the covariates do not predict the treatment, and every propensity score "
