@@ -20,7 +20,7 @@ from .core import CohortError, StudyError
 from .figures import OKABE_ITO, _log_axis
 
 # %% auto #0
-__all__ = ['MIN_CONTROLS', 'EXTREME_LOG_RR', 'SD_FORMS', 'EmpiricalNull', 'fit_null', 'calibrate_p',
+__all__ = ['MIN_CONTROLS', 'EXTREME_LOG_RR', 'MIN_SIGNAL_EVENTS', 'SD_FORMS', 'EmpiricalNull', 'fit_null', 'calibrate_p',
            'expected_absolute_systematic_error', 'SystematicErrorModel', 'fit_systematic_error_model', 'calibrate_ci',
            'inject_signals', 'EValue', 'e_value', 'minimum_detectable_rr', 'plot_calibration_effect']
 
@@ -82,6 +82,7 @@ def _probability(value, argument: str, caller: str) -> float:
 # %% ../nbs/04f_calibration.ipynb #c008
 MIN_CONTROLS = 5                   # CohortMethod calibrates only with at least 5 negative controls
 EXTREME_LOG_RR = math.log(100)     # fitNull leaves out estimates beyond a ratio of 100 (or 1/100)
+MIN_SIGNAL_EVENTS = 25             # MethodEvaluation injects signals only into outcomes with 25 events among the exposed
 
 
 @dataclass(frozen=True)
