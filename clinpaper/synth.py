@@ -435,6 +435,22 @@ def _times(seconds):
     return pa.array(np.asarray(seconds, dtype=np.int64).astype("datetime64[s]"))
 
 
+def _append_buffered(con, buffer: dict, inserts: dict) -> None:
+    "Append each table's buffered parts (dicts of columns) to it in one INSERT (`inserts`: columns, SELECT list)."
+    for table, parts in buffer.items():
+        if not parts:
+            continue
+        chunk = pa.table({column: pa.concat_arrays([part[column] for part in parts])
+                          if isinstance(parts[0][column], pa.Array)
+                          else np.concatenate([part[column] for part in parts])
+                          for column in parts[0]})
+        columns, select = inserts[table]
+        con.register("chunk", chunk)
+        con.execute(f"INSERT INTO {table} ({columns}) SELECT {select} FROM chunk")
+        con.unregister("chunk")
+        parts.clear()
+
+
 class _Writer:
     "Buffers generated blocks and appends them to the tables of a DuckDB connection."
 
@@ -509,18 +525,7 @@ class _Writer:
             self.flush()
 
     def flush(self):
-        for table, parts in self.buffer.items():
-            if not parts:
-                continue
-            chunk = pa.table({column: pa.concat_arrays([part[column] for part in parts])
-                              if isinstance(parts[0][column], pa.Array)
-                              else np.concatenate([part[column] for part in parts])
-                              for column in parts[0]})
-            columns, select = _INSERTS[table]
-            self.con.register("chunk", chunk)
-            self.con.execute(f"INSERT INTO {table} ({columns}) SELECT {select} FROM chunk")
-            self.con.unregister("chunk")
-            parts.clear()
+        _append_buffered(self.con, self.buffer, _INSERTS)
         self.buffered = 0
 
 # %% ../nbs/01_synth.ipynb #c025
@@ -587,6 +592,41 @@ def _clean(value):
 SCENARIOS = ("icu", "comparative")   # the ICU cohort (the default) and new users of two drugs (below)
 
 
+def _check_out(out: Path, overwrite: bool) -> None:
+    "Refuse to replace a file unless asked, and any folder; make the parent folder."
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; choose another path or pass overwrite=True "
+                              "(--overwrite on the command line) to replace it.")
+    if out.exists() and out.is_dir():
+        raise IsADirectoryError(f"{out} is a directory; `out` must be the path of a DuckDB file.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _write_atomically(out: Path, truth_path: Path, write) -> dict:
+    """Run `write(con)` on a new DuckDB file beside `out` and put it, with the truth it returns (JSON beside it),
+    in place only when both are complete: a crash or an interrupt leaves neither, and an older `out` untouched."""
+    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    temporary_truth = truth_path.with_name(f".{truth_path.name}.{os.getpid()}.tmp")
+    for path in (temporary, Path(f"{temporary}.wal")):
+        path.unlink(missing_ok=True)
+    try:
+        con = duckdb.connect(str(temporary))
+        try:
+            truth = write(con)
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+        truth = _clean(truth)
+        temporary_truth.write_text(json.dumps(truth, indent=2) + "\n")
+        os.replace(temporary, out)
+        os.replace(temporary_truth, truth_path)
+    except BaseException:
+        for path in (temporary, Path(f"{temporary}.wal"), temporary_truth):
+            path.unlink(missing_ok=True)
+        raise
+    return truth
+
+
 def synthesize(out, *, scenario: str = "icu", patients: int = 20_000, sites: int | None = None, seed: int = 0,
                shift: str | None = None, true_hr: float | None = None, unmeasured: float | None = None,
                chunk_size: int = 25_000, overwrite: bool = False) -> dict:
@@ -621,12 +661,7 @@ def synthesize(out, *, scenario: str = "icu", patients: int = 20_000, sites: int
     truth_path = out.with_suffix(".truth.json")
     if out.suffix == ".json":
         raise ValueError(f"`out` must be the path of the DuckDB file to write (e.g. demo.duckdb), got {out}.")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; choose another path or pass overwrite=True "
-                              "(--overwrite on the command line) to replace it.")
-    if out.exists() and out.is_dir():
-        raise IsADirectoryError(f"{out} is a directory; `out` must be the path of a DuckDB file.")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    _check_out(out, overwrite)
 
     scenario = _BASE if shift is None else SHIFTS[shift]
     model = dict(OUTCOME_MODEL, intercept=OUTCOME_MODEL["intercept"] + scenario.intercept_shift)
@@ -634,26 +669,17 @@ def synthesize(out, *, scenario: str = "icu", patients: int = 20_000, sites: int
     description = (f"Synthetic ICU cohort written by clinpaper.synth: patients={patients}, sites={sites}, "
                    f"seed={seed}, shift={shift}. {scenario.description}")
 
-    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    temporary_truth = truth_path.with_name(f".{truth_path.name}.{os.getpid()}.tmp")
-    for path in (temporary, Path(f"{temporary}.wal")):
-        path.unlink(missing_ok=True)
-    try:
-        con = duckdb.connect(str(temporary))
-        try:
-            for table, columns in SCHEMA.items():
-                con.execute(f"CREATE TABLE {table} ({columns})")
-            _write_small_tables(con, hospitals, scenario, description)
-            writer = _Writer(con, hospitals, chunk_size)
-            for number, first in enumerate(range(0, patients, _BLOCK)):
-                rng = np.random.default_rng(np.random.SeedSequence([seed, 2, scenario.stream, number]))
-                writer.add(_block(rng, min(_BLOCK, patients - first), first + 1, scenario, hospitals, model))
-            writer.flush()
-            con.execute("CHECKPOINT")
-        finally:
-            con.close()
+    def write(con):
+        for table, columns in SCHEMA.items():
+            con.execute(f"CREATE TABLE {table} ({columns})")
+        _write_small_tables(con, hospitals, scenario, description)
+        writer = _Writer(con, hospitals, chunk_size)
+        for number, first in enumerate(range(0, patients, _BLOCK)):
+            rng = np.random.default_rng(np.random.SeedSequence([seed, 2, scenario.stream, number]))
+            writer.add(_block(rng, min(_BLOCK, patients - first), first + 1, scenario, hospitals, model))
+        writer.flush()
         counts = writer.counts
-        truth = _clean({
+        return {
             "seed": seed, "patients": patients, "sites": sites, "shift": shift,
             "shift_description": scenario.description,
             "n_persons": patients, "n_stays": counts["stays"], "n_deaths": counts["deaths"],
@@ -663,14 +689,9 @@ def synthesize(out, *, scenario: str = "icu", patients: int = 20_000, sites: int
             "predictors": PREDICTORS,
             "mortality_first_stay": counts["first_stay_deaths"] / counts["first_stays"],
             "cdm_version": "5.4",
-        })
-        temporary_truth.write_text(json.dumps(truth, indent=2) + "\n")
-        os.replace(temporary, out)
-        os.replace(temporary_truth, truth_path)
-    except BaseException:
-        for path in (temporary, Path(f"{temporary}.wal"), temporary_truth):
-            path.unlink(missing_ok=True)
-        raise
+        }
+
+    truth = _write_atomically(out, truth_path, write)
     return truth
 
 # %% ../nbs/01_synth.ipynb #c901
@@ -1067,18 +1088,7 @@ class _ComparativeWriter:
             self.flush()
 
     def flush(self):
-        for table, parts in self.buffer.items():
-            if not parts:
-                continue
-            chunk = pa.table({column: pa.concat_arrays([part[column] for part in parts])
-                              if isinstance(parts[0][column], pa.Array)
-                              else np.concatenate([part[column] for part in parts])
-                              for column in parts[0]})
-            columns, select = _COMPARATIVE_INSERTS[table]
-            self.con.register("chunk", chunk)
-            self.con.execute(f"INSERT INTO {table} ({columns}) SELECT {select} FROM chunk")
-            self.con.unregister("chunk")
-            parts.clear()
+        _append_buffered(self.con, self.buffer, _COMPARATIVE_INSERTS)
         self.buffered = 0
 
 
@@ -1119,55 +1129,36 @@ def synthesize_comparative(out, *, patients: int = 20_000, seed: int = 0, true_h
         raise ValueError(f"`out` must be the path of the DuckDB file to write (e.g. nsaid.duckdb), got {out}; "
                          "the comparative scenario writes an OMOP CDM database.")
     truth_path = out.with_suffix(".truth.json")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; choose another path or pass overwrite=True "
-                              "(--overwrite on the command line) to replace it.")
-    if out.exists() and out.is_dir():
-        raise IsADirectoryError(f"{out} is a directory; `out` must be the path of a DuckDB file.")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    _check_out(out, overwrite)
     design = _comparative_design(true_hr, unmeasured)
     concepts = _comparative_concepts()
     description = (f"Synthetic new users of celecoxib or diclofenac written by clinpaper.synth: patients={patients}, "
                    f"seed={seed}, true_hr={true_hr:g}, unmeasured={unmeasured:g}.")
 
-    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    temporary_truth = truth_path.with_name(f".{truth_path.name}.{os.getpid()}.tmp")
-    for path in (temporary, Path(f"{temporary}.wal")):
-        path.unlink(missing_ok=True)
-    try:
-        con = duckdb.connect(str(temporary))
-        try:
-            for table, columns in COMPARATIVE_SCHEMA.items():
-                con.execute(f"CREATE TABLE {table} ({columns})")
-            con.executemany(
-                "INSERT INTO concept VALUES (?, ?, ?, ?, ?, ?, ?, DATE '1970-01-01', DATE '2099-12-31', NULL)",
-                [(cid, name, *kind, None if cid == 0 else "S", code)
-                 for cid, (name, kind, code) in sorted(concepts.items())])
-            con.executemany("INSERT INTO concept_ancestor VALUES (?, ?, ?, ?)",
-                            [(cid, cid, 0, 0) for cid in sorted(concepts) if cid != 0]
-                            + [(a, d, level, level) for a, d, level in _comparative_ancestors()])
-            con.execute(
-                "INSERT INTO cdm_source VALUES ('clinpaper synthetic new users of celecoxib or diclofenac', "
-                "'clinpaper-synth-nsaid', 'clinpaper', ?, 'https://github.com/clinpaper/clinpaper', "
-                "'clinpaper.synth', CAST(? AS DATE), CAST(? AS DATE), '5.4', 756265, 'clinpaper synthetic subset')",
-                [description, _COMPARATIVE_EXTRACT_END, _COMPARATIVE_EXTRACT_END])
-            writer = _ComparativeWriter(con, chunk_size)
-            for number, first in enumerate(range(0, patients, _BLOCK)):
-                rng = np.random.default_rng(np.random.SeedSequence([seed, 3, number]))
-                writer.add(_comparative_block(rng, min(_BLOCK, patients - first), first + 1, design))
-            writer.flush()
-            con.execute("CHECKPOINT")
-        finally:
-            con.close()
-        truth = _clean(_comparative_truth(writer.counts, design, patients=patients, seed=seed, true_hr=true_hr,
-                                          unmeasured=unmeasured))
-        temporary_truth.write_text(json.dumps(truth, indent=2) + "\n")
-        os.replace(temporary, out)
-        os.replace(temporary_truth, truth_path)
-    except BaseException:
-        for path in (temporary, Path(f"{temporary}.wal"), temporary_truth):
-            path.unlink(missing_ok=True)
-        raise
+    def write(con):
+        for table, columns in COMPARATIVE_SCHEMA.items():
+            con.execute(f"CREATE TABLE {table} ({columns})")
+        con.executemany(
+            "INSERT INTO concept VALUES (?, ?, ?, ?, ?, ?, ?, DATE '1970-01-01', DATE '2099-12-31', NULL)",
+            [(cid, name, *kind, None if cid == 0 else "S", code)
+             for cid, (name, kind, code) in sorted(concepts.items())])
+        con.executemany("INSERT INTO concept_ancestor VALUES (?, ?, ?, ?)",
+                        [(cid, cid, 0, 0) for cid in sorted(concepts) if cid != 0]
+                        + [(a, d, level, level) for a, d, level in _comparative_ancestors()])
+        con.execute(
+            "INSERT INTO cdm_source VALUES ('clinpaper synthetic new users of celecoxib or diclofenac', "
+            "'clinpaper-synth-nsaid', 'clinpaper', ?, 'https://github.com/clinpaper/clinpaper', "
+            "'clinpaper.synth', CAST(? AS DATE), CAST(? AS DATE), '5.4', 756265, 'clinpaper synthetic subset')",
+            [description, _COMPARATIVE_EXTRACT_END, _COMPARATIVE_EXTRACT_END])
+        writer = _ComparativeWriter(con, chunk_size)
+        for number, first in enumerate(range(0, patients, _BLOCK)):
+            rng = np.random.default_rng(np.random.SeedSequence([seed, 3, number]))
+            writer.add(_comparative_block(rng, min(_BLOCK, patients - first), first + 1, design))
+        writer.flush()
+        return _comparative_truth(writer.counts, design, patients=patients, seed=seed, true_hr=true_hr,
+                                  unmeasured=unmeasured)
+
+    truth = _write_atomically(out, truth_path, write)
     return truth
 
 
