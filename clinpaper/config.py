@@ -160,7 +160,31 @@ STUDY_SCHEMA = {
             "center": Field(NUMBER, required=False),
             "scale": Field(NUMBER, required=False, minimum=0, exclusive_minimum=True,
                            why="the predictor is divided by it", example=10),
+            # a restricted cubic spline (Harrell): the number of knots (3 to 7, at Harrell's quantiles), or
+            # {knots: K} or {knots: [values]}; checked in `_model_rules`. Without it the predictor is linear
+            "spline": Field((int, dict), required=False, example=4),
+            # the value a spline's partial-effect curve (odds ratio) is relative to; default: the median
+            "reference": Field(NUMBER, required=False),
         }, unique="column", min_items=1),
+        # missing predictor values: multiple imputation by chained equations (predictive mean matching), with
+        # complete-case analysis as the sensitivity analysis beside it; or complete-case analysis alone
+        "missing": {"method": Field(str, choices=("mice", "complete_case")),
+                    "m": Field(int, required=False, minimum=2, maximum=200, example=20,
+                               why="the number of imputed data sets"),
+                    "iterations": Field(int, required=False, minimum=1, maximum=200, example=10,
+                                        why="the chained-equation cycles before each imputation"),
+                    # columns that inform the imputations without entering the model
+                    "auxiliary": Field(list, items=Field(str), required=False, unique=True),
+                    "_optional": True},
+        # the anticipated performance behind the minimum sample size (Riley et al., BMJ 2020): an anticipated
+        # Cox-Snell R-squared, or a C-statistic it is derived from; neither: 15% of the largest possible R-squared
+        "sample_size": {"r2_cs": Field(NUMBER, required=False, minimum=0, maximum=1, exclusive_minimum=True,
+                                       why="a Cox-Snell R-squared", example=0.1),
+                        "c_statistic": Field(NUMBER, required=False, minimum=0.5, maximum=1, exclusive_minimum=True,
+                                             why="an anticipated AUROC", example=0.8),
+                        "shrinkage": Field(NUMBER, required=False, minimum=0, maximum=1, exclusive_minimum=True,
+                                           example=0.9, why="the target global shrinkage factor"),
+                        "_optional": True},
         # the smallest median odds ratio between groups worth a claim that they differ (default 1.1)
         "relevant_median_odds_ratio": Field(NUMBER, required=False, minimum=1, exclusive_minimum=True,
                                             why="a median odds ratio is 1 when groups do not differ",
@@ -691,6 +715,30 @@ def _analysis_rules(analysis: dict) -> list[str]:
     return problems
 
 
+def _model_rules(model: dict) -> list[str]:
+    "A spline's knots, the imputation's columns: what the schema cannot say alone."
+    problems = []
+    for i, predictor in enumerate(model.get("predictors") or []):
+        spline = predictor.get("spline")
+        if spline is None:
+            continue
+        where = f"`model.predictors[{i}].spline` ({predictor.get('column')})"
+        knots = spline.get("knots") if isinstance(spline, dict) else spline
+        if isinstance(spline, dict) and set(spline) - {"knots"}:
+            problems.append(f"{where} has unknown keys {', '.join(sorted(set(spline) - {'knots'}))}; it takes only "
+                            "`knots`: a number (3 to 7) or a list of values, e.g. spline: {knots: 4}")
+        if isinstance(knots, bool) or not isinstance(knots, (int, list)):
+            problems.append(f"{where} must be a number of knots (3 to 7) or {{knots: [values]}}, e.g. spline: 4; "
+                            f"got {knots!r}")
+        elif isinstance(knots, int) and not 3 <= knots <= 7:
+            problems.append(f"{where} must have 3 to 7 knots (Harrell's quantiles are defined for 3 to 7), got {knots}")
+        elif isinstance(knots, list) and (len(knots) < 3 or not all(isinstance(k, (int, float)) and not isinstance(k, bool) for k in knots)
+                                          or any(b <= a for a, b in zip(knots, knots[1:]))):
+            problems.append(f"{where}: explicit knots must be at least 3 increasing numbers, e.g. knots: [1, 2, 4]; "
+                            f"got {knots!r}")
+    return problems
+
+
 def _study_rules(study: dict) -> list[str]:
     "What the schema cannot say alone: sections that a source or a design needs, ids that must agree."
     problems = []
@@ -748,6 +796,7 @@ def _study_rules(study: dict) -> list[str]:
         if study.get("design") == "hospital-variation" and "group" not in model:
             problems.append("missing required key `model.group` (a hospital-variation model has "
                             "random intercepts by the study's group)")
+        problems += _model_rules(model)
     if "group" in (model or {}) and not any(k in study["parameters"] for k in ("draws",)):
         problems.append("missing required key `parameters.draws` (a study with a Bayesian `model` "
                         "needs the sampler's settings: draws, tune, chains, target_accept)")
