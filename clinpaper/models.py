@@ -22,10 +22,10 @@ from .core import ClinpaperError, CohortError, ConvergenceError
 __all__ = ['LOCATION_PRIORS', 'SCALE_PRIORS', 'DEFAULT_PRIORS', 'PRIOR_MEANINGS', 'FEW_GROUPS', 'FEW_GROUPS_PRIOR',
            'REPORTED_PARAMETERS', 'PARAMETERIZATIONS', 'TARGET_ACCEPT_MAX', 'CENTERING_SNAP', 'CENTERED_MEDIAN',
            'BACKENDS', 'few_groups_prior', 'few_groups_text', 'prior_text', 'prior_strength', 'priors_sentence',
-           'resolve_priors', 'hdi', 'posterior_summary', 'check_convergence', 'convergence_message', 'form_words',
-           'next_fit', 'NotFittedError', 'HierarchicalModel', 'prior_variable', 'group_values', 'zero_sum_basis',
-           'zero_sum_mean_draws', 'choose_centering', 'check_sampling_arguments', 'nutpie_backend', 'sample_posterior',
-           'HierarchicalLogistic']
+           'resolve_priors', 'hdi', 'posterior_summary', 'imputed_diagnostics', 'check_convergence',
+           'convergence_message', 'form_words', 'next_fit', 'NotFittedError', 'HierarchicalModel', 'prior_variable',
+           'group_values', 'zero_sum_basis', 'zero_sum_mean_draws', 'choose_centering', 'check_sampling_arguments',
+           'nutpie_backend', 'sample_posterior', 'HierarchicalLogistic']
 
 # %% ../nbs/04_models.ipynb #c006
 LOCATION_PRIORS = {"Normal": ("mu", "sigma"), "StudentT": ("nu", "mu", "sigma")}
@@ -221,16 +221,67 @@ def posterior_summary(idata, *, var_names=None, hdi_prob: float = 0.95) -> pd.Da
 REPORTED_PARAMETERS = ("intercept", "group_intercept", "beta", "sigma_group", "sigma_slope")
 
 
+def _rank_normal(values: np.ndarray) -> np.ndarray:
+    "Rank-normalized values (Vehtari et al. 2021): normal quantiles of the fractional ranks over all draws."
+    from scipy import stats
+    ranks = stats.rankdata(values, axis=None).reshape(values.shape)
+    return stats.norm.ppf((ranks - 0.375) / (values.size + 0.25))
+
+
+def _pooled_rhat(halves: np.ndarray, per: int) -> float:
+    """Split r-hat of half-chains (rows) grouped `per` to an imputation: the between-chain variance is each
+    imputation's own (its chains against their mean, pooled over imputations), the within-chain variance all."""
+    n = halves.shape[1]
+    within = halves.var(axis=1, ddof=1).mean()
+    means = halves.mean(axis=1).reshape(-1, per)
+    between = n * means.var(axis=1, ddof=1).mean()
+    return float(np.sqrt(((n - 1) / n * within + between / n) / within))
+
+
+def imputed_diagnostics(posterior, var_names, per: int) -> pd.DataFrame:
+    """r-hat and effective sample sizes of draws mixed across imputed fits (`per` chains each, in order): a
+    difference between imputations is not a failure to converge, so r-hat compares each imputation's chains
+    with each other only (rank-normalized split r-hat, bulk and folded, pooled over imputations), and the
+    effective sample sizes are the sums of the imputations' own. Rows are named as `arviz.summary` names them."""
+    import arviz as az
+    rows, names = [], []
+    for name in var_names:
+        values = posterior[name].transpose("chain", "draw", ...)
+        extra = values.dims[2:]
+        array = values.values.reshape(values.shape[0], values.shape[1], -1)
+        labels = ([""] if not extra else
+                  [", ".join(str(v) for v in combo) for combo in
+                   np.array(np.meshgrid(*[values[d].values for d in extra], indexing="ij")).reshape(len(extra), -1).T])
+        for k in range(array.shape[2]):
+            draws = array[:, :, k]
+            chains, n = draws.shape
+            blocks = draws.reshape(chains // per, per, n)
+            centered = (blocks - blocks.mean(axis=(1, 2), keepdims=True)).reshape(chains, n)
+            half = n // 2
+            halves = np.concatenate([centered[:, :half], centered[:, n - half:]], axis=0)
+            halves = halves.reshape(2, chains, half).transpose(1, 0, 2).reshape(2 * chains, half)  # by imputation
+            folded = np.abs(halves - np.median(halves))
+            r_hat = max(_pooled_rhat(_rank_normal(halves), 2 * per), _pooled_rhat(_rank_normal(folded), 2 * per))
+            ess_bulk = sum(float(az.ess(block, method="bulk")) for block in blocks)
+            ess_tail = sum(float(az.ess(block, method="tail")) for block in blocks)
+            rows.append({"r_hat": r_hat, "ess_bulk": ess_bulk, "ess_tail": ess_tail})
+            names.append(f"{name}[{labels[k]}]" if extra else name)
+    return pd.DataFrame(rows, index=names)
+
+
 def check_convergence(idata, *, var_names=None, r_hat_max: float = 1.01, ess_min: float = 400,
                       divergences_max: int = 0) -> pd.DataFrame:
     """One row per scalar parameter: parameter, r_hat, ess_bulk, ess_tail, passed, problem.
     The number of divergent transitions is in `.attrs["divergences"]`, and whether it is
-    within `divergences_max` in `.attrs["divergences_passed"]`."""
+    within `divergences_max` in `.attrs["divergences_passed"]`. Draws mixed across imputed fits (the posterior's
+    `imputation_chains` attribute, set by `fit_imputed`) are checked by `imputed_diagnostics`."""
     import arviz as az
 
     if var_names is None:
         var_names = [name for name in REPORTED_PARAMETERS if name in idata.posterior]
-    table = az.summary(idata, var_names=list(var_names), kind="diagnostics", round_to="none")
+    per = int(idata.posterior.attrs.get("imputation_chains", 0) or 0)
+    table = (imputed_diagnostics(idata.posterior, list(var_names), per) if per else
+             az.summary(idata, var_names=list(var_names), kind="diagnostics", round_to="none"))
     rows = []
     for parameter, row in table.iterrows():
         problems = []
@@ -599,6 +650,78 @@ class HierarchicalModel:
         self.adapt_ = {"attempts": int(attempts), "max_draws": int(max_draws)}
         return self
 
+    def fit_imputed(self, datasets, *, draws: int = 1000, tune: int = 1000, chains: int = 4, seed: int = 0,
+                    target_accept: float = 0.9, r_hat_max: float = 1.01, ess_min: float = 400,
+                    divergences_max: int = 0, attempts: int = 3, max_draws: int | None = None,
+                    imputation_chains: int = 2, **fit_kwargs):
+        """Multiple imputation, Bayesian pooling: the model fitted to each of the m imputed data sets
+        `datasets` and the posterior draws mixed (Gelman et al., BDA3 18.2; Zhou and Reiter 2010). The study's
+        `draws` x `chains` are split between the imputations: each fit has `imputation_chains` chains of
+        draws x chains / (imputation_chains x m) draws (at least 100) after a quarter of `tune` (at least 200);
+        the compiled kernel is shared. The gate (`check_convergence`, `imputed_diagnostics`) compares each
+        imputation's chains with each other and sums the effective sample sizes. A failed gate refits every
+        imputation with twice the draws and tuning (and a higher target acceptance after divergences), within
+        `attempts` and `max_draws` per chain. Returns self with the mixed draws in `idata_` and `imputations_`."""
+        import time
+
+        import arviz as az
+        import xarray as xr
+
+        datasets = list(datasets)
+        m = len(datasets)
+        if m < 2:
+            raise ValueError(f"fit_imputed needs at least 2 imputed data sets, got {m}; a single data set is `fit`.")
+        if imputation_chains < 2:
+            raise ValueError("`imputation_chains` must be at least 2: r-hat compares an imputation's chains.")
+        per_draws = max(100, math.ceil(draws * chains / (imputation_chains * m)))
+        per_tune = max(200, tune // 4)
+        max_draws = 4 * max(per_draws, per_tune) if max_draws is None else int(max_draws)
+        settings = {"draws": per_draws, "tune": per_tune, "target_accept": float(target_accept),
+                    "parameterization": None}
+        records = []
+        for number in range(1, attempts + 1):
+            started = time.perf_counter()
+            posteriors, stats = [], []
+            for index, data in enumerate(datasets):
+                self.fit(data, draws=settings["draws"], tune=settings["tune"], chains=imputation_chains,
+                         seed=int(np.random.SeedSequence([seed, 31, index]).generate_state(1)[0]),
+                         target_accept=settings["target_accept"], **fit_kwargs)
+                posteriors.append(self.idata_.posterior)
+                stats.append(self.idata_.sample_stats)
+            renumber = lambda parts: [part.assign_coords(chain=np.arange(i * imputation_chains, (i + 1) * imputation_chains))
+                                      for i, part in enumerate(parts)]
+            posterior = xr.concat(renumber(posteriors), dim="chain")
+            posterior.attrs = {"imputation_chains": int(imputation_chains), "imputations": int(m)}
+            sample_stats = xr.concat(renumber(stats), dim="chain")
+            self.idata_ = az.InferenceData(posterior=posterior, sample_stats=sample_stats)
+            settings["parameterization"] = getattr(self, "parameterization_", None)
+            table = check_convergence(self.idata_, var_names=self._reported(), r_hat_max=r_hat_max, ess_min=ess_min,
+                                      divergences_max=divergences_max)
+            problem = _fit_problem(table, divergences_max=divergences_max)
+            passed = bool(table["passed"].all()) and problem["divergences"] <= divergences_max
+            records.append({"fit": number, **settings, "chains": int(imputation_chains * m),
+                            "r_hat": float(table["r_hat"].max()),
+                            "ess": float(table[["ess_bulk", "ess_tail"]].min().min()),
+                            "divergences": problem["divergences"], "passed": passed,
+                            "failed": _comma_join(problem["words"]) or None, "change": None,
+                            "seconds": round(time.perf_counter() - started, 2)})
+            longer = {"draws": min(2 * settings["draws"], max_draws), "tune": min(2 * settings["tune"], max_draws)}
+            if passed or number == attempts or (longer["draws"] == settings["draws"] and longer["tune"] == settings["tune"]):
+                break
+            change = (f"with {longer['draws']:,} draws after {longer['tune']:,} tuning iterations per chain of "
+                      "every imputation")
+            if problem["divergences"] > divergences_max:
+                longer["target_accept"] = round(min(0.99, settings["target_accept"] + (1 - settings["target_accept"]) / 2), 3)
+                change += f" and target acceptance rate {longer['target_accept']:g}"
+            records[-1]["change"] = change
+            settings = {**settings, **longer}
+        self.attempts_ = records
+        self.adapt_ = {"attempts": int(attempts), "max_draws": int(max_draws)}
+        self.imputations_ = {"m": m, "chains": int(imputation_chains), "draws": settings["draws"],
+                             "tune": settings["tune"]}
+        self.sampling_ = {**self.sampling_, "seed": seed, "chains": int(imputation_chains)}
+        return self
+
     def _attempts_text(self) -> str:
         "The Methods sentences on the refits (empty when the first fit was the only one)."
         records = getattr(self, "attempts_", None) or []
@@ -660,6 +783,15 @@ class HierarchicalModel:
     def _sampling_text(self, engine: str) -> str:
         "The Methods sentence on the sampler, from the settings the fit used."
         settings = self.sampling_
+        imputed = getattr(self, "imputations_", None)
+        if imputed:
+            return (f" The model was fitted to each of the {imputed['m']} imputed data sets and the posterior draws "
+                    f"were mixed across them, sampled with {engine}: {imputed['chains']} chains of "
+                    f"{imputed['draws']:,} draws after {imputed['tune']:,} tuning iterations per imputation "
+                    f"({imputed['m'] * imputed['chains'] * imputed['draws']:,} draws in all), target acceptance "
+                    f"rate {settings['target_accept']:g}, random seed {settings['seed']}. Convergence was checked "
+                    "within each imputation's chains (r-hat), with effective sample sizes summed over the "
+                    f"imputations.{self._attempts_text()}")
         return (f" The posterior was sampled with {engine}: {settings['chains']} chains of "
                 f"{settings['draws']:,} draws after {settings['tune']:,} tuning iterations, target acceptance "
                 f"rate {settings['target_accept']:g}, random seed {settings['seed']}.{self._attempts_text()}")
@@ -946,7 +1078,8 @@ class HierarchicalLogistic(HierarchicalModel):
     POSITIONAL = ("outcome", "group", "predictors")
     SETTINGS = ("trials", "random_slopes", "priors", "parameterization", "group_intercepts")
     STATE = ("groups_", "n_obs_", "n_events_", "n_rows_model_", "collapsed_", "sampler_", "sampling_",
-             "timings_", "parameterization_", "centering_", "attempts_", "adapt_", "priors_", "few_groups_")
+             "timings_", "parameterization_", "centering_", "attempts_", "adapt_", "priors_", "few_groups_",
+             "imputations_")
 
     def __init__(self, outcome: str, group: str | None, predictors, *, trials: str | None = None,
                  random_slopes=None, priors: dict | None = None, parameterization: str = "auto",
