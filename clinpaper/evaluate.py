@@ -17,14 +17,24 @@ from statsmodels.nonparametric.smoothers_lowess import lowess
 from .core import ClinpaperError, format_interval, mask_count
 
 # %% auto #0
-__all__ = ['EvaluationError', 'check_outcome', 'check_probability', 'auroc', 'delong_test', 'auprc', 'roc_curve', 'brier',
-           'scaled_brier', 'calibration_intercept_slope', 'ici', 'calibration_curve', 'net_benefit', 'recalibrate',
-           'apply_recalibration', 'observed_expected', 'performance_summary', 'subgroup_performance',
-           'format_subgroups', 'bootstrap_optimism', 'stratified_folds', 'grouped_cross_validation']
+__all__ = ['KINDS', 'EvaluationError', 'check_outcome', 'check_score', 'check_probability', 'auroc', 'delong_test', 'auprc',
+           'roc_curve', 'brier', 'scaled_brier', 'calibration_intercept_slope', 'ici', 'calibration_curve',
+           'net_benefit', 'recalibrate', 'apply_recalibration', 'observed_expected', 'performance_summary',
+           'subgroup_performance', 'format_subgroups', 'bootstrap_optimism', 'stratified_folds',
+           'grouped_cross_validation']
 
 # %% ../nbs/04a_evaluate.ipynb #c005
 class EvaluationError(ClinpaperError, ValueError):
     "The outcome or the predictions handed to an evaluation function are invalid."
+
+
+KINDS = ("probability", "score")
+_TO_PROBABILITY = (
+    "The AUROC, DeLong's test, the ROC curve and the AUPRC (auroc, delong_test, roc_curve, auprc) depend only on "
+    "the order of the values and take any finite score. To get probabilities from a score (a points score such "
+    "as SOFA, a linear predictor, a biomarker), recalibrate it by logistic regression on a development cohort: "
+    "`coefficients = recalibrate(y, score, kind=\"score\")` there, then "
+    "`apply_recalibration(score, **coefficients, kind=\"score\")`; divide percentages by 100.")
 
 
 def _as_vector(values, name: str) -> np.ndarray:
@@ -60,8 +70,19 @@ def check_outcome(y, *, name: str = "y", both_classes: bool = True) -> np.ndarra
     return y
 
 
-def check_probability(p, *, name: str = "p") -> np.ndarray:
-    "`p` as a float array of probabilities in [0, 1] without missing values; EvaluationError otherwise."
+def check_score(score, *, name: str = "score") -> np.ndarray:
+    """`score` as a float array of finite numbers on any scale (a probability, a linear predictor, a points score,
+    a biomarker; higher = more risk); EvaluationError if any is missing or infinite."""
+    score = _as_vector(score, name)
+    missing, infinite = int(np.isnan(score).sum()), int(np.isinf(score).sum())
+    if missing or infinite:
+        found = [f"{missing} missing values (NaN)"] * bool(missing) + [f"{infinite} infinite values (inf or -inf)"] * bool(infinite)
+        raise EvaluationError(f"`{name}` has {' and '.join(found)} of {len(score)}; every row needs a finite score. "
+                              "Drop or impute them before evaluating.")
+    return score
+
+
+def _probability(p, *, name: str, measure: str | None, hint: str = "") -> np.ndarray:
     p = _as_vector(p, name)
     missing = int(np.isnan(p).sum())
     if missing:
@@ -69,19 +90,43 @@ def check_probability(p, *, name: str = "p") -> np.ndarray:
                               "every row needs a predicted probability.")
     outside = (p < 0) | (p > 1)
     if outside.any():
-        raise EvaluationError(f"`{name}` must hold probabilities in [0, 1]; got "
-                              f"{int(outside.sum())} values outside that range. Pass "
-                              "predicted probabilities, not linear predictors or percentages.")
+        needs = f"{measure} needs" if measure else "This measure needs"
+        raise EvaluationError(f"`{name}` must hold probabilities in [0, 1]; got {int(outside.sum())} values outside "
+                              f"that range of {len(p)}. {needs} predicted probabilities, not a linear predictor, "
+                              f"a points score or percentages.{' ' + hint if hint else ''} {_TO_PROBABILITY}")
     return p
 
 
-def _check_pair(y, p, *, name_y: str = "y", name_p: str = "p",
-                both_classes: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def check_probability(p, *, name: str = "p", measure: str | None = None) -> np.ndarray:
+    """`p` as a float array of probabilities in [0, 1] without missing values; EvaluationError otherwise, naming
+    `measure` (the measure that needs probabilities) and how to get probabilities from a score."""
+    return _probability(p, name=name, measure=measure)
+
+
+def _check_lengths(y, p, name_y: str, name_p: str) -> None:
     if np.ndim(y) == 1 and np.ndim(p) == 1 and len(y) != len(p):
         raise EvaluationError(f"`{name_y}` and `{name_p}` must have the same length; got "
                               f"{len(y)} and {len(p)} rows.")
+
+
+def _check_pair(y, p, *, measure: str, name_y: str = "y", name_p: str = "p", both_classes: bool = True,
+                hint: str = "") -> tuple[np.ndarray, np.ndarray]:
+    "0/1 outcomes and the probabilities that `measure` needs."
+    _check_lengths(y, p, name_y, name_p)
     return (check_outcome(y, name=name_y, both_classes=both_classes),
-            check_probability(p, name=name_p))
+            _probability(p, name=name_p, measure=measure, hint=hint))
+
+
+def _check_scored(y, p, *, name_y: str = "y", name_p: str = "p",
+                  both_classes: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    "0/1 outcomes and finite scores on any scale, for a measure of their order alone."
+    _check_lengths(y, p, name_y, name_p)
+    return check_outcome(y, name=name_y, both_classes=both_classes), check_score(p, name=name_p)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"`kind` must be 'probability' or 'score'; got {kind!r}.")
 
 
 def _tidy_number(value: float):
@@ -155,8 +200,9 @@ def _bootstrap_interval(estimate: float, replicates, *, level: float, bounds=(-n
 
 def auroc(y, p, *, ci: str = "delong", n_boot: int = 2000, seed: int = 0,
           level: float = 0.95) -> dict:
-    "AUROC with a DeLong (default) or stratified bootstrap confidence interval (percentile, recentred on the estimate)."
-    y, p = _check_pair(y, p)
+    """AUROC with a DeLong (default) or stratified bootstrap confidence interval (percentile, recentred on the
+    estimate). `p` is any finite score (higher = more risk): the AUROC depends on its order alone."""
+    y, p = _check_scored(y, p)
     if ci not in ("delong", "bootstrap"):
         raise ValueError(f"`ci` must be 'delong' or 'bootstrap'; got {ci!r}.")
     z = stats.norm.ppf(0.5 + level / 2)
@@ -173,9 +219,9 @@ def auroc(y, p, *, ci: str = "delong", n_boot: int = 2000, seed: int = 0,
 
 # %% ../nbs/04a_evaluate.ipynb #c018
 def delong_test(y, p1, p2, *, level: float = 0.95) -> dict:
-    "DeLong's test for two correlated AUROCs: AUROCs, difference (p1 - p2), CI, z, p-value."
-    y, p1 = _check_pair(y, p1, name_p="p1")
-    _, p2 = _check_pair(y, p2, name_p="p2")
+    "DeLong's test for two correlated AUROCs (of any finite scores `p1`, `p2`): AUROCs, difference (p1 - p2), CI, z, p-value."
+    y, p1 = _check_scored(y, p1, name_p="p1")
+    _, p2 = _check_scored(y, p2, name_p="p2")
     aucs, cov = _delong_components(y, np.vstack([p1, p2]))
     difference = float(aucs[0] - aucs[1])
     variance = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
@@ -204,8 +250,8 @@ def _counts_by_threshold(y: np.ndarray, p: np.ndarray):
 
 
 def auprc(y, p) -> float:
-    "Area under the precision-recall curve by average precision (no interpolation)."
-    y, p = _check_pair(y, p)
+    "Area under the precision-recall curve by average precision (no interpolation), of any finite score `p`."
+    y, p = _check_scored(y, p)
     _, true_positives, false_positives = _counts_by_threshold(y, p)
     precision = true_positives / (true_positives + false_positives)
     recall = true_positives / y.sum()
@@ -213,8 +259,8 @@ def auprc(y, p) -> float:
 
 # %% ../nbs/04a_evaluate.ipynb #c023b
 def roc_curve(y, p) -> pd.DataFrame:
-    "The empirical ROC curve: one row per distinct threshold (flag p >= threshold)."
-    y, p = _check_pair(y, p)
+    "The empirical ROC curve of any finite score `p`: one row per distinct threshold (flag p >= threshold)."
+    y, p = _check_scored(y, p)
     thresholds, true_positives, false_positives = _counts_by_threshold(y, p)
     curve = pd.DataFrame({"threshold": np.r_[np.inf, thresholds],
                           "false_positive_rate": np.r_[0, false_positives] / (len(y) - y.sum()),
@@ -224,13 +270,13 @@ def roc_curve(y, p) -> pd.DataFrame:
 # %% ../nbs/04a_evaluate.ipynb #c025
 def brier(y, p) -> float:
     "Brier score: mean of (y - p)²."
-    y, p = _check_pair(y, p, both_classes=False)
+    y, p = _check_pair(y, p, both_classes=False, measure="`brier` (the Brier score)")
     return float(np.mean((y - p) ** 2))
 
 # %% ../nbs/04a_evaluate.ipynb #c026a
 def scaled_brier(y, p) -> float:
     "Scaled Brier score, 1 - Brier / (prevalence × (1 - prevalence))."
-    y, p = _check_pair(y, p)
+    y, p = _check_pair(y, p, measure="`scaled_brier` (the scaled Brier score)")
     prevalence = y.mean()
     return 1.0 - brier(y, p) / (prevalence * (1 - prevalence))
 
@@ -243,18 +289,20 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 
 def calibration_intercept_slope(y, p, *, level: float = 0.95) -> dict:
-    "Calibration intercept (in-the-large, logit(p) as offset) and slope, with Wald CIs."
-    y, p = _check_pair(y, p)
+    "Calibration intercept (in-the-large, logit(p) as offset) and slope, with Wald CIs; the slope is NaN if p is constant."
+    y, p = _check_pair(y, p, measure="`calibration_intercept_slope` (it regresses the outcome on logit(p))")
     lp = _logit(p)
     alpha = 1 - level
     offset_fit = sm.GLM(y, np.ones((len(y), 1)), family=sm.families.Binomial(),
                         offset=lp).fit()
-    slope_fit = sm.GLM(y, sm.add_constant(lp), family=sm.families.Binomial()).fit()
-    intercept_ci, slope_ci = offset_fit.conf_int(alpha)[0], slope_fit.conf_int(alpha)[1]
+    intercept_ci = offset_fit.conf_int(alpha)[0]
+    slope = slope_low = slope_high = np.nan
+    if np.ptp(lp) > 0:   # one prediction for everyone has no slope
+        slope_fit = sm.GLM(y, sm.add_constant(lp, has_constant="add"), family=sm.families.Binomial()).fit()
+        slope, (slope_low, slope_high) = slope_fit.params[1], slope_fit.conf_int(alpha)[1]
     return {"intercept": float(offset_fit.params[0]),
             "intercept_low": float(intercept_ci[0]), "intercept_high": float(intercept_ci[1]),
-            "slope": float(slope_fit.params[1]),
-            "slope_low": float(slope_ci[0]), "slope_high": float(slope_ci[1])}
+            "slope": float(slope), "slope_low": float(slope_low), "slope_high": float(slope_high)}
 
 # %% ../nbs/04a_evaluate.ipynb #c032
 def _smooth_observed(y: np.ndarray, p: np.ndarray, frac: float) -> tuple[np.ndarray, np.ndarray]:
@@ -266,7 +314,7 @@ def _smooth_observed(y: np.ndarray, p: np.ndarray, frac: float) -> tuple[np.ndar
 
 def ici(y, p, *, frac: float = 0.75) -> dict:
     "Integrated calibration index with E50 and E90 (Austin & Steyerberg 2019)."
-    y, p = _check_pair(y, p)
+    y, p = _check_pair(y, p, measure="`ici` (the integrated calibration index)")
     predicted, observed = _smooth_observed(y, p, frac)
     error = np.abs(observed - predicted)
     return {"ici": float(error.mean()), "e50": float(np.median(error)),
@@ -276,7 +324,7 @@ def ici(y, p, *, frac: float = 0.75) -> dict:
 def calibration_curve(y, p, *, n_boot: int = 200, seed: int = 0, frac: float = 0.75,
                       n_points: int = 50, level: float = 0.95) -> pd.DataFrame:
     "Smoothed calibration curve (LOWESS) on a grid of predicted risks, with a bootstrap band."
-    y, p = _check_pair(y, p)
+    y, p = _check_pair(y, p, measure="`calibration_curve` (observed against predicted risk)")
     grid = np.linspace(*np.quantile(p, [0.01, 0.99]), n_points)
 
     def on_grid(y_sample, p_sample):
@@ -301,7 +349,7 @@ def calibration_curve(y, p, *, n_boot: int = 200, seed: int = 0, frac: float = 0
 # %% ../nbs/04a_evaluate.ipynb #c037
 def net_benefit(y, p, thresholds=None, *, name: str = "model") -> pd.DataFrame:
     "Net benefit of the model, of treating all and of treating none at each threshold."
-    y, p = _check_pair(y, p, both_classes=False)
+    y, p = _check_pair(y, p, both_classes=False, measure="`net_benefit` (its thresholds are risks)")
     if thresholds is None:
         thresholds = np.round(np.arange(0.01, 1.0, 0.01), 2)
     thresholds = np.atleast_1d(np.asarray(thresholds, dtype=float))
@@ -321,22 +369,37 @@ def net_benefit(y, p, thresholds=None, *, name: str = "model") -> pd.DataFrame:
                          "treat_none": 0.0})
 
 # %% ../nbs/04a_evaluate.ipynb #c041
-def recalibrate(y, p) -> dict:
-    "Fit logistic recalibration y ~ intercept + slope·logit(p); return the two coefficients."
-    y, p = _check_pair(y, p)
-    fit = sm.GLM(y, sm.add_constant(_logit(p)), family=sm.families.Binomial()).fit()
+def recalibrate(y, p, *, kind: str = "probability") -> dict:
+    """Fit logistic recalibration y ~ intercept + slope·logit(p), or with `kind="score"` y ~ intercept +
+    slope·score for a score on any scale (its logistic calibration on a development cohort); the two coefficients."""
+    _check_kind(kind)
+    if kind == "probability":
+        y, p = _check_pair(y, p, measure='`recalibrate` with kind="probability" (it regresses on logit(p))',
+                           hint='Pass kind="score" to recalibrate a score.')
+        covariate = _logit(p)
+    else:
+        y, covariate = _check_scored(y, p)
+    if np.ptp(covariate) == 0:
+        raise EvaluationError(f"recalibrate needs predictions that differ between patients; all {len(y)} are the "
+                              "same, so there is no slope to fit.")
+    fit = sm.GLM(y, sm.add_constant(covariate, has_constant="add"), family=sm.families.Binomial()).fit()
     return {"intercept": float(fit.params[0]), "slope": float(fit.params[1])}
 
 # %% ../nbs/04a_evaluate.ipynb #c043b
-def apply_recalibration(p, intercept: float, slope: float) -> np.ndarray:
-    "Recalibrated probabilities expit(intercept + slope·logit(p))."
-    p = check_probability(p)
+def apply_recalibration(p, intercept: float, slope: float, *, kind: str = "probability") -> np.ndarray:
+    "Recalibrated probabilities expit(intercept + slope·logit(p)), or with `kind=\"score\"` expit(intercept + slope·score)."
+    _check_kind(kind)
+    if kind == "score":
+        return expit(intercept + slope * check_score(p, name="p"))
+    p = _probability(p, name="p", measure='`apply_recalibration` with kind="probability" (it works on logit(p))',
+                     hint='Pass kind="score" for a score.')
     return expit(intercept + slope * _logit(p))
 
 # %% ../nbs/04a_evaluate.ipynb #c045
 def observed_expected(y, p, *, level: float = 0.95) -> dict:
     "Observed/expected events ratio with its 95% CI (log scale, Debray et al. 2017)."
-    y, p = _check_pair(y, p, both_classes=False)
+    y, p = _check_pair(y, p, both_classes=False,
+                       measure="`observed_expected` (its expected events are the sum of the risks)")
     observed, expected = y.sum(), p.sum()
     if observed == 0 or expected == 0:
         return {"estimate": np.nan, "low": np.nan, "high": np.nan}
@@ -351,25 +414,34 @@ _BOUNDS = {"auprc": (0.0, 1.0), "brier": (0.0, 1.0), "scaled_brier": (-np.inf, 1
            "ici": (0.0, 1.0), "e50": (0.0, 1.0), "e90": (0.0, 1.0)}
 
 
-def performance_summary(y, p, *, n_boot: int = 200, seed: int = 0,
-                        level: float = 0.95) -> pd.DataFrame:
+def performance_summary(y, p, *, n_boot: int = 200, seed: int = 0, level: float = 0.95,
+                        kind: str = "probability") -> pd.DataFrame:
     """Tidy table of prediction performance: metric, estimate, low, high, method. Bootstrap intervals
-    are percentile intervals recentred on the estimate (`_bootstrap_interval`): each holds its estimate."""
-    y, p = _check_pair(y, p)
+    are percentile intervals recentred on the estimate (`_bootstrap_interval`): each holds its estimate.
+    With `kind="score"`, `p` is any finite score and the table has its AUROC and AUPRC rows only."""
+    _check_kind(kind)
+    probability = kind == "probability"
+    if probability:
+        y, p = _check_pair(y, p, measure="`performance_summary` (its calibration, O/E, Brier and ICI rows)",
+                           hint='Pass kind="score" for the AUROC and AUPRC of a score alone.')
+    else:
+        y, p = _check_scored(y, p)
     auc = auroc(y, p, level=level)
-    cal = calibration_intercept_slope(y, p, level=level)
-    oe = observed_expected(y, p, level=level)
-    rows = [("auroc", auc["estimate"], auc["low"], auc["high"], "DeLong"),
-            ("calibration_intercept", cal["intercept"], cal["intercept_low"],
-             cal["intercept_high"], "Wald"),
-            ("calibration_slope", cal["slope"], cal["slope_low"], cal["slope_high"], "Wald"),
-            ("observed_expected", oe["estimate"], oe["low"], oe["high"], "Wald (log scale)")]
+    rows = [("auroc", auc["estimate"], auc["low"], auc["high"], "DeLong")]
+    if probability:
+        cal = calibration_intercept_slope(y, p, level=level)
+        oe = observed_expected(y, p, level=level)
+        rows += [("calibration_intercept", cal["intercept"], cal["intercept_low"], cal["intercept_high"], "Wald"),
+                 ("calibration_slope", cal["slope"], cal["slope_low"], cal["slope_high"], "Wald"),
+                 ("observed_expected", oe["estimate"], oe["low"], oe["high"], "Wald (log scale)")]
 
     def boot_metrics(y_sample, p_sample):
-        smooth = ici(y_sample, p_sample)
-        return {"auprc": auprc(y_sample, p_sample), "brier": brier(y_sample, p_sample),
-                "scaled_brier": scaled_brier(y_sample, p_sample), "ici": smooth["ici"],
-                "e50": smooth["e50"], "e90": smooth["e90"]}
+        metrics = {"auprc": auprc(y_sample, p_sample)}
+        if probability:
+            smooth = ici(y_sample, p_sample)
+            metrics.update(brier=brier(y_sample, p_sample), scaled_brier=scaled_brier(y_sample, p_sample),
+                           ici=smooth["ici"], e50=smooth["e50"], e90=smooth["e90"])
+        return metrics
 
     point = boot_metrics(y, p)
     if n_boot <= 0:
@@ -388,36 +460,50 @@ def performance_summary(y, p, *, n_boot: int = 200, seed: int = 0,
     return pd.DataFrame(rows, columns=["metric", "estimate", "low", "high", "method"])
 
 # %% ../nbs/04a_evaluate.ipynb #c051
-def subgroup_performance(df: pd.DataFrame, *, outcome: str, prediction: str,
-                         by: str | list[str], expected: str | None = None) -> pd.DataFrame:
-    "Per subgroup: n, events, AUROC (DeLong CI), calibration-in-the-large and O/E (CI) against `expected` (default: `prediction`)."
+_SUBGROUP_METRICS = {"auroc": ("estimate", "low", "high"),
+                     "calibration_intercept": ("intercept", "intercept_low", "intercept_high"),
+                     "calibration_slope": ("slope", "slope_low", "slope_high"),
+                     "observed_expected": ("estimate", "low", "high")}
+
+
+def subgroup_performance(df: pd.DataFrame, *, outcome: str, prediction: str, by: str | list[str],
+                         expected: str | None = None, kind: str = "probability") -> pd.DataFrame:
+    """Per subgroup: n, events, observed and mean predicted risk, AUROC (DeLong CI), calibration-in-the-large and
+    calibration slope of `prediction` (Wald CIs), and O/E (CI) against `expected` (default: `prediction`). With
+    `kind="score"`, `prediction` is any finite score: AUROC only, and an O/E only against a given `expected`."""
+    _check_kind(kind)
     by = [by] if isinstance(by, str) else list(by)
-    expected = prediction if expected is None else expected
-    _require_columns(df, [outcome, prediction, expected, *by], "subgroup_performance")
-    _check_pair(df[outcome], df[prediction], name_y=outcome, name_p=prediction,
-                both_classes=False)
-    _check_pair(df[outcome], df[expected], name_y=outcome, name_p=expected, both_classes=False)
+    probability = kind == "probability"
+    against = prediction if expected is None and probability else expected
+    _require_columns(df, [outcome, prediction, *([expected] if expected is not None else []), *by],
+                     "subgroup_performance")
+    if probability:
+        _check_pair(df[outcome], df[prediction], name_y=outcome, name_p=prediction, both_classes=False,
+                    measure="`subgroup_performance` (its calibration and O/E columns)",
+                    hint='Pass kind="score" for the AUROC of a score alone.')
+    else:
+        _check_scored(df[outcome], df[prediction], name_y=outcome, name_p=prediction, both_classes=False)
+    if against is not None:
+        _check_pair(df[outcome], df[against], name_y=outcome, name_p=against, both_classes=False,
+                    measure="`subgroup_performance`'s O/E (the expected events are the sum of the risks)")
     rows = []
     for level, part in df.groupby(by, observed=True, sort=True, dropna=False):
         y = part[outcome].to_numpy(float)
         p = part[prediction].to_numpy(float)
         events = int(y.sum())
         row = dict(zip(by, level if isinstance(level, tuple) else (level,)))
-        row.update(n=len(y), events=events, observed=y.mean(), expected=p.mean())
+        row.update(n=len(y), events=events, observed=y.mean(), expected=p.mean() if probability else np.nan)
+        results = {}
         if 0 < events < len(y):
-            auc = auroc(y, p)
-            cal = calibration_intercept_slope(y, p)
-            row.update(auroc=auc["estimate"], auroc_low=auc["low"], auroc_high=auc["high"],
-                       calibration_intercept=cal["intercept"],
-                       calibration_intercept_low=cal["intercept_low"],
-                       calibration_intercept_high=cal["intercept_high"])
-        else:
-            row.update(auroc=np.nan, auroc_low=np.nan, auroc_high=np.nan,
-                       calibration_intercept=np.nan, calibration_intercept_low=np.nan,
-                       calibration_intercept_high=np.nan)
-        oe = observed_expected(y, part[expected].to_numpy(float))
-        row.update(observed_expected=oe["estimate"], observed_expected_low=oe["low"],
-                   observed_expected_high=oe["high"])
+            results["auroc"] = auroc(y, p)
+            if probability:
+                cal = calibration_intercept_slope(y, p)
+                results.update(calibration_intercept=cal, calibration_slope=cal)
+        if against is not None:
+            results["observed_expected"] = observed_expected(y, part[against].to_numpy(float))
+        for name, keys in _SUBGROUP_METRICS.items():
+            found = results.get(name, {})
+            row.update(zip((name, f"{name}_low", f"{name}_high"), (found.get(key, np.nan) for key in keys)))
         rows.append(row)
     return _natural_rows(pd.DataFrame(rows), [c for c in by if _is_text(df[c])])
 
@@ -437,63 +523,80 @@ def _natural_rows(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return table.iloc[order].reset_index(drop=True)
 
 # %% ../nbs/04a_evaluate.ipynb #c052b
-_HIDDEN_COLUMNS = ["_small", "_auroc", "_oe", "_oe_low", "_oe_high"]
+_HIDDEN_COLUMNS = ["_small", "_auroc", "_oe", "_oe_low", "_oe_high", "_intercept", "_slope"]
+_CALIBRATION_CELLS = {"calibration_intercept": "Calibration intercept (95% CI)",
+                      "calibration_slope": "Calibration slope (95% CI)"}
 
 
-def _subgroup_rows(part: pd.DataFrame, label: str, *, level: str, events: str, threshold: int) -> list[dict]:
+def _subgroup_rows(part: pd.DataFrame, label: str, *, level: str, events: str, threshold: int,
+                   calibration: bool = False) -> list[dict]:
     "The rows of one subgroup as shown, with the numbers a summary row needs in hidden columns."
     hidden = f"not shown (<{threshold} with or without the outcome)"
+    shown = {"auroc": "AUROC (95% CI)", "observed_expected": "O/E (95% CI)", **(_CALIBRATION_CELLS if calibration else {})}
     rows = []
     for r in part.itertuples(index=False):
         r = r._asdict()
         n, n_events = int(r["n"]), int(r["events"])
         small = 0 < n_events < threshold or 0 < n - n_events < threshold
-        shown = {"auroc": ("auroc_low", "auroc_high"), "observed_expected": ("observed_expected_low",
-                                                                           "observed_expected_high")}
-        cells = {name: hidden if small else
-                 (format_interval(r[name], r[low], r[high], label="95% CI") if np.isfinite(r[name]) else "NA")
-                 for name, (low, high) in shown.items()}
+        cells = {column: hidden if small else
+                 (format_interval(r[name], r[f"{name}_low"], r[f"{name}_high"], label="95% CI")
+                  if np.isfinite(r[name]) else "NA")
+                 for name, column in shown.items()}
         rows.append({"Subgroup": label, "Level": str(r[level]), "Patients": mask_count(n, threshold=threshold),
-                     events: mask_count(n_events, threshold=threshold), "AUROC (95% CI)": cells["auroc"],
-                     "O/E (95% CI)": cells["observed_expected"], "_small": small, "_auroc": r["auroc"],
-                     "_oe": r["observed_expected"], "_oe_low": r["observed_expected_low"],
-                     "_oe_high": r["observed_expected_high"]})
+                     events: mask_count(n_events, threshold=threshold), **cells, "_small": small,
+                     "_auroc": r["auroc"], "_oe": r["observed_expected"], "_oe_low": r["observed_expected_low"],
+                     "_oe_high": r["observed_expected_high"], "_intercept": r.get("calibration_intercept", np.nan),
+                     "_slope": r.get("calibration_slope", np.nan)})
     return rows
 
 
 def _summary_row(rows: list[dict], label: str, *, events: str, threshold: int, n: int, n_events: int,
-                 groups: str, where: str) -> dict:
+                 groups: str, where: str, calibration: bool = False) -> dict:
     "One row for a group with too many levels to list: totals, ranges over the levels shown, and where the rows are."
     listed = pd.DataFrame([r for r in rows if not r["_small"]], columns=_HIDDEN_COLUMNS)
     aurocs, ratios = listed["_auroc"].dropna(), listed["_oe"].dropna()
     above, below = int((listed["_oe_low"] > 1).sum()), int((listed["_oe_high"] < 1).sum())
     excluding = "no 95% CI excluding 1" if above == below == 0 else f"95% CI above 1 in {above:,}, below 1 in {below:,}"
-    return {"Subgroup": label, "Level": f"{len(rows):,} {groups}, one row each in {where}",
-            "Patients": mask_count(n, threshold=threshold), events: mask_count(n_events, threshold=threshold),
-            "AUROC (95% CI)": (f"range {aurocs.min():.2f} to {aurocs.max():.2f} across {len(aurocs):,} {groups}"
-                               if len(aurocs) else "NA"),
-            "O/E (95% CI)": f"range {ratios.min():.2f} to {ratios.max():.2f}; {excluding}" if len(ratios) else "NA"}
+
+    def spread(values: pd.Series) -> str:
+        return f"range {values.min():.2f} to {values.max():.2f} across {len(values):,} {groups}" if len(values) else "NA"
+
+    row = {"Subgroup": label, "Level": f"{len(rows):,} {groups}, one row each in {where}",
+           "Patients": mask_count(n, threshold=threshold), events: mask_count(n_events, threshold=threshold),
+           "AUROC (95% CI)": spread(aurocs),
+           "O/E (95% CI)": f"range {ratios.min():.2f} to {ratios.max():.2f}; {excluding}" if len(ratios) else "NA"}
+    if calibration:
+        row.update({_CALIBRATION_CELLS["calibration_intercept"]: spread(listed["_intercept"].dropna()),
+                    _CALIBRATION_CELLS["calibration_slope"]: spread(listed["_slope"].dropna())})
+    return row
 
 
 def format_subgroups(parts, *, threshold: int, level: str = "level", events: str = "Events", max_rows: int = 20,
-                     groups: str = "groups", where: str = "the supplement") -> tuple[pd.DataFrame, pd.DataFrame]:
+                     groups: str = "groups", where: str = "the supplement",
+                     calibration: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The shown subgroup table and the rows of a long group: `parts` is a list of (label, subgroup_performance
     table with the level in column `level`, whether it is the study's group). A group with more than `max_rows`
-    levels gets one summary row (naming `where` its rows are) and its rows are returned second (else empty)."""
+    levels gets one summary row (naming `where` its rows are) and its rows are returned second (else empty).
+    `calibration=True` adds the columns "Calibration intercept (95% CI)" and "Calibration slope (95% CI)"."""
     if isinstance(threshold, bool) or not isinstance(threshold, (int, np.integer)) or threshold < 1:
         raise ValueError(f"`threshold` must be a whole number of at least 1, got {threshold!r}.")
+    needed = [level, "n", "events", "auroc", "auroc_low", "auroc_high", "observed_expected",
+              "observed_expected_low", "observed_expected_high"]
+    if calibration:
+        needed += [f"{name}{end}" for name in _CALIBRATION_CELLS for end in ("", "_low", "_high")]
     shown, long_group = [], []
     for label, part, is_group in parts:
-        _require_columns(part, [level, "n", "events", "auroc", "auroc_low", "auroc_high", "observed_expected",
-                                "observed_expected_low", "observed_expected_high"], "format_subgroups")
-        rows = _subgroup_rows(part, label, level=level, events=events, threshold=threshold)
+        _require_columns(part, needed, "format_subgroups")
+        rows = _subgroup_rows(part, label, level=level, events=events, threshold=threshold, calibration=calibration)
         if is_group and len(rows) > max_rows:
             long_group = rows
             shown.append(_summary_row(rows, label, events=events, threshold=threshold, n=int(part["n"].sum()),
-                                      n_events=int(part["events"].sum()), groups=groups, where=where))
+                                      n_events=int(part["events"].sum()), groups=groups, where=where,
+                                      calibration=calibration))
         else:
             shown += rows
-    columns = ["Subgroup", "Level", "Patients", events, "AUROC (95% CI)", "O/E (95% CI)"]
+    columns = ["Subgroup", "Level", "Patients", events, "AUROC (95% CI)", "O/E (95% CI)",
+               *(_CALIBRATION_CELLS.values() if calibration else ())]
     return (pd.DataFrame(shown).reindex(columns=columns),
             pd.DataFrame(long_group, columns=columns + _HIDDEN_COLUMNS).reindex(columns=columns))
 
@@ -503,13 +606,16 @@ def _optimism_metrics(y: np.ndarray, p: np.ndarray) -> dict:
             "calibration_slope": recalibrate(y, p)["slope"]}
 
 
-def _predict(fit_predict: Callable, train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
+def _predict(fit_predict: Callable, train: pd.DataFrame, test: pd.DataFrame, *, measure: str) -> np.ndarray:
     predicted = np.asarray(fit_predict(train, test), dtype=float).ravel()
     if len(predicted) != len(test):
         raise EvaluationError(f"fit_predict returned {len(predicted)} predictions for "
                               f"{len(test)} rows; it must return one probability per row of "
                               "its second argument.")
-    return check_probability(predicted, name="fit_predict(...)")
+    return _probability(predicted, name="fit_predict(...)", measure=measure)
+
+
+_OPTIMISM = "`bootstrap_optimism` (its Brier score and calibration slope)"
 
 
 def bootstrap_optimism(fit_predict: Callable, df: pd.DataFrame, *, outcome: str,
@@ -518,7 +624,7 @@ def bootstrap_optimism(fit_predict: Callable, df: pd.DataFrame, *, outcome: str,
     _require_columns(df, [outcome], "bootstrap_optimism")
     y = check_outcome(df[outcome], name=outcome)
     original = df.reset_index(drop=True)
-    apparent = _optimism_metrics(y, _predict(fit_predict, original, original))
+    apparent = _optimism_metrics(y, _predict(fit_predict, original, original, measure=_OPTIMISM))
     rng = np.random.default_rng(seed)
     optimism = []
     while len(optimism) < n_boot:
@@ -527,7 +633,7 @@ def bootstrap_optimism(fit_predict: Callable, df: pd.DataFrame, *, outcome: str,
         if not 0 < y_boot.sum() < len(y_boot):
             continue
         sample = original.iloc[idx].reset_index(drop=True)
-        both = _predict(fit_predict, sample, pd.concat([sample, original], ignore_index=True))
+        both = _predict(fit_predict, sample, pd.concat([sample, original], ignore_index=True), measure=_OPTIMISM)
         on_sample = _optimism_metrics(y_boot, both[:len(sample)])
         on_original = _optimism_metrics(y, both[len(sample):])
         optimism.append({key: on_sample[key] - on_original[key] for key in on_sample})
@@ -558,6 +664,9 @@ def stratified_folds(y, *, n_splits: int = 5, seed: int = 0) -> np.ndarray:
     return folds
 
 # %% ../nbs/04a_evaluate.ipynb #c058
+_HELD_OUT = "`grouped_cross_validation` (its held-out predictions are risks)"
+
+
 def grouped_cross_validation(fit_predict: Callable, df: pd.DataFrame, *, outcome: str, group: str | None,
                              prediction: str = "prediction", n_splits: int = 5, seed: int = 0) -> pd.DataFrame:
     """Leave-one-group-out predictions: each group predicted by a model fitted on the others. With
@@ -572,7 +681,7 @@ def grouped_cross_validation(fit_predict: Callable, df: pd.DataFrame, *, outcome
         result[prediction] = np.nan
         for fold in range(n_splits):
             held_out = folds == fold
-            result.loc[held_out, prediction] = _predict(fit_predict, df[~held_out], df[held_out])
+            result.loc[held_out, prediction] = _predict(fit_predict, df[~held_out], df[held_out], measure=_HELD_OUT)
         return result
     if df[group].isna().any():
         raise EvaluationError(f"`{group}` has {int(df[group].isna().sum())} missing values; "
@@ -585,5 +694,5 @@ def grouped_cross_validation(fit_predict: Callable, df: pd.DataFrame, *, outcome
     result[prediction] = np.nan
     for level in levels:
         held_out = (df[group] == level).to_numpy()
-        result.loc[held_out, prediction] = _predict(fit_predict, df[~held_out], df[held_out])
+        result.loc[held_out, prediction] = _predict(fit_predict, df[~held_out], df[held_out], measure=_HELD_OUT)
     return result
