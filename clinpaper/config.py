@@ -316,7 +316,8 @@ SENSITIVITY_ANALYSES = ("predictive_checks", "pooling", "observed_expected", "su
 # the analyses with a convergence gate: the main model (its estimates are the paper's: a failed gate always
 # stops the run) and the alternative analyses that a study may call secondary (a failed gate is reported)
 MAIN_ANALYSIS = "model"
-SECONDARY_ANALYSES = ("survival", "pooling")   # pooling: the LOO comparison's pooled and unpooled fits
+SECONDARY_ANALYSES = ("survival", "pooling", "complete_case")   # pooling: the LOO comparison's pooled and unpooled fits;
+# complete_case: the main model refitted to the complete cases beside multiple imputation
 # what each design needs beyond the schema: (key, why)
 DESIGN_NEEDS = {
     "hospital-variation": [("group", "hospital variation is variation between the groups of `group`"),

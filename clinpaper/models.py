@@ -1530,15 +1530,17 @@ class HierarchicalLogistic(HierarchicalModel):
                      f"{np.median(pilot[:, 1 + k]):.2f}")
         return text   # not in brackets: the formula's own would nest
 
-    def methods_text(self, *, names: dict | None = None, group_plural: str | None = None) -> str:
+    def methods_text(self, *, names: dict | None = None, group_plural: str | None = None,
+                     predictors_text: str | None = None) -> str:
         """A paragraph for a paper's Methods: model, priors and (once fitted) the sampler settings.
         `names` gives the words of the outcome, the group and each predictor (default: their column
-        names); `group_plural` the group's plural (default: its name + 's')."""
+        names); `group_plural` the group's plural (default: its name + 's'); `predictors_text` the words of
+        the predictors instead of one name per model column (a spline's several columns are one predictor)."""
         priors = self.priors_
         names = dict(names or {})
         outcome, group = names.get(self.outcome, self.outcome), names.get(self.group, self.group)
         groups = group_plural or f"{group}s"
-        predictors = ", ".join(names.get(p, p) for p in self.predictors)
+        predictors = predictors_text or ", ".join(names.get(p, p) for p in self.predictors)
         likelihood = "binomial counts of events out of trials" if self.trials else "a binary outcome"
         coefficient = "each coefficient, a log odds ratio per unit of its predictor as entered in the model"
         intercept = "the intercept, the log odds with every predictor at its mean"

@@ -240,7 +240,12 @@ class PaperFiles:
         return (self.codebook().get(column) or {}).get("label") or column
 
     def save_model(self, model) -> Path:
+        """Write the fitted model into the run's model/ folder, with the model's terms (terms.json: the
+        predictors' transformations, spline knots, references and ranges) that `clinpaper score` applies."""
+        import json
         model.save(self.model_dir)
+        if "model" in self.study:
+            (self.model_dir / "terms.json").write_text(json.dumps(self.terms.to_dict(), indent=2) + "\n")
         return self.model_dir
 
     def load_model(self, model_class):
@@ -269,17 +274,122 @@ class PaperFiles:
 
 # %% ../nbs/06a_paper.ipynb #c015
 class PaperModelFrame:
-    "The study's predictor transformations (mixed into Paper)."
+    "The study's predictor transformations and missing values (mixed into Paper)."
+
+    @property
+    def terms(self):
+        """The model's terms (`clinpaper.terms.Terms`): each predictor's linear term, or its restricted cubic
+        spline, with the knots, reference value and range learned from the analysis table's observed values. The
+        same data give the same terms, so every notebook of a run, and a later run that validates this run's
+        model on its own cohort, make the columns this run's model was fitted on."""
+        if getattr(self, "_terms", None) is None:
+            from clinpaper.terms import Terms
+            units = {column: entry["unit"] for column, entry in self.codebook().items() if entry.get("unit")}
+            self._terms = Terms.learn(self.model_spec["predictors"], self.analysis(), units=units)
+        return self._terms
+
+    @property
+    def model_columns(self) -> list[str]:
+        "The model's columns, in order: each predictor's (transformed) linear term, then its spline terms."
+        return self.terms.columns
 
     def model_frame(self, data: pd.DataFrame | None = None) -> pd.DataFrame:
-        "A copy of `data` (default: the analysis table) with the predictors centred and scaled as the study says."
+        """A copy of `data` (default: the analysis table) with the model's columns: the predictors centred and
+        scaled as the study says, and the spline terms of those that enter as splines (NaN where a value is
+        missing)."""
         frame = (self.analysis() if data is None else data).copy()
         for predictor in self.model_spec["predictors"]:
-            column = predictor["column"]
-            if column not in frame:
-                raise StudyError(f"`model.predictors` names '{column}', which is not a column of the analysis table.")
-            frame[column] = (frame[column] - predictor.get("center", 0)) / predictor.get("scale", 1)
+            if predictor["column"] not in frame:
+                raise StudyError(f"`model.predictors` names '{predictor['column']}', which is not a column of the "
+                                 "analysis table.")
+        transformed = self.terms.transform(frame)
+        for column in transformed.columns:
+            frame[column] = transformed[column]
         return frame
+
+    @property
+    def missing_spec(self) -> dict:
+        "The study's `model.missing` with its defaults (complete-case analysis when the study says nothing)."
+        spec = dict(self.model_spec.get("missing") or {"method": "complete_case"})
+        if spec["method"] == "mice":
+            spec.setdefault("m", 20)
+            spec.setdefault("iterations", 10)
+            spec.setdefault("auxiliary", [])
+        return spec
+
+    def incomplete_predictors(self, data: pd.DataFrame | None = None) -> pd.Series:
+        "Missing values per predictor (declared column) of `data` (default: the analysis table), in the study's order."
+        table = self.analysis() if data is None else data
+        return pd.Series({column: int(table[column].isna().sum()) for column in self.terms.predictors}, dtype=int)
+
+    def impute(self):
+        """The study's multiple imputation (`model.missing.method: mice`) of the analysis table's predictors that
+        have missing values (`clinpaper.impute.impute`: chained equations with predictive mean matching; the other
+        predictors, the outcome, the group and `auxiliary` columns predict them; right-skewed positive ones are
+        imputed on the log scale). The imputed values are saved in data/imputed.parquet (patient-level: never
+        rendered) for the notebooks after; returns the `Imputations`, or None when the study imputes nothing or
+        no predictor value is missing."""
+        spec = self.missing_spec
+        path = self.data_dir / "imputed.parquet"
+        path.unlink(missing_ok=True)
+        self._imputed = None
+        if spec["method"] != "mice":
+            return None
+        from clinpaper.impute import impute
+        table = self.analysis()
+        incomplete = self.incomplete_predictors(table)
+        if not incomplete.any():
+            return None
+        skewed = set(((self.study.get("describe") or {}).get("table_one") or {}).get("skewed") or [])
+        log = [column for column in incomplete.index[incomplete > 0]
+               if column in skewed and bool((table[column].dropna() > 0).all())]
+        unknown = [column for column in spec["auxiliary"] if column not in table]
+        if unknown:
+            raise StudyError(f"`model.missing.auxiliary` names {', '.join(map(repr, unknown))}, which is not a column "
+                             "of the analysis table; name columns of the table (its codebook lists them).")
+        imputations = impute(table, self.terms.predictors, outcome=self.outcome, group=self.model_group,
+                             auxiliary=spec["auxiliary"], m=spec["m"], iterations=spec["iterations"],
+                             seed=self.seed, log=log)
+        filled = list(incomplete.index[incomplete > 0])
+        pd.concat([data[filled].assign(imputation=i) for i, data in enumerate(imputations.datasets)]).to_parquet(path)
+        return imputations
+
+    def imputed_tables(self) -> list[pd.DataFrame]:
+        """The analysis table once per imputation, its missing predictor values filled in as `impute` saved them;
+        without imputation, the one table with its complete cases only."""
+        table = self.analysis()
+        path = self.data_dir / "imputed.parquet"
+        if self.missing_spec["method"] != "mice" or not self.incomplete_predictors(table).any():
+            complete = table[self.terms.predictors].notna().all(axis=1)
+            return [table[complete]]
+        if not path.is_file():
+            raise RunError(f"{path}: no imputed values; the model notebook must run first (it calls paper.impute).")
+        if getattr(self, "_imputed", None) is None:
+            self._imputed = pd.read_parquet(path)
+        imputed = self._imputed
+        tables = []
+        for _, values in imputed.groupby("imputation", sort=True):
+            filled = table.copy()
+            values = values.drop(columns="imputation")
+            filled.loc[values.index, values.columns] = values
+            tables.append(filled)
+        return tables
+
+    def imputed_frames(self) -> list[pd.DataFrame]:
+        "The model frames the main model is fitted to: one per imputed table, or the complete cases' one."
+        return [self.model_frame(table) for table in self.imputed_tables()]
+
+    def complete_case_frame(self) -> pd.DataFrame:
+        "The model frame of the patients with every predictor recorded (the complete-case analysis)."
+        table = self.analysis()
+        return self.model_frame(table[table[self.terms.predictors].notna().all(axis=1)])
+
+    def predict_imputed(self, model, tables, *, source=None, seed=None) -> pd.DataFrame:
+        """Each patient's predicted risk (`mean`, `low`, `high`) averaged over the imputed `tables` (`imputed_tables`),
+        with the model columns of `source` (a paper: default this one; another run's to transport its model)."""
+        source = self if source is None else source
+        parts = [model.predict(source.model_frame(table), seed=self.seed if seed is None else seed) for table in tables]
+        return sum(parts) / len(parts)
 
     def transformation(self, column: str) -> str:
         "How a predictor enters the model, from the study's center and scale: '(age - 65) / 10', 'as recorded'."
@@ -444,6 +554,17 @@ class PaperChoices:
         chosen.update(sampling)
         budget = self.adapt_budget(chosen["draws"], chosen["tune"])
         return model.fit_adaptive(data, seed=self.seed, **chosen, **self.gate_thresholds(analysis), **budget)
+
+    def fit_frames(self, model, frames: list, analysis: str, **sampling):
+        """`fit` for one frame; for several (the imputed data sets), `HierarchicalModel.fit_imputed` with the
+        study's sampler settings split between them, its seed and its gate thresholds and budget."""
+        if len(frames) == 1:
+            return self.fit(model, frames[0], analysis, **sampling)
+        settings = self.parameters
+        chosen = {name: settings[name] for name in ("draws", "tune", "chains", "target_accept")}
+        chosen.update(sampling)
+        attempts = self.adapt_budget(chosen["draws"], chosen["tune"])["attempts"]
+        return model.fit_imputed(frames, seed=self.seed, **chosen, **self.gate_thresholds(analysis), attempts=attempts)
 
     def gate(self, model, analysis: str, *, label: str, name: str | None = None) -> dict:
         """The convergence gate of `analysis`'s fitted `model` (its reported parameters). A main analysis that
