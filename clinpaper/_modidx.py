@@ -737,6 +737,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                             'clinpaper/paper.py'),
                                  'clinpaper.paper.PaperModelFrame.missing_spec': ( 'paper.html#papermodelframe.missing_spec',
                                                                                    'clinpaper/paper.py'),
+                                 'clinpaper.paper.PaperModelFrame.model_column_labels': ( 'paper.html#papermodelframe.model_column_labels',
+                                                                                          'clinpaper/paper.py'),
                                  'clinpaper.paper.PaperModelFrame.model_columns': ( 'paper.html#papermodelframe.model_columns',
                                                                                     'clinpaper/paper.py'),
                                  'clinpaper.paper.PaperModelFrame.model_frame': ( 'paper.html#papermodelframe.model_frame',
