@@ -20,7 +20,7 @@ from .core import ClinpaperError, format_interval, mask_count
 __all__ = ['KINDS', 'EvaluationError', 'check_outcome', 'check_score', 'check_probability', 'auroc', 'delong_test', 'auprc',
            'roc_curve', 'brier', 'scaled_brier', 'calibration_intercept_slope', 'ici', 'calibration_curve',
            'net_benefit', 'recalibrate', 'apply_recalibration', 'observed_expected', 'performance_summary',
-           'subgroup_performance', 'format_subgroups', 'bootstrap_optimism', 'stratified_folds',
+           'subgroup_performance', 'format_subgroups', 'bootstrap_optimism', 'logistic_refit', 'stratified_folds',
            'grouped_cross_validation']
 
 # %% ../nbs/04a_evaluate.ipynb #c005
@@ -642,6 +642,40 @@ def bootstrap_optimism(fit_predict: Callable, df: pd.DataFrame, *, outcome: str,
                          "optimism": [mean_optimism[key] for key in apparent],
                          "corrected": [apparent[key] - mean_optimism[key] for key in apparent],
                          "n_boot": n_boot})
+
+# %% ../nbs/04a_evaluate.ipynb #c054r
+def logistic_refit(columns: list[str], outcome: str, *, max_iterations: int = 50, tolerance: float = 1e-10) -> Callable:
+    """A `fit_predict(train, test)` for `bootstrap_optimism` and `grouped_cross_validation`: the logistic regression of
+    `outcome` on `columns` (with an intercept) fitted to `train` by maximum likelihood (Newton-Raphson, step-halving)
+    and its predicted probabilities for `test`. The same fit as statsmodels' GLM, at a fraction of its overhead, which
+    matters in 200 bootstrap refits of 20,000 patients."""
+    def fit_predict(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
+        x = np.column_stack([np.ones(len(train)), train[columns].to_numpy(dtype=float)])
+        y = train[outcome].to_numpy(dtype=float)
+        beta = np.zeros(x.shape[1])
+        def loglik(b):
+            eta = x @ b
+            return float(y @ eta - np.logaddexp(0.0, eta).sum())
+        current = loglik(beta)
+        for _ in range(max_iterations):
+            p = expit(x @ beta)
+            gradient = x.T @ (y - p)
+            hessian = (x * (p * (1.0 - p))[:, None]).T @ x
+            step = np.linalg.lstsq(hessian, gradient, rcond=None)[0]
+            size = 1.0
+            while True:
+                proposal = beta + size * step
+                value = loglik(proposal)
+                if value >= current - 1e-12 or size < 1e-8:
+                    break
+                size /= 2.0
+            beta, previous, current = proposal, current, value
+            if abs(current - previous) < tolerance * (1.0 + abs(current)):
+                break
+        design = np.column_stack([np.ones(len(test)), test[columns].to_numpy(dtype=float)])
+        return expit(design @ beta)
+    return fit_predict
+
 
 # %% ../nbs/04a_evaluate.ipynb #c057b
 def stratified_folds(y, *, n_splits: int = 5, seed: int = 0) -> np.ndarray:
