@@ -293,6 +293,20 @@ class PaperModelFrame:
         "The model's columns, in order: each predictor's (transformed) linear term, then its spline terms."
         return self.terms.columns
 
+    @property
+    def model_column_labels(self) -> dict:
+        """Model column -> its words in a table: a linear predictor's label; a spline's columns 'Lactate: spline,
+        linear term' and 'Lactate: spline term 2', ... (one coefficient each, not an effect per unit)."""
+        labels = {}
+        for column in self.terms.predictors:
+            spec, label = self.terms.spec(column), self.terms.labels[column]
+            if spec["type"] != "spline":
+                labels[spec["columns"][0]] = label
+                continue
+            for j, name in enumerate(spec["columns"]):
+                labels[name] = f"{label}: spline, linear term" if j == 0 else f"{label}: spline term {j + 1}"
+        return labels
+
     def model_frame(self, data: pd.DataFrame | None = None) -> pd.DataFrame:
         """A copy of `data` (default: the analysis table) with the model's columns: the predictors centred and
         scaled as the study says, and the spline terms of those that enter as splines (NaN where a value is
