@@ -14,19 +14,24 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 # %% auto #0
-__all__ = ['OUTCOME_MODEL', 'PREDICTORS', 'DIAGNOSES', 'SEPTIC_SHOCK', 'COMORBIDITIES', 'CONCEPTS', 'ANCESTORS', 'MEASUREMENTS',
-           'IMPLAUSIBLE_RATE', 'WRONG_UNIT_RATE', 'SHIFTS', 'SCHEMA', 'SCENARIOS', 'FLAT_SUFFIXES',
-           'COMPARATIVE_EXPOSURES', 'CONFOUNDERS', 'TREATMENT_MODEL', 'COMPARATIVE_OUTCOME', 'COMPARATIVE_DEATH',
-           'NEGATIVE_CONTROLS', 'BACKGROUND_CONDITIONS', 'BACKGROUND_DRUGS', 'BACKGROUND_PROCEDURES',
-           'COMPARATIVE_SCHEMA', 'completed_years', 'synthesize', 'synthesize_flat', 'synthesize_comparative']
+__all__ = ['OUTCOME_MODEL', 'PREDICTORS', 'WINDOW_HOURS', 'PHYSIOLOGY', 'ACUITY', 'LACTATE_MEASURED', 'LACTATE_MCAR', 'DIAGNOSES',
+           'SEPTIC_SHOCK', 'COMORBIDITIES', 'CONCEPTS', 'ANCESTORS', 'MEASUREMENTS', 'IMPLAUSIBLE_RATE',
+           'WRONG_UNIT_RATE', 'SHIFTS', 'SCHEMA', 'SCENARIOS', 'MISSING', 'FLAT_SUFFIXES', 'COMPARATIVE_EXPOSURES',
+           'CONFOUNDERS', 'TREATMENT_MODEL', 'COMPARATIVE_OUTCOME', 'COMPARATIVE_DEATH', 'NEGATIVE_CONTROLS',
+           'BACKGROUND_CONDITIONS', 'BACKGROUND_DRUGS', 'BACKGROUND_PROCEDURES', 'COMPARATIVE_SCHEMA',
+           'physiology_terms', 'completed_years', 'synthesize', 'synthesize_flat', 'synthesize_comparative']
 
 # %% ../nbs/01_synth.ipynb #c005
 OUTCOME_MODEL = {
-    "intercept": -2.65,
-    "beta": {"age_10": 0.35, "male": 0.10, "sepsis": 0.80, "chf": 0.40, "ckd": 0.35, "cancer": 0.60},
+    # log-odds of death of the reference stay: 65 years old, female, no sepsis, none of the comorbidities, and
+    # the physiology terms at zero (lactate_max 2 mmol/L, map_min 65 mmHg or more, heart_rate_max 100/min,
+    # creatinine_max 1 mg/dL); plus the stay's hospital effect
+    "intercept": -2.70,
+    "beta": {"age_10": 0.35, "male": 0.10, "sepsis": 0.50, "chf": 0.40, "ckd": 0.35, "cancer": 0.60},
     "sigma_hospital": 0.35,
 }
 
@@ -40,6 +45,58 @@ PREDICTORS = {
     "ckd": "1 if chronic kidney disease (46271022) is recorded on or before visit_start_date",
     "cancer": "1 if malignancy (443392) is recorded on or before visit_start_date",
 }
+
+WINDOW_HOURS = 24  # the physiology of the outcome model: rows from admission to 24 hours after it, both included
+
+# the physiology terms of the log-odds of death, each on the scale of a 24-hour aggregate that the demo study
+# extracts (its column, the measurement it aggregates, the unit and the valid range of its features.measurements):
+#   log:    beta * log(x / reference)      hinge:  beta * max(knot - x, 0)      linear: beta * (x - reference)
+PHYSIOLOGY = {
+    "lactate_max": dict(measurement="lactate", aggregate="max", form="log", beta=0.80, reference=2.0,
+                        unit="mmol/L", valid=(0.1, 30.0)),
+    "map_min": dict(measurement="map", aggregate="min", form="hinge", beta=0.04, knot=65.0,
+                    unit="mmHg", valid=(15.0, 250.0)),
+    "heart_rate_max": dict(measurement="heart_rate", aggregate="max", form="linear", beta=0.01, reference=100.0,
+                           unit="beats/min", valid=(20.0, 300.0)),
+    "creatinine_max": dict(measurement="creatinine", aggregate="max", form="log", beta=0.30, reference=1.0,
+                           unit="mg/dL", valid=(0.1, 20.0)),
+}
+
+# the latent acuity of a stay: standard normal plus shifts for sepsis and (on top) septic shock; it moves the
+# first-day physiology by each measurement's `severity` loading and has no effect on death of its own
+ACUITY = {"sepsis": 0.5, "septic_shock": 0.7, "effect_on_death": 0.0,
+          "deterioration": 1.0}   # acuity added after the first day in stays that end in death
+
+# whether lactate is drawn in the first 24 hours (missing at random: on what the record shows)
+LACTATE_MEASURED = {"intercept": -0.55, "sepsis": 1.5, "map_min_below_65": 0.8, "heart_rate_max_above_110": 0.6,
+                    "died": 1.6}
+LACTATE_MCAR = 0.40   # with missing='mcar': the share of stays without lactate in the first 24 hours, at random
+
+
+def _term(term: dict, x):
+    "A physiology term's value (before its beta) at the aggregates `x`; NaN where `x` is NaN."
+    x = np.asarray(x, dtype=float)
+    if term["form"] == "log":
+        return np.log(x / term["reference"])
+    if term["form"] == "hinge":
+        return np.where(np.isnan(x), np.nan, np.maximum(term["knot"] - x, 0.0))
+    return x - term["reference"]
+
+
+def _term_name(column: str) -> str:
+    return f"{column}_{PHYSIOLOGY[column]['form']}"
+
+
+def physiology_terms(table) -> pd.DataFrame:
+    """The true physiology terms of death (one column per term, named `<column>_<form>`, e.g. `lactate_max_log`),
+    computed from a table with the aggregate columns of `PHYSIOLOGY` (`lactate_max`, `map_min`, ...): the design
+    in which the true coefficients are truth.json's `physiology` betas. NaN where the aggregate is missing."""
+    missing = [column for column in PHYSIOLOGY if column not in table.columns]
+    if missing:
+        raise ValueError(f"physiology_terms needs the columns {', '.join(PHYSIOLOGY)}; the table lacks "
+                         f"{', '.join(missing)}. Build the cohort with the demo study (its features.measurements).")
+    return pd.DataFrame({_term_name(column): _term(term, table[column].to_numpy(dtype=float))
+                         for column, term in PHYSIOLOGY.items()}, index=table.index)
 
 # %% ../nbs/01_synth.ipynb #c007
 DIAGNOSES = {  # admission diagnosis group: (condition_concept_id, share of stays)
@@ -132,7 +189,7 @@ MEASUREMENTS = {
     "temperature": dict(concept=3020891, unit=586323, kind="vital", missing=0.05, log=False, mean=37.0,
                         severity=0.15, sepsis=0.6, between=0.4, within=0.35, decimals=1, limits=(33, 42),
                         implausible=(0.0, 60.0), alt_unit=(9289, 1.8, 32.0), source="Temp"),
-    "lactate": dict(concept=3047181, unit=8753, kind="lab", missing=0.30, log=True, mean=math.log(1.4),
+    "lactate": dict(concept=3047181, unit=8753, kind="lab", missing=0.0, log=True, mean=math.log(1.4),
                     severity=0.35, sepsis=0.30, between=0.35, within=0.20, decimals=1, limits=(0.3, 25),
                     implausible=(0.0, 99.0), alt_unit=(8840, 9.008, 0.0), source="LACT"),
     "creatinine": dict(concept=3016723, unit=8840, kind="lab", missing=0.03, log=True, mean=math.log(1.0),
@@ -145,6 +202,7 @@ MEASUREMENTS = {
                       severity=-0.15, sepsis=-0.20, cancer=-0.25, between=0.35, within=0.10, decimals=0,
                       limits=(5, 900), implausible=(0.0, 9999.0), alt_unit=None, source="PLT"),
 }
+# lactate's `missing` is 0: whether it is drawn in the first 24 hours follows LACTATE_MEASURED (at random)
 IMPLAUSIBLE_RATE = 0.001  # share of measurement rows replaced by an impossible value
 WRONG_UNIT_RATE = 0.003   # share of rows of variables with an `alt_unit` recorded in that unit
 
@@ -316,46 +374,114 @@ def _segment(rng, start_hours, end_hours, slot_hours):
     return stay[keep], hours[keep]
 
 
-def _measurements(rng, stays):
-    "Measurement rows (stay index, hours from admission, concept, unit, value) of the stays."
-    n = len(stays["los_hours"])
-    los = stays["los_hours"]
-    severity = 1.2 * stays["died"] + 0.5 * stays["shock"] + rng.standard_normal(n)
+def _lab_times(rng, los_hours):
+    "Lab draws: one in the first 2 hours (the admission bloods), then one every 12 to 24 hours while the stay lasts."
+    n = len(los_hours)
+    first = rng.random(n) * np.minimum(los_hours, 2.0)
+    gap = rng.uniform(12.0, 24.0, n)
+    counts = np.floor((los_hours - first) / gap).astype(np.int64) + 1
+    stay = np.repeat(np.arange(n), counts)
+    hours = first[stay] + _ragged_arange(counts) * gap[stay]
+    keep = hours < los_hours[stay]
+    return stay[keep], hours[keep]
+
+
+def _series(rng, stays):
+    """Every measurement row of `stays` (per-stay arrays `los_hours`, `sepsis`, `ckd`, `cancer`) before any is
+    missing: its stay, time (hours and whole minutes from admission), variable and random parts. The values
+    follow from the stays' acuity and outcome (`_values`)."""
+    n, los = len(stays["los_hours"]), stays["los_hours"]
     parts = []
     for order, spec in enumerate(MEASUREMENTS.values()):
-        present = rng.random(n) >= spec["missing"]
-        if spec["kind"] == "vital":
-            first_day = np.where(present, np.minimum(los, 24.0), 0.0)
-            stay1, hours1 = _segment(rng, np.zeros(n), first_day, rng.uniform(1.5, 2.5, n))
-            later = np.where(present, los, 24.0)
-            stay2, hours2 = _segment(rng, np.full(n, 24.0), later, rng.uniform(7.0, 12.0, n))
+        if spec["kind"] == "vital":   # about every 2 hours in the first day, every 7 to 12 hours after it
+            stay1, hours1 = _segment(rng, np.zeros(n), np.minimum(los, 24.0), rng.uniform(1.5, 2.5, n))
+            stay2, hours2 = _segment(rng, np.full(n, 24.0), los, rng.uniform(7.0, 12.0, n))
             stay, hours = np.concatenate([stay1, stay2]), np.concatenate([hours1, hours2])
         else:
-            stay, hours = _segment(rng, np.zeros(n), np.where(present, los, 0.0), rng.uniform(12.0, 24.0, n))
+            stay, hours = _lab_times(rng, los)
         level = (spec["mean"] + spec["sepsis"] * stays["sepsis"] + spec.get("ckd", 0.0) * stays["ckd"]
                  + spec.get("cancer", 0.0) * stays["cancer"] + spec["between"] * rng.standard_normal(n))
-        fade = np.where(stays["died"][stay], 1.0, 0.5 + 0.5 * np.exp(-hours / 36.0))
-        value = (level[stay] + spec["severity"] * severity[stay] * fade
-                 + spec["within"] * rng.standard_normal(len(stay)))
-        if spec["log"]:
-            value = np.exp(value)
-        value = np.round(np.clip(value, *spec["limits"]), spec["decimals"])
-        unit = np.full(len(stay), spec["unit"], dtype=np.int64)
+        m = len(stay)
+        wrong = (rng.random(m) < WRONG_UNIT_RATE) if spec["alt_unit"] is not None else np.zeros(m, dtype=bool)
+        bad = rng.random(m) < IMPLAUSIBLE_RATE
+        parts.append(dict(stay=stay, hours=hours, order=np.full(m, order),
+                          base=level[stay] + spec["within"] * rng.standard_normal(m), wrong=wrong, bad=bad,
+                          bad_value=np.asarray(spec["implausible"])[rng.integers(0, 2, m)]))
+    rows = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+    rows["minute"] = (rows["hours"] * 60).astype(np.int64)   # as written: the time truncated to the minute
+    rows["window"] = rows["minute"] <= WINDOW_HOURS * 60    # rows are never after the stay's end
+    return rows
+
+
+def _values(rows, acuity, died):
+    """The recorded value and unit of each row. In the first 24 hours a value is the stay's level plus the
+    variable's `severity` loading times the stay's acuity: it does not depend on the outcome. After the first
+    day the acuity part fades in survivors (half of it gone after about a day) and worsens in stays that end in
+    death (deterioration)."""
+    stay, specs = rows["stay"], list(MEASUREMENTS.values())
+    after = np.maximum(rows["hours"] - WINDOW_HOURS, 0.0)
+    state = np.where(rows["window"], acuity[stay],
+                     np.where(died[stay], acuity[stay] + ACUITY["deterioration"],
+                              acuity[stay] * (0.5 + 0.5 * np.exp(-after / 36.0))))
+    value = rows["base"] + np.array([spec["severity"] for spec in specs])[rows["order"]] * state
+    unit = np.array([spec["unit"] for spec in specs], dtype=np.int64)[rows["order"]]
+    for order, spec in enumerate(specs):
+        this = rows["order"] == order
+        x = np.exp(value[this]) if spec["log"] else value[this]
+        x = np.round(np.clip(x, *spec["limits"]), spec["decimals"])
         if spec["alt_unit"] is not None:
-            wrong = rng.random(len(stay)) < WRONG_UNIT_RATE
             alt_unit, factor, offset = spec["alt_unit"]
-            unit[wrong] = alt_unit
-            value[wrong] = np.round(value[wrong] * factor + offset, 1)
-        bad = rng.random(len(stay)) < IMPLAUSIBLE_RATE
-        value[bad] = np.asarray(spec["implausible"])[rng.integers(0, 2, bad.sum())]
-        parts.append((stay, hours, np.full(len(stay), order), unit, value))
-    stay, hours, order, unit, value = (np.concatenate(column) for column in zip(*parts))
-    concept = np.array([spec["concept"] for spec in MEASUREMENTS.values()], dtype=np.int64)[order]
-    sort = np.lexsort((order, hours, stay))
-    return stay[sort], hours[sort], concept[sort], unit[sort], value[sort]
+            wrong = rows["wrong"][this]
+            x[wrong] = np.round(x[wrong] * factor + offset, 1)
+            unit[np.flatnonzero(this)[wrong]] = alt_unit
+        value[this] = x
+    value[rows["bad"]] = rows["bad_value"][rows["bad"]]
+    return value, unit
+
+
+def _aggregates(rows, value, unit, n):
+    """The 24-hour aggregates of `PHYSIOLOGY` per stay, as the demo study's cohort step extracts them from the
+    rows written: rows in the window, in the study's unit, with a value in its valid range (NaN: none)."""
+    names = list(MEASUREMENTS)
+    aggregates = {}
+    for column, term in PHYSIOLOGY.items():
+        low, high = term["valid"]
+        use = (rows["window"] & (rows["order"] == names.index(term["measurement"]))
+               & (unit == MEASUREMENTS[term["measurement"]]["unit"]) & (value >= low) & (value <= high))
+        result = np.full(n, np.nan)
+        (np.fmax if term["aggregate"] == "max" else np.fmin).at(result, rows["stay"][use], value[use])
+        aggregates[column] = result
+    return aggregates
+
+
+def _physiology_logit(aggregates):
+    "The physiology part of the log-odds of death; a stay without a valid value of a variable gets that term at 0."
+    total = 0.0
+    for column, term in PHYSIOLOGY.items():
+        total = total + term["beta"] * np.nan_to_num(_term(term, aggregates[column]), nan=0.0)
+    return total
+
+
+def _missingness(rng, rows, aggregates, sepsis, died, missing):
+    """Which rows are written. A stay lacks a variable entirely with its `missing` share (completely at random);
+    lactate is drawn in the first 24 hours with the probability of LACTATE_MEASURED, which depends on what the
+    record shows (`missing='mar'`), or with probability 1 - LACTATE_MCAR (`missing='mcar'`). Returns the rows
+    to keep and, per stay, whether lactate was drawn in the first 24 hours."""
+    n, names = len(died), list(MEASUREMENTS)
+    present = np.stack([rng.random(n) >= spec["missing"] for spec in MEASUREMENTS.values()])
+    map_min = np.where(present[names.index("map")], aggregates["map_min"], np.nan)   # as recorded: NaN if none
+    heart_rate_max = np.where(present[names.index("heart_rate")], aggregates["heart_rate_max"], np.nan)
+    model = LACTATE_MEASURED
+    logit = (model["intercept"] + model["sepsis"] * sepsis + model["map_min_below_65"] * (map_min < 65)
+             + model["heart_rate_max_above_110"] * (heart_rate_max > 110) + model["died"] * died)
+    at_random, completely_at_random = rng.random(n), rng.random(n)   # both drawn: the other draws do not change
+    drawn = at_random < _expit(logit) if missing == "mar" else completely_at_random >= LACTATE_MCAR
+    keep = present[rows["order"], rows["stay"]]
+    keep &= ~((rows["order"] == names.index("lactate")) & rows["window"] & ~drawn[rows["stay"]])
+    return keep, drawn & present[names.index("lactate")]
 
 # %% ../nbs/01_synth.ipynb #c021
-def _block(rng, n, first_person_id, scenario, hospitals, model):
+def _block(rng, n, first_person_id, scenario, hospitals, model, missing="mar"):
     "Arrays of the tables for `n` persons with ids from `first_person_id`."
     person_id = first_person_id + np.arange(n, dtype=np.int64)
     male = rng.random(n) < scenario.male_fraction
@@ -382,7 +508,7 @@ def _block(rng, n, first_person_id, scenario, hospitals, model):
     beta, shares = model["beta"], np.asarray(scenario.diagnosis_shares)
     alive = np.ones(n, dtype=bool)
     last_end = np.zeros(n, dtype=np.int64)
-    stays = []
+    stays, measured = [], []
     for number in range(3):
         who = np.flatnonzero(alive & (planned > number))
         m = len(who)
@@ -402,18 +528,32 @@ def _block(rng, n, first_person_id, scenario, hospitals, model):
         sepsis = group == 0
         shock = sepsis & (rng.random(m) < 1 / 3)
         age = completed_years(birth_day[who], start // _DAY)
+        # the severity pathway: acuity -> first-day physiology -> (with the case mix) death
+        acuity = rng.standard_normal(m) + ACUITY["sepsis"] * sepsis + ACUITY["septic_shock"] * shock
+        rows = _series(rng, dict(los_hours=los_hours, sepsis=sepsis, ckd=comorbid["ckd"][who],
+                                 cancer=comorbid["cancer"][who]))
+        aggregates = _aggregates(rows, *_values(rows, acuity, np.zeros(m, dtype=bool)), m)
         logit = (model["intercept"] + hospitals["effect"][site] + beta["age_10"] * (age - 65) / 10.0
                  + beta["male"] * male[who] + beta["sepsis"] * sepsis + beta["chf"] * comorbid["chf"][who]
-                 + beta["ckd"] * comorbid["ckd"][who] + beta["cancer"] * comorbid["cancer"][who])
+                 + beta["ckd"] * comorbid["ckd"][who] + beta["cancer"] * comorbid["cancer"][who]
+                 + _physiology_logit(aggregates))
         died = rng.random(m) < _expit(logit)
+        value, unit = _values(rows, acuity, died)   # the first day's values unchanged, the later ones with death
+        keep, lactate_drawn = _missingness(rng, rows, aggregates, sepsis, died, missing)
+        offset = sum(len(part["person"]) for part in stays)   # this stay's index among the block's stays
+        measured.append((rows["stay"][keep] + offset, rows["minute"][keep], rows["hours"][keep],
+                         rows["order"][keep], unit[keep], value[keep]))
         alive[who[died]] = False
         last_end[who] = end
         stays.append(dict(person=who, number=np.full(m, number), start=start, end=end, los_hours=los_hours,
-                          site=site, group=group, sepsis=sepsis, shock=shock, died=died,
-                          ckd=comorbid["ckd"][who], cancer=comorbid["cancer"][who]))
+                          site=site, group=group, sepsis=sepsis, shock=shock, died=died, age=age,
+                          lactate_drawn=lactate_drawn,
+                          lactate_recorded=lactate_drawn & ~np.isnan(aggregates["lactate_max"]), **aggregates))
     stays = {key: np.concatenate([part[key] for part in stays]) for key in stays[0]}
     order = np.lexsort((stays["number"], stays["person"]))
     stays = {key: value[order] for key, value in stays.items()}
+    position = np.empty(len(order), dtype=np.int64)
+    position[order] = np.arange(len(order))
 
     observed_from = np.maximum(first_day - rng.integers(365, 1827, n), birth_day)
     for name in COMORBIDITIES:
@@ -421,7 +561,11 @@ def _block(rng, n, first_person_id, scenario, hospitals, model):
     dead = ~alive
     observed_to = np.where(dead, last_end // _DAY, last_end // _DAY + rng.integers(30, 731, n))
 
-    measured = _measurements(rng, stays)
+    stay, minute, hours, variable, unit, value = (np.concatenate(column) for column in zip(*measured))
+    stay = position[stay]
+    sort = np.lexsort((variable, hours, stay))
+    concept = np.array([spec["concept"] for spec in MEASUREMENTS.values()], dtype=np.int64)[variable]
+    measured = (stay[sort], minute[sort], concept[sort], unit[sort], value[sort])
     return dict(n=n, person_id=person_id, male=male, birth_day=birth_day, race=race, ethnicity=ethnicity,
                 home=home, comorbid=comorbid, comorbid_day=comorbid_day, observed_from=observed_from,
                 observed_to=observed_to, dead=dead, last_end=last_end, stays=stays, measured=measured)
@@ -458,7 +602,9 @@ class _Writer:
         self.con, self.hospitals, self.chunk_size = con, hospitals, chunk_size
         self.buffer, self.buffered = {table: [] for table in _INSERTS}, 0
         self.next_visit = self.next_condition = self.next_measurement = 1
-        self.counts = dict(stays=0, first_stays=0, first_stay_deaths=0, deaths=0, measurements=0)
+        self.counts = dict(stays=0, first_stays=0, first_stay_deaths=0, deaths=0, measurements=0,
+                           first_stays_lactate_drawn=0, first_stays_lactate_recorded=0, studied=0,
+                           studied_lactate_recorded=0)
 
     def add(self, block):
         stays, site_id = block["stays"], self.hospitals["id"]
@@ -505,20 +651,25 @@ class _Writer:
             visit_occurrence_id=visit[order]))
         self.next_condition += n_conditions
 
-        stay, hours, concept, unit, value = block["measured"]
+        stay, minute, concept, unit, value = block["measured"]
         n_rows = len(stay)
         self.buffer["measurement"].append(dict(
             measurement_id=self.next_measurement + np.arange(n_rows, dtype=np.int64),
             person_id=stay_person[stay], measurement_concept_id=concept,
-            measurement_datetime=_times(stays["start"][stay] + (hours * 60).astype(np.int64) * 60),
+            measurement_datetime=_times(stays["start"][stay] + minute * 60),
             value_as_number=value, unit_concept_id=unit, visit_occurrence_id=visit_id[stay]))
         self.next_measurement += n_rows
 
         first = stays["number"] == 0
+        studied = first & (stays["age"] >= 18) & (stays["los_hours"] >= 4)   # the demo study's cohort
         self.counts["stays"] += n_stays
         self.counts["first_stays"] += int(first.sum())
         self.counts["first_stay_deaths"] += int((first & stays["died"]).sum())
         self.counts["deaths"] += int(stays["died"].sum())
+        self.counts["first_stays_lactate_drawn"] += int((first & stays["lactate_drawn"]).sum())
+        self.counts["first_stays_lactate_recorded"] += int((first & stays["lactate_recorded"]).sum())
+        self.counts["studied"] += int(studied.sum())
+        self.counts["studied_lactate_recorded"] += int((studied & stays["lactate_recorded"]).sum())
         self.counts["measurements"] += n_rows
         self.buffered += block["n"]
         if self.buffered >= self.chunk_size:
@@ -627,19 +778,24 @@ def _write_atomically(out: Path, truth_path: Path, write) -> dict:
     return truth
 
 
+MISSING = ("mar", "mcar")   # how lactate is missing in the first 24 hours: at random (default) or completely at random
+
+
 def synthesize(out, *, scenario: str = "icu", patients: int = 20_000, sites: int | None = None, seed: int = 0,
-               shift: str | None = None, true_hr: float | None = None, unmeasured: float | None = None,
-               chunk_size: int = 25_000, overwrite: bool = False) -> dict:
+               shift: str | None = None, missing: str | None = None, true_hr: float | None = None,
+               unmeasured: float | None = None, chunk_size: int = 25_000, overwrite: bool = False) -> dict:
     """Write a synthetic cohort (OMOP CDM v5.4, DuckDB) to `out` and its truth beside it: the multi-site ICU
-    cohort (`scenario` 'icu': `sites` hospitals, default 30, and a `shift`), or new users of celecoxib or
-    diclofenac ('comparative', `synthesize_comparative`: `true_hr` default 1, `unmeasured` default 1)."""
+    cohort (`scenario` 'icu': `sites` hospitals, default 30, a `shift`, and lactate `missing` at random, 'mar',
+    the default, or completely at random, 'mcar'), or new users of celecoxib or diclofenac ('comparative',
+    `synthesize_comparative`: `true_hr` default 1, `unmeasured` default 1)."""
     if scenario not in SCENARIOS:
         raise ValueError(f"Unknown scenario {scenario!r}. The scenarios are: {', '.join(map(repr, SCENARIOS))}.")
     if scenario == "comparative":
-        given = [name for name, value in (("sites", sites), ("shift", shift)) if value is not None]
+        given = [name for name, value in (("sites", sites), ("shift", shift), ("missing", missing))
+                 if value is not None]
         if given:
             raise ValueError(f"`{given[0]}` of synthesize belongs to the ICU scenario; the comparative scenario has "
-                             "no hospitals and no shifts: leave it out.")
+                             "no hospitals, no shifts and no measurements: leave it out.")
         return synthesize_comparative(out, patients=patients, seed=seed,
                                       true_hr=1.0 if true_hr is None else true_hr,
                                       unmeasured=1.0 if unmeasured is None else unmeasured,
@@ -655,9 +811,14 @@ def synthesize(out, *, scenario: str = "icu", patients: int = 20_000, sites: int
     if shift is not None and shift not in SHIFTS:
         known = ", ".join(repr(name) for name in SHIFTS)
         raise ValueError(f"Unknown shift {shift!r}. Known shifts: {known} (or None for the development cohort).")
+    missing = "mar" if missing is None else missing
+    if missing not in MISSING:
+        raise ValueError(f"Unknown `missing` {missing!r} of synthesize: 'mar' (lactate drawn more often in sicker "
+                         "patients, the default) or 'mcar' (lactate missing completely at random).")
     out = Path(out)
     if out.suffix.lower() in (".csv", ".parquet"):   # a flat analysis table of the same cohort
-        return synthesize_flat(out, patients=patients, sites=sites, seed=seed, shift=shift, overwrite=overwrite)
+        return synthesize_flat(out, patients=patients, sites=sites, seed=seed, shift=shift, missing=missing,
+                               overwrite=overwrite)
     truth_path = out.with_suffix(".truth.json")
     if out.suffix == ".json":
         raise ValueError(f"`out` must be the path of the DuckDB file to write (e.g. demo.duckdb), got {out}.")
@@ -667,7 +828,7 @@ def synthesize(out, *, scenario: str = "icu", patients: int = 20_000, sites: int
     model = dict(OUTCOME_MODEL, intercept=OUTCOME_MODEL["intercept"] + scenario.intercept_shift)
     hospitals = _hospitals(seed, scenario, sites, model["sigma_hospital"])
     description = (f"Synthetic ICU cohort written by clinpaper.synth: patients={patients}, sites={sites}, "
-                   f"seed={seed}, shift={shift}. {scenario.description}")
+                   f"seed={seed}, shift={shift}, missing={missing}. {scenario.description}")
 
     def write(con):
         for table, columns in SCHEMA.items():
@@ -676,17 +837,19 @@ def synthesize(out, *, scenario: str = "icu", patients: int = 20_000, sites: int
         writer = _Writer(con, hospitals, chunk_size)
         for number, first in enumerate(range(0, patients, _BLOCK)):
             rng = np.random.default_rng(np.random.SeedSequence([seed, 2, scenario.stream, number]))
-            writer.add(_block(rng, min(_BLOCK, patients - first), first + 1, scenario, hospitals, model))
+            writer.add(_block(rng, min(_BLOCK, patients - first), first + 1, scenario, hospitals, model,
+                              missing=missing))
         writer.flush()
         counts = writer.counts
         return {
             "seed": seed, "patients": patients, "sites": sites, "shift": shift,
-            "shift_description": scenario.description,
+            "shift_description": scenario.description, "missing": missing,
             "n_persons": patients, "n_stays": counts["stays"], "n_deaths": counts["deaths"],
             "n_measurements": counts["measurements"],
             "intercept": model["intercept"], "beta": model["beta"], "sigma_hospital": model["sigma_hospital"],
             "hospital_effects": dict(zip((str(i) for i in hospitals["id"]), hospitals["effect"])),
             "predictors": PREDICTORS,
+            **_physiology_truth(missing, counts),
             "mortality_first_stay": counts["first_stay_deaths"] / counts["first_stays"],
             "cdm_version": "5.4",
         }
@@ -694,13 +857,115 @@ def synthesize(out, *, scenario: str = "icu", patients: int = 20_000, sites: int
     truth = _write_atomically(out, truth_path, write)
     return truth
 
+
+def _severity_pathway(missing: str) -> str:
+    "The severity pathway in plain words, with the numbers of the constants above."
+    lactate = LACTATE_MEASURED
+    if missing == "mar":
+        how = ("Lactate is drawn in the first 24 hours more often in sicker patients, on what the record shows "
+               f"(log-odds +{lactate['sepsis']:g} with sepsis, +{lactate['map_min_below_65']:g} with a mean arterial "
+               f"pressure below 65 mmHg, +{lactate['heart_rate_max_above_110']:g} with a heart rate above 110/min, "
+               f"+{lactate['died']:g} in those who die): missing at random, not completely at random, so an "
+               "analysis of the stays with a lactate alone (complete cases) is biased, while a method valid under "
+               "missingness at random (such as multiple imputation whose model includes these variables and the "
+               "outcome) can recover the truth.")
+    else:
+        how = (f"In this cohort (missing='mcar') lactate is missing in the first 24 hours of {LACTATE_MCAR:.0%} of "
+               "stays completely at random, so the stays with a lactate (complete cases) estimate the truth "
+               "without bias.")
+    return (
+        "Each ICU stay has a latent acuity that no table records: standard normal, "
+        f"+{ACUITY['sepsis']:g} with sepsis and a further +{ACUITY['septic_shock']:g} with septic shock. The acuity "
+        "moves every vital sign and laboratory value of the first 24 hours, each by its own loading. Death in "
+        "hospital is then drawn from a logistic model of the case mix (age, sex, sepsis, heart failure, chronic "
+        "kidney disease, malignancy), the hospital, and four 24-hour aggregates of that physiology, computed from "
+        "the rows written exactly as the demo study extracts them (before any is missing): "
+        + "; ".join(f"{term['beta']:g} x {_term_text(column)}" for column, term in PHYSIOLOGY.items())
+        + ". The acuity has no effect on death besides these terms, so the logistic model with them and the case "
+        "mix is the true model, and its coefficients are the truth on the scale the study's model uses. After "
+        "the first day the values depend on the outcome: they recover in survivors and worsen in those who die. "
+        + how)
+
+
+def _term_text(column: str) -> str:
+    "A physiology term as a formula of its column."
+    term = PHYSIOLOGY[column]
+    if term["form"] == "hinge":
+        return f"max({term['knot']:g} - {column}, 0)"
+    if term["form"] == "log":
+        return f"log({column} / {term['reference']:g})"
+    return f"({column} - {term['reference']:g})"
+
+
+def _physiology_truth(missing: str, counts: dict) -> dict:
+    "truth.json's entries of the severity pathway: the physiology terms, the acuity and the missingness."
+    terms = []
+    for column, term in PHYSIOLOGY.items():
+        spec = MEASUREMENTS[term["measurement"]]
+        entry = {"name": _term_name(column), "column": column, "form": term["form"], "beta": term["beta"],
+                 "unit": term["unit"], "aggregate": term["aggregate"], "measurement": term["measurement"],
+                 "measurement_concept_id": spec["concept"], "unit_concept_id": spec["unit"],
+                 "valid": list(term["valid"])}
+        entry.update({"knot": term["knot"]} if term["form"] == "hinge" else {"reference": term["reference"]})
+        entry["term"] = _term_text(column)
+        terms.append(entry)
+    model = LACTATE_MEASURED
+    if missing == "mar":
+        lactate = {"mechanism": "mar", "variable": "lactate_max",
+                   "model": ("logit P(lactate drawn in the first 24 hours) = intercept + sepsis * sepsis "
+                             "+ map_min_below_65 * [map_min < 65] + heart_rate_max_above_110 * [heart_rate_max > "
+                             "110] + died * died; map_min and heart_rate_max as recorded (a stay without them "
+                             "counts as 0)"),
+                   "intercept": model["intercept"],
+                   "coefficients": {key: value for key, value in model.items() if key != "intercept"}}
+    else:
+        lactate = {"mechanism": "mcar", "variable": "lactate_max", "share_not_drawn": LACTATE_MCAR,
+                   "model": f"P(lactate drawn in the first 24 hours) = {1 - LACTATE_MCAR:g}, whatever the patient"}
+    first, studied = counts["first_stays"], counts["studied"]
+    lactate.update({
+        "rows": "a stay whose lactate is not drawn has no lactate row in the first 24 hours (later rows may exist)",
+        "share_missing_first_stays": 1 - counts["first_stays_lactate_recorded"] / first,
+        "share_not_drawn_first_stays": 1 - counts["first_stays_lactate_drawn"] / first,
+        "share_missing_cohort": 1 - counts["studied_lactate_recorded"] / studied if studied else None,
+    })
+    return {
+        "physiology": terms,
+        "physiology_window": {
+            "hours": WINDOW_HOURS,
+            "rule": ("rows of the stay's person with measurement_datetime from visit_start_datetime to "
+                     f"visit_start_datetime + {WINDOW_HOURS} hours and not after visit_end_datetime (both ends "
+                     "included), in the term's unit_concept_id, with a value inside `valid` (the demo study's "
+                     "features.measurements); the aggregate of the full series, before any value is missing; a "
+                     "stay without a valid value has that term at 0"),
+        },
+        "acuity": {
+            "description": ("latent acuity of a stay: standard normal + sepsis * sepsis + septic_shock * septic "
+                            "shock; it adds `loadings` times itself to each measurement's stay-level mean (log "
+                            "scale for log-normal labs) in the first 24 hours, and has no effect on death beyond "
+                            "the physiology terms (effect_on_death 0)"),
+            "sd": 1.0, "sepsis": ACUITY["sepsis"], "septic_shock": ACUITY["septic_shock"],
+            "effect_on_death": ACUITY["effect_on_death"],
+            "loadings": {name: spec["severity"] for name, spec in MEASUREMENTS.items()},
+            "deterioration": ACUITY["deterioration"],
+            "after_first_day": ("the acuity part fades in survivors (0.5 + 0.5 exp(-(hours - 24) / 36)) and is "
+                                "acuity + deterioration in stays that end in death"),
+        },
+        "missingness": {
+            "lactate": lactate,
+            "mcar": {name: spec["missing"] for name, spec in MEASUREMENTS.items() if name != "lactate"},
+            "mcar_meaning": "share of stays without any row of the variable, completely at random",
+        },
+        "severity_pathway": _severity_pathway(missing),
+    }
+
 # %% ../nbs/01_synth.ipynb #c901
 FLAT_SUFFIXES = (".csv", ".parquet")
 
 
 def synthesize_flat(out, *, patients: int = 20_000, sites: int = 30, seed: int = 0,
-                    shift: str | None = None, overwrite: bool = False) -> dict:
-    "Write the synthetic demo cohort as a flat analysis table (CSV or Parquet) and its truth beside it."
+                    shift: str | None = None, missing: str = "mar", overwrite: bool = False) -> dict:
+    """Write the synthetic demo cohort as a flat analysis table (CSV or Parquet) and its truth beside it (`missing`:
+    lactate missing at random, 'mar', or completely at random, 'mcar', as in `synthesize`)."""
     import shutil
     import tempfile
     from importlib.resources import files
@@ -715,7 +980,8 @@ def synthesize_flat(out, *, patients: int = 20_000, sites: int = 30, seed: int =
                               "(--overwrite on the command line) to replace it.")
     scratch = Path(tempfile.mkdtemp(prefix="clinpaper-synth-"))
     try:
-        truth = synthesize(scratch / "cohort.duckdb", patients=patients, sites=sites, seed=seed, shift=shift)
+        truth = synthesize(scratch / "cohort.duckdb", patients=patients, sites=sites, seed=seed, shift=shift,
+                           missing=missing)
         template = Path(str(files("clinpaper") / "templates" / "hospital-variation"))
         cohort = build_cohort(load_study(template / "study.yaml"), scratch / "cohort.duckdb")
         out.parent.mkdir(parents=True, exist_ok=True)

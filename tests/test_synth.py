@@ -46,8 +46,12 @@ def test_files_and_truth(cohort):
     assert truth_file.exists()
     assert json.loads(truth_file.read_text()) == truth
     for key in ["seed", "patients", "sites", "shift", "n_persons", "n_stays", "intercept", "beta",
-                "sigma_hospital", "hospital_effects", "predictors", "mortality_first_stay", "cdm_version"]:
+                "sigma_hospital", "hospital_effects", "predictors", "mortality_first_stay", "cdm_version",
+                "missing", "physiology", "physiology_window", "acuity", "missingness", "severity_pathway"]:
         assert key in truth
+    assert truth["missing"] == "mar"
+    assert [term["column"] for term in truth["physiology"]] == ["lactate_max", "map_min", "heart_rate_max",
+                                                                "creatinine_max"]
     assert set(truth["beta"]) == {"age_10", "male", "sepsis", "chf", "ckd", "cancer"}
     assert set(truth["predictors"]) == set(truth["beta"])
     assert truth["cdm_version"] == "5.4" and truth["n_persons"] == 4_000
@@ -91,7 +95,7 @@ def test_cohort_counts_by_sql(cohort):
     assert (stays.minutes < 240).sum() > 0
     assert (stays[stays.died].number == stays[stays.died].n_stays).all()      # deaths only in last stays
     assert stays.died.sum() == len(query(path, "SELECT * FROM death"))
-    assert 0.08 <= first.died.mean() <= 0.15
+    assert 0.10 <= first.died.mean() <= 0.19
     assert first.died.mean() == pytest.approx(truth["mortality_first_stay"], abs=1e-12)
     assert len(stays) == truth["n_stays"]
     # sepsis and diabetes are only complete through concept_ancestor
@@ -148,6 +152,10 @@ def test_bad_arguments(tmp_path):
         synthesize(out, chunk_size=0)
     with pytest.raises(TypeError, match="whole number"):
         synthesize(out, patients="100")
+    with pytest.raises(ValueError, match="Unknown `missing` 'sometimes'"):
+        synthesize(out, patients=10, missing="sometimes")
+    with pytest.raises(ValueError, match="`missing` of synthesize belongs to the ICU scenario"):
+        synthesize(out, scenario="comparative", patients=10, missing="mcar")
     assert list(tmp_path.iterdir()) == []
 
 
