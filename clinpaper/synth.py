@@ -416,8 +416,8 @@ def _series(rng, stays):
 def _values(rows, acuity, died):
     """The recorded value and unit of each row. In the first 24 hours a value is the stay's level plus the
     variable's `severity` loading times the stay's acuity: it does not depend on the outcome. After the first
-    day the acuity part fades in survivors (half of it gone after about a day) and worsens in stays that end in
-    death (deterioration)."""
+    day the acuity part fades towards half of itself in survivors (0.5 + 0.5 exp(-t / 36 h)) and worsens in
+    stays that end in death (acuity + deterioration)."""
     stay, specs = rows["stay"], list(MEASUREMENTS.values())
     after = np.maximum(rows["hours"] - WINDOW_HOURS, 0.0)
     state = np.where(rows["window"], acuity[stay],
