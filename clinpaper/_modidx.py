@@ -541,6 +541,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                      'clinpaper/impute.py'),
                                   'clinpaper.impute._ChainedPMM.get_split_data': ( 'impute.html#_chainedpmm.get_split_data',
                                                                                    'clinpaper/impute.py'),
+                                  'clinpaper.impute._ChainedPMM.update': ('impute.html#_chainedpmm.update', 'clinpaper/impute.py'),
                                   'clinpaper.impute._back_transformed': ('impute.html#_back_transformed', 'clinpaper/impute.py'),
                                   'clinpaper.impute._check_frame': ('impute.html#_check_frame', 'clinpaper/impute.py'),
                                   'clinpaper.impute._check_present': ('impute.html#_check_present', 'clinpaper/impute.py'),
