@@ -42,7 +42,8 @@ def _outward(low: float, high: float) -> list[float]:
         return [float(low), float(high)]
     step = 10.0 ** (math.floor(math.log10(width)) - 1)
     decimals = max(0, -int(math.floor(math.log10(step))))
-    return [round(math.floor(low / step + 1e-9) * step, decimals), round(math.ceil(high / step - 1e-9) * step, decimals)]
+    return [round(math.floor(low / step + 1e-9) * step, decimals),
+            round(math.ceil(high / step - 1e-9) * step, decimals)]
 
 
 def plausible_ranges(study: dict, codebook: dict | None = None) -> dict:
@@ -110,7 +111,8 @@ def _imputation_rules(data: pd.DataFrame, terms, incomplete: list, complete: lis
     if n < design.shape[1] + 10:
         raise CohortError(f"Only {n:,} rows of the development data have every predictor recorded; the imputation "
                           f"rule of {', '.join(incomplete)} for scoring needs at least {design.shape[1] + 10} (its "
-                          f"{design.shape[1]} coefficients and 10 more). Use fewer predictors or a complete-case model.")
+                          f"{design.shape[1]} coefficients and 10 more). Use fewer predictors or a complete-case "
+                          "model.")
     rules, continuous = {}, [c for c in incomplete if not terms.spec(c)["binary"]]
     if continuous:
         target = data.loc[rows, continuous].to_numpy(dtype=float)
@@ -157,8 +159,8 @@ def scoring_spec(data: pd.DataFrame, terms, *, study: dict, codebook: dict | Non
         entry = {"column": column, "label": spec["label"], "unit": spec["unit"], "binary": spec["binary"],
                  "n_missing": n_missing}
         if spec["binary"]:
-            entry.update(levels=sorted(int(v) for v in np.unique(observed)), valid=None, plausible=None, plausible_source=None,
-                         observed=None, bounds=None)
+            entry.update(levels=sorted(int(v) for v in np.unique(observed)), valid=None, plausible=None,
+                         plausible_source=None, observed=None, bounds=None)
         else:
             low, high = _outward(float(observed.min()), float(observed.max()))
             p_low, p_high, where = plausible.get(column, (-math.inf, math.inf, None))
@@ -170,7 +172,8 @@ def scoring_spec(data: pd.DataFrame, terms, *, study: dict, codebook: dict | Non
                          plausible=None if where is None else [p_low if math.isfinite(p_low) else None,
                                                                p_high if math.isfinite(p_high) else None],
                          plausible_source=where, valid=valid,
-                         bounds=["study" if p_low > low else "development", "study" if p_high < high else "development"])
+                         bounds=["study" if p_low > low else "development",
+                                 "study" if p_high < high else "development"])
             if n_missing and observed.min() > 0 and (column in skewed or _skewness(observed) > SKEWNESS_LOG):
                 log.add(column)
         if n_missing:
@@ -186,7 +189,7 @@ def scoring_spec(data: pd.DataFrame, terms, *, study: dict, codebook: dict | Non
             "outcome": {"column": study["outcome"]["id"], "label": study["outcome"]["label"]},
             "group": None if group is None else {"column": group, "label": group_label or group, "n_levels": n_groups},
             "ids": ids, "n_development": int(len(data)),
-            "missing": {"method": missing, "imputed": [c for c in incomplete] if imputation else []},
+            "missing": {"method": missing, "imputed": list(incomplete) if imputation else []},
             "predictors": predictors, "imputation": imputation}
 
 
@@ -274,9 +277,10 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def open_run(run_dir) -> dict:
-    """The parts of a finished run that `score` and `model_card` read: its study, model, terms and scoring spec
-    (RunError, saying how to fix it, when the run is unfinished, lacks one or was changed since it ran)."""
+def open_run(run_dir, *, finished: bool = True) -> dict:
+    """The parts of a run that `score` and `model_card` read: its study, model, terms and scoring spec (RunError, saying
+    how to fix it, when the run is unfinished, lacks one or was changed since it ran). `finished=False` also opens a
+    run still being made (its last notebook writing the model card)."""
     from clinpaper.config import load_study
     from clinpaper.models import HierarchicalLogistic
     from clinpaper.terms import Terms
@@ -289,7 +293,7 @@ def open_run(run_dir) -> dict:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError):
         manifest = None
-    if not isinstance(manifest, dict) or manifest.get("status") != "finished":
+    if not isinstance(manifest, dict) or (finished and manifest.get("status") != "finished"):
         raise RunError(f"{run}: not a finished run (no manifest.json that says it finished). Make it with "
                        f"`clinpaper run --name {run.name}`.")
     model_dir = run / "model"
@@ -341,7 +345,8 @@ def _read_data(data, opened: dict) -> tuple[pd.DataFrame, str, dict]:
         from clinpaper.cohort import build_cohort
         cohort = build_cohort(study, path)
         flow = cohort.flow
-        facts = {"n_index_events": int(flow["n_remaining"].iloc[0]), "n_excluded": int(flow["n_removed"].iloc[1:].sum())}
+        facts = {"n_index_events": int(flow["n_remaining"].iloc[0]),
+                 "n_excluded": int(flow["n_removed"].iloc[1:].sum())}
         return cohort.table.copy(), str(path), facts
     from clinpaper.flat import _read_table
     frame, _ = _read_table(path)
@@ -370,7 +375,7 @@ _TRUE, _FALSE = {"true", "yes"}, {"false", "no"}
 def _numbers(values: pd.Series, *, binary: bool) -> tuple[np.ndarray, int]:
     "The values as floats (NaN where missing) and how many were given but are not finite numbers."
     if ptypes.is_bool_dtype(values):
-        return values.astype(float).to_numpy(), 0
+        return values.astype("Float64").to_numpy(dtype=float, na_value=np.nan), 0
     if ptypes.is_numeric_dtype(values):
         numbers_ = values.to_numpy(dtype=float, na_value=np.nan)
         bad = np.isinf(numbers_)
@@ -421,7 +426,8 @@ def _check_inputs(frame: pd.DataFrame, opened: dict, where: str) -> tuple[dict, 
     absent = [p for p in spec["predictors"] if p["column"] not in frame.columns]
     if absent:
         listed = ", ".join(_name(p).replace("`", "'") + (f" in {p['unit']}" if p.get("unit") else "") for p in absent)
-        problems.append(f"the column(s) {listed} that the model needs are not in {where} ({len(frame.columns)} columns). "
+        problems.append(f"the column(s) {listed} that the model needs are not in {where} ({len(frame.columns)} "
+                        "columns). "
                         "Add them, named as here (case does not matter), in the units shown")
     for entry in spec["predictors"]:
         column = entry["column"]
@@ -463,7 +469,8 @@ def _check_inputs(frame: pd.DataFrame, opened: dict, where: str) -> tuple[dict, 
                     if count:
                         why = ("the study's plausible " + ("minimum" if bound == 0 else "maximum") +
                                f" ({entry.get('plausible_source')})" if entry["bounds"][bound] == "study" else
-                               ("the smallest" if bound == 0 else "the largest") + " value of the development data, rounded "
+                               ("the smallest" if bound == 0 else "the largest")
+                               + " value of the development data, rounded "
                                + ("down" if bound == 0 else "up"))
                         sides.append(f"{count:,} {side} it ({why})")
                 fix = ("leave them blank to have them imputed" if column in imputable else "remove those rows")
@@ -697,7 +704,7 @@ def score(run_dir, data, *, out=None, imputations: int = DEFAULT_IMPUTATIONS, se
 
 # %% ../nbs/07c_score.ipynb #s036
 def run_folder(name: str, *, runs=None) -> Path:
-    "The folder of run `name` in `runs` (default: the project's _runs), as `clinpaper status` finds it; RunError if none."
+    "The folder of run `name` in `runs` (default: the project's _runs), as `clinpaper status` finds it, or RunError."
     from clinpaper.core import folder_kind
     from clinpaper.run import check_name, default_runs_dir
 
@@ -765,7 +772,8 @@ def _period(run: Path, results: dict) -> str | None:
     schema = pq.read_schema(path)
     if "index_datetime" not in schema.names:
         return None
-    dates = pd.to_datetime(pd.read_parquet(path, columns=["index_datetime"])["index_datetime"], errors="coerce").dropna()
+    dates = pd.read_parquet(path, columns=["index_datetime"])["index_datetime"]
+    dates = pd.to_datetime(dates, errors="coerce").dropna()
     if not len(dates):
         return None
     return f"{dates.min():%B %Y} to {dates.max():%B %Y}"
@@ -790,7 +798,7 @@ def _is_synthetic(opened: dict, results: dict) -> bool:
 
 def _card_markdown(opened: dict) -> tuple[str, dict]:
     "The model card's Markdown and the facts it was made of."
-    from clinpaper.paper import methods_cohort
+    from clinpaper.paper import _outcome_window, methods_cohort
     from clinpaper.report import read_results
 
     run, study, spec, terms, model = (opened[k] for k in ("run", "study", "spec", "terms", "model"))
@@ -806,11 +814,12 @@ def _card_markdown(opened: dict) -> tuple[str, dict]:
              f"A Bayesian {'hierarchical ' if group else ''}logistic regression model of the risk of "
              f"{outcome[:1].lower() + outcome[1:]}, made by clinpaper from run `{opened['name']}`"
              + (f" ({opened['manifest']['finished_at'][:10]})" if opened["manifest"].get("finished_at") else "")
-             + ". Every number below is the run's own (its results.json); counts from 1 to "
+             + ". Every number below is the run's own (its results.json and model/scoring.json); counts from 1 to "
              f"{threshold - 1} are shown as <{threshold}.", ""]
     lines += ["## Intended use", ""]
+    window = _outcome_window(study["outcome"]) if study["source"]["format"] == "omop" else ""
     lines.append(f"- **Predicts:** the probability of {outcome[:1].lower() + outcome[1:]}"
-                 + (f" ({_result(results, 'outcome_window')})" if _result(results, "outcome_window") else "") + ".")
+                 + (f", {window}" if window else "") + ".")
     population = words.get("population")
     lines.append(f"- **Population:** {population}." if population else
                  "- **Population:** the patients of the cohort definition below (the study names no population "
@@ -841,7 +850,8 @@ def _card_markdown(opened: dict) -> tuple[str, dict]:
     source = ((results.get("data_facts") or {}).get("value") or {}).get("source") or {}
     source_name = source.get("cdm_source_name") or Path(str(opened["manifest"].get("source", {}).get("path", ""))).name
     if source_name:
-        lines.append(f"- **Source:** {source_name} ({study['source']['format'].upper() if study['source']['format'] == 'omop' else 'flat table'}).")
+        kind = "OMOP CDM" if study["source"]["format"] == "omop" else "a flat table"
+        lines.append(f"- **Source:** {source_name} ({kind}).")
     lines.append("")
     lines += ["## Predictors", ""]
     rows = []
@@ -866,22 +876,29 @@ def _card_markdown(opened: dict) -> tuple[str, dict]:
               , ""]
     lines += ["## Missing data", ""]
     method = spec["missing"]["method"]
+    complete = _result(results, "n_complete_cases")
     if method == "mice":
-        text = _result(results, "methods_missing") or "Missing predictor values were multiply imputed."
-        lines.append(f"- **In development:** {text}")
+        m = ((study.get("model") or {}).get("missing") or {}).get("m", 20)
+        lines.append(f"- **In development:** missing predictor values were multiply imputed by chained equations ({m} "
+                     "imputed data sets, the outcome among the imputation's predictors); the model was fitted to each "
+                     "and the posterior draws mixed."
+                     + (f" Patients with every predictor recorded: {complete}." if complete else ""))
         if imputation:
             regressors = ", ".join(f"`{c}`" for c in imputation["regressors"]) or "an intercept only"
-            lines.append(f"- **When scoring:** a missing {', '.join(f'`{c}`' for c in imputation['predictors'])} is "
-                         f"drawn K times (`--imputations`, default {DEFAULT_IMPUTATIONS}) from a regression on "
-                         f"{regressors} fitted to the development patients with every predictor recorded, without "
-                         "the outcome (unknown when scoring), with its residual spread; the risk and its interval are "
-                         "pooled over the draws, so the interval includes the imputation's uncertainty. A missing "
-                         "value of any other predictor is refused.")
+            imputed = imputation["predictors"]
+            others = (" (and, through the correlation of their residuals, on those of "
+                      f"{', '.join(f'`{c}`' for c in imputed)} that are recorded)" if len(imputed) > 1 else "")
+            lines.append(f"- **When scoring:** a missing {', '.join(f'`{c}`' for c in imputed)} is drawn K times "
+                         f"(`--imputations`, default {DEFAULT_IMPUTATIONS}) from a regression on {regressors}{others}, "
+                         "fitted to the development patients with every predictor recorded, without the outcome "
+                         "(unknown when scoring), with its residual spread; the risk and its interval are pooled over "
+                         "the draws, so the interval includes the imputation's uncertainty. A missing value of any "
+                         "other predictor is refused.")
         else:
             lines.append("- **When scoring:** no predictor was missing in development, so a missing value is refused.")
     else:
-        text = _result(results, "methods_missing") or "The model was fitted to the patients with every predictor recorded."
-        lines.append(f"- **In development:** {text}")
+        lines.append("- **In development:** the model was fitted to the patients with every predictor recorded "
+                     f"(complete-case analysis{': ' + complete if complete else ''}).")
         lines.append("- **When scoring:** the model was fitted to complete cases only, so `clinpaper score` refuses a "
                      "patient with a missing predictor value.")
     lines.append("")
@@ -932,7 +949,8 @@ def _card_markdown(opened: dict) -> tuple[str, dict]:
     lines.append(f"- **One data source:** all development patients came from one source ({systems})."
                  + (f" In the external validation of this run the AUROC was {external}." if external else
                     " Its performance elsewhere is unknown until it is validated there; a new "
-                    f"{(group['label'] if group else 'site').lower()} gets a drawn effect, so its intervals are wider."))
+                    f"{(group['label'] if group else 'site').lower()} gets a drawn effect, so its intervals are "
+                    "wider."))
     if period:
         lines.append(f"- **Period:** {period}; changes in care since then can shift the calibration.")
     lines.append("- **Valid ranges:** the model is not applied outside the valid ranges above; values there are "
@@ -992,13 +1010,15 @@ def model_card(run_dir) -> tuple[str, str]:
     how they enter, valid ranges, missing values), missing-data handling, performance with intervals, calibration,
     limits, and how to call `clinpaper score`; from the run's study, scoring spec and results.json, small counts
     masked as the paper masks them. The HTML is self-contained (its figure embedded)."""
-    opened = open_run(run_dir)
+    opened = open_run(run_dir, finished=False)
     markdown, _ = _card_markdown(opened)
     return markdown, _card_html(markdown, opened["run"], f"Model card: {opened['study']['title']}")
 
 
 def write_model_card(run_dir, *, out=None) -> tuple[Path, Path]:
-    "Write model_card.md and model_card.html into `out` (default: the run folder); returns their paths."
+    """Write model_card.md and model_card.html into `out` (default: the run folder); returns their paths. Into the run
+    folder, call it from the run's last notebook, so that the run's manifest lists the card: a file added to a
+    finished run is one its manifest does not list, and `clinpaper build` and `status` refuse such a run."""
     markdown, page = model_card(run_dir)
     folder = Path(run_dir) if out is None else Path(out)
     folder.mkdir(parents=True, exist_ok=True)
