@@ -791,9 +791,9 @@ def _missing_count(n_missing: int, n: int, threshold: int) -> str:
 def _is_synthetic(opened: dict, results: dict) -> bool:
     facts = ((results.get("data_facts") or {}).get("value") or {}).get("source") or {}
     words = " ".join(str(v) for v in facts.values()) + " " + (_result(results, "methods_cohort") or "")
-    source = Path(str((opened["manifest"].get("source") or {}).get("path", "")))
-    truth = source.with_suffix(".truth.json")
-    return "synthetic" in words.lower() or (source.name != "" and truth.is_file())
+    path = (opened["manifest"].get("source") or {}).get("path")
+    truth = Path(str(path)).with_suffix(".truth.json") if path else None   # what clinpaper synth writes beside it
+    return "synthetic" in words.lower() or (truth is not None and truth.is_file())
 
 
 def _card_markdown(opened: dict) -> tuple[str, dict]:
@@ -946,11 +946,11 @@ def _card_markdown(opened: dict) -> tuple[str, dict]:
                      "demonstrates the method and must not be used for real patients.")
     systems = f"{group['n_levels']:,} {group_words} of one health system" if group else "one health system"
     external = _result(results, "external_auroc")
+    newcomer = (f"; a new {group['label'].lower()} gets a drawn {group['label'].lower()} effect, so its intervals "
+                "are wider" if group else "")
     lines.append(f"- **One data source:** all development patients came from one source ({systems})."
                  + (f" In the external validation of this run the AUROC was {external}." if external else
-                    " Its performance elsewhere is unknown until it is validated there; a new "
-                    f"{(group['label'] if group else 'site').lower()} gets a drawn effect, so its intervals are "
-                    "wider."))
+                    f" Its performance elsewhere is unknown until it is validated there{newcomer}."))
     if period:
         lines.append(f"- **Period:** {period}; changes in care since then can shift the calibration.")
     lines.append("- **Valid ranges:** the model is not applied outside the valid ranges above; values there are "

@@ -61,7 +61,7 @@ def simulate(n, *, seed, creatinine_missing=0.08):
     return table
 
 
-def make_run(folder, *, missing="mice", n=1200, seed=0, creatinine_missing=0.08):
+def make_run(folder, *, missing="mice", n=1200, seed=0, creatinine_missing=0.08, pooled=False):
     """A finished run as `clinpaper run` leaves it for `score`: the model fitted by MCMC (short chains) to the
     complete cases, saved with its terms (paper.save_model) and scoring spec (save_scoring), its predictions, a
     results.json of glued performance and a manifest of its files."""
@@ -69,6 +69,9 @@ def make_run(folder, *, missing="mice", n=1200, seed=0, creatinine_missing=0.08)
     study = yaml.safe_load((TEMPLATES / "hospital-variation" / "study.yaml").read_text())
     study["model"]["predictors"] = PREDICTORS
     study["model"]["missing"] = {"method": missing} if missing == "complete_case" else {"method": "mice", "m": 5}
+    if pooled:   # a single-level model (the prediction template on a source without care sites)
+        study["design"] = "prediction"
+        del study["model"]["group"]
     (folder / "study.yaml").write_text(yaml.safe_dump(study, sort_keys=False, allow_unicode=True))
     paper = Paper(load_study(folder / "study.yaml"), folder, glue=False)
     table = simulate(n, seed=seed, creatinine_missing=creatinine_missing)
@@ -233,6 +236,18 @@ def test_cli_scores_a_table_and_says_how_many(runs, tmp_path):
     # the console script, outside the process: a run that does not exist
     result = clinpaper("score", "nope", "--runs", runs["folder"], "--data", data, "--out", out, check=False)
     assert result.returncode == 2 and "no run named 'nope'" in result.stderr and "Runs there: cc, mi" in result.stderr
+
+
+def test_a_pooled_model_scores_as_predict_does(tmp_path):
+    made = make_run(tmp_path / "_runs" / "pooled", n=600, seed=4, pooled=True)
+    assert made["model"].group is None
+    saved = pd.read_parquet(made["run"] / "data" / "predictions.parquet")
+    scores = score(made["run"], made["table"][COLUMNS].drop(columns="hospital"))
+    assert np.abs(scores.loc[saved.index, ["risk", "low", "high"]].to_numpy()
+                  - saved[["risk", "low", "high"]].to_numpy()).max() < 1e-12
+    assert not scores["new_group"].any()
+    markdown = model_card(made["run"])[0]
+    assert "random intercept" not in markdown and "drawn" not in markdown.split("## Limits")[1]
 
 
 # --- (e) the model card --------------------------------------------------------------------------------------------
