@@ -400,9 +400,21 @@ class PaperModelFrame:
 
     def predict_imputed(self, model, tables, *, source=None, seed=None) -> pd.DataFrame:
         """Each patient's predicted risk (`mean`, `low`, `high`) averaged over the imputed `tables` (`imputed_tables`),
-        with the model columns of `source` (a paper: default this one; another run's to transport its model)."""
+        with the model columns of `source` (a paper: default this one; another run's to transport its model). A model
+        fitted to imputed data sets (`fit_imputed`) predicts the k-th table with the draws of its k-th fit (the k-th
+        imputation's own posterior; tables beyond its fits take the fits in turn), so the mixed draws are used once."""
+        import copy
         source = self if source is None else source
-        parts = [model.predict(source.model_frame(table), seed=self.seed if seed is None else seed) for table in tables]
+        seed = self.seed if seed is None else seed
+        imputed = getattr(model, "imputations_", None)
+        parts = []
+        for k, table in enumerate(tables):
+            fitted = model
+            if imputed and len(tables) > 1:
+                per, which = imputed["chains"], k % imputed["m"]
+                fitted = copy.copy(model)
+                fitted.idata_ = model.idata_.isel(chain=slice(which * per, (which + 1) * per))
+            parts.append(fitted.predict(source.model_frame(table), seed=seed))
         return sum(parts) / len(parts)
 
     def transformation(self, column: str) -> str:
