@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--sites", type=int, default=None, help="number of hospitals (icu; default 30)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.add_argument("--shift", default=None, help="another health system, e.g. 'external' (icu)")
+    synth.add_argument("--missing", default=None, choices=["mar", "mcar"],
+                       help="how lactate goes missing (icu): mar, on what the record shows (default), or mcar")
     synth.add_argument("--true-hr", dest="true_hr", type=float, default=None,
                        help="the true hazard ratio of GI bleeding, celecoxib versus diclofenac (comparative; default 1)")
     synth.add_argument("--unmeasured", type=float, default=None,
@@ -222,7 +224,8 @@ def main(argv=None) -> int:
             try:
                 truth = synthesize(args.out, scenario=args.scenario, patients=args.patients, sites=args.sites,
                                    seed=args.seed, shift=args.shift, true_hr=args.true_hr,
-                                   unmeasured=args.unmeasured, overwrite=args.overwrite)
+                                   unmeasured=args.unmeasured, missing=args.missing,
+                                   overwrite=args.overwrite)
             except (ValueError, TypeError, FileExistsError) as error:
                 # synthesize validates its arguments with the standard exceptions
                 raise ClinpaperError(str(error)) from error

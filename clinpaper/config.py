@@ -80,6 +80,9 @@ STUDY_SCHEMA = {
         "design": Field(str, required=False),      # "Multi-centre cohort study" (the abstract's first words)
         "population": Field(str, required=False),  # "adults admitted to intensive care" (who the patients are)
         "source": Field(str, required=False),      # "the hospital group's OMOP CDM extract" (what the data are)
+        # the model card's intended use: "to compare adjusted mortality between hospitals of the group" (who uses
+        # the model's predictions, for what, and for what not)
+        "intended_use": Field(str, required=False),
         "_optional": True,
     },
     # the manuscript's page size (PDF and DOCX); default a4

@@ -657,7 +657,7 @@ class HierarchicalModel:
         """Multiple imputation, Bayesian pooling: the model fitted to each of the m imputed data sets
         `datasets` and the posterior draws mixed (Gelman et al., BDA3 18.2; Zhou and Reiter 2010). The study's
         `draws` x `chains` are split between the imputations: each fit has `imputation_chains` chains of
-        draws x chains / (imputation_chains x m) draws (at least 200) after a quarter of `tune` (at least 300);
+        draws x chains / (imputation_chains x m) draws (at least 200) after half of `tune` (at least 300);
         the compiled kernel is shared. The gate (`check_convergence`, `imputed_diagnostics`) compares each
         imputation's chains with each other and sums the effective sample sizes. A failed gate refits every
         imputation with twice the draws and tuning (and a higher target acceptance after divergences), within
@@ -676,7 +676,7 @@ class HierarchicalModel:
         # r-hat within an imputation needs chains long enough for its effective sample size (short chains of a
         # slowly mixing coefficient inflate it): at least 200 draws; nutpie's adaptation needs about 300 tuning steps
         per_draws = max(200, math.ceil(draws * chains / (imputation_chains * m)))
-        per_tune = max(300, tune // 4)
+        per_tune = max(300, tune // 2)
         max_draws = 4 * max(per_draws, per_tune) if max_draws is None else int(max_draws)
         settings = {"draws": per_draws, "tune": per_tune, "target_accept": float(target_accept),
                     "parameterization": None}
