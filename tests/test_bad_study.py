@@ -150,7 +150,7 @@ STUDY_CASES = [
     ("predictor_missing", lambda s: s["model"]["predictors"][3].update(column="chff"),
      "`model.predictors[3].column` names 'chff', which is not a column"),
     ("outcome_as_predictor", lambda s: s["model"]["predictors"].append({"column": "death_in_hospital", "label": "Death"}),
-     "`model.predictors[6].column` is 'death_in_hospital', the outcome"),
+     "`model.predictors[10].column` is 'death_in_hospital', the outcome"),
     ("follow_up_time_as_feature", lambda s: s["baselines"]["features"].append("los_days"),
      "is 'los_days', the outcome's follow-up time (`outcome.time`), known only at the end"),
     ("criterion_type_unknown", lambda s: s["cohort"]["criteria"][0].update(type="agee"),

@@ -154,7 +154,7 @@ def test_a_column_the_analysis_table_will_not_have_fails_before_any_kernel(scrat
         run_study(scratch_project / "study.yaml", cohort=small_cohort, log=started.append)
     assert not [m for m in started if m.startswith("running ")], started
     message = str(error.value)
-    assert "`model.predictors[6].column` names 'sepsiss', which is not a column of the analysis table " \
+    assert "`model.predictors[10].column` names 'sepsiss', which is not a column of the analysis table " \
            "(did you mean 'sepsis'?)" in message
     assert "`evaluation.subgroups[3]` ('age') is continuous" in message
     assert no_runs_left(scratch_project)
