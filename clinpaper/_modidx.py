@@ -769,6 +769,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'clinpaper.paper.PaperManuscript.record_metric': ( 'paper.html#papermanuscript.record_metric',
                                                                                     'clinpaper/paper.py'),
                                  'clinpaper.paper.PaperModelFrame': ('paper.html#papermodelframe', 'clinpaper/paper.py'),
+                                 'clinpaper.paper.PaperModelFrame._learned_terms': ( 'paper.html#papermodelframe._learned_terms',
+                                                                                     'clinpaper/paper.py'),
                                  'clinpaper.paper.PaperModelFrame.complete_case_frame': ( 'paper.html#papermodelframe.complete_case_frame',
                                                                                           'clinpaper/paper.py'),
                                  'clinpaper.paper.PaperModelFrame.impute': ('paper.html#papermodelframe.impute', 'clinpaper/paper.py'),

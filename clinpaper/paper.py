@@ -282,10 +282,16 @@ class PaperModelFrame:
         spline, with the knots, reference value and range learned from the analysis table's observed values. The
         same data give the same terms, so every notebook of a run, and a later run that validates this run's
         model on its own cohort, make the columns this run's model was fitted on."""
+        return self._learned_terms()
+
+    def _learned_terms(self, data: pd.DataFrame | None = None):
+        "The terms, learned from the run's analysis table, or from `data` in a folder that has none (a bare Paper)."
         if getattr(self, "_terms", None) is None:
             from clinpaper.terms import Terms
             units = {column: entry["unit"] for column, entry in self.codebook().items() if entry.get("unit")}
-            self._terms = Terms.learn(self.model_spec["predictors"], self.analysis(), units=units)
+            saved = (self.data_dir / "analysis.parquet").is_file()
+            self._terms = Terms.learn(self.model_spec["predictors"], self.analysis() if saved or data is None else data,
+                                      units=units)
         return self._terms
 
     @property
@@ -316,7 +322,7 @@ class PaperModelFrame:
             if predictor["column"] not in frame:
                 raise StudyError(f"`model.predictors` names '{predictor['column']}', which is not a column of the "
                                  "analysis table.")
-        transformed = self.terms.transform(frame)
+        transformed = self._learned_terms(frame).transform(frame)
         for column in transformed.columns:
             frame[column] = transformed[column]
         return frame

@@ -214,8 +214,10 @@ def _learn_one(declaration, data: pd.DataFrame, where: str, units: dict) -> dict
     if not len(observed):
         raise CohortError(f"`{column}` ({where}) is missing in all {len(values):,} rows; a predictor needs values.")
     binary = bool(np.isin(observed, (0.0, 1.0)).all())
+    # a predictor's own (linear) term keeps the column's name, as the model frame always had it; a spline's
+    # further terms are named from it as identifiers
     name = _model_name(column)
-    spec = {"column": column, "label": label, "unit": unit, "type": "linear", "binary": binary, "columns": [name],
+    spec = {"column": column, "label": label, "unit": unit, "type": "linear", "binary": binary, "columns": [column],
             "center": center, "scale": scale, "knots": None, "knot_rule": None,
             "reference": float(np.median(observed)) if reference is None else reference,
             "range": [float(v) for v in np.quantile(observed, [0.01, 0.99])], "n": int(len(observed))}
@@ -230,7 +232,7 @@ def _learn_one(declaration, data: pd.DataFrame, where: str, units: dict) -> dict
         knots = harrell_knots(observed, spline, name=column)
         rule = "harrell_small_n" if len(observed) < SMALL_N else "harrell"
     spec.update(type="spline", knots=[float(v) for v in knots], knot_rule=rule,
-                columns=[name] + [f"{name}_rcs{j}" for j in range(1, len(knots) - 1)])
+                columns=[column] + [f"{name}_rcs{j}" for j in range(1, len(knots) - 1)])
     design = np.column_stack([np.ones(len(observed)), _design(spec, observed)])
     if np.linalg.matrix_rank(design) < len(knots):
         raise CohortError(f"`{column}` ({where}): the spline's {len(knots) - 1} columns are collinear in the data "

@@ -46,8 +46,8 @@ logging.getLogger("pymc").setLevel(logging.ERROR)
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("recovery"),
               pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning", "ignore::RuntimeWarning")]
 
-REPLICATES = int(os.environ.get("CLINPAPER_RECOVERY_REPLICATES", "12"))
-PATIENTS, SITES, IMPUTATIONS = 4000, 20, 10
+REPLICATES = int(os.environ.get("CLINPAPER_RECOVERY_REPLICATES", "8"))
+PATIENTS, SITES, IMPUTATIONS = 3000, 20, 5
 CASE_MIX = {"age": "age_10", "male": "male", "sepsis": "sepsis", "chf": "chf", "ckd": "ckd", "cancer": "cancer"}
 RAW = ["age", "male", "sepsis", "chf", "ckd", "cancer", "lactate_max", "map_min", "heart_rate_max", "creatinine_max"]
 

@@ -250,10 +250,12 @@ def test_contract(terms, cohort):
     assert spec["n"] == len(cohort) and len(spec["knots"]) == 5
     spec["knots"][0] = -1.0   # a copy
     assert terms.spec("map_min")["knots"][0] != -1.0
-    odd = Terms.learn([{"column": "heart rate (max)"}, {"column": "2nd_lactate"}, {"column": "lambda"}],
-                      pd.DataFrame({"heart rate (max)": [80.0, 90.0], "2nd_lactate": [1.0, 2.0], "lambda": [1, 0]}))
-    assert odd.columns == ["heart_rate__max_", "x_2nd_lactate", "lambda_"]
-    assert all(name.isidentifier() for name in odd.columns)
+    # a linear term keeps its column's name (the model frame's column); a spline's further terms are identifiers
+    values = np.linspace(60.0, 140.0, 200)
+    odd = Terms.learn([{"column": "heart rate (max)", "spline": 3}, {"column": "2nd_lactate"}, {"column": "lambda"}],
+                      pd.DataFrame({"heart rate (max)": values, "2nd_lactate": values / 40, "lambda": np.arange(200) % 2}))
+    assert odd.columns == ["heart rate (max)", "heart_rate__max__rcs1", "2nd_lactate", "lambda"]
+    assert odd.columns[1].isidentifier()
 
 
 def test_centre_and_scale_apply_to_the_whole_spline(cohort):
