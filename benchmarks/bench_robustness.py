@@ -79,8 +79,9 @@ def fit_cohort(study: dict, cohort: dict, folder: Path) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         table = build_cohort(study, source).table
-    data = paper.model_frame(table)
-    model = HierarchicalLogistic(outcome=paper.outcome, group=paper.model_group, predictors=paper.predictors)
+    # the complete cases (the sampler's robustness is the question here, not the missing values), in the model's columns
+    data = paper.model_frame(table).dropna(subset=paper.model_columns)
+    model = HierarchicalLogistic(outcome=paper.outcome, group=paper.model_group, predictors=paper.model_columns)
     started = time.perf_counter()
     paper.fit(model, data, "model")
     seconds = time.perf_counter() - started

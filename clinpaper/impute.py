@@ -344,7 +344,7 @@ class Imputations:
         subject = "each incomplete variable" if several else label(imputed[0])
         sentences.append(f"The imputation model of {subject} was a linear regression on {_listed(predictors)}.")
         sentences.append(
-            f"Each missing value was replaced by the observed value of one of the {self.donors} {unit} whose "
+            f"Each missing value was replaced by the observed value of a donor drawn from the {self.donors} whose "
             f"predicted values were nearest (predictive mean matching), with the regression coefficients drawn anew "
             f"at every step, so that every imputed value is one observed in the data.")
         if pooling == "rubin":

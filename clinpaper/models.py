@@ -1454,6 +1454,16 @@ class HierarchicalLogistic(HierarchicalModel):
     def predict(self, df: pd.DataFrame, *, hdi_prob: float = 0.95, seed: int | None = None,
                 batch_rows: int = 2000) -> pd.DataFrame:
         "Posterior mean, low and high (HDI) of P(outcome) for each row of `df`; index aligned with `df`."
+        mean, low, high = (np.empty(len(df)) for _ in range(3))
+        for rows, probability in self.probability_draws(df, seed=seed, batch_rows=batch_rows):
+            mean[rows] = probability.mean(axis=0)
+            low[rows], high[rows] = hdi(probability, prob=hdi_prob)
+        return pd.DataFrame({"mean": mean, "low": low, "high": high}, index=df.index)
+
+    def probability_draws(self, df: pd.DataFrame, *, seed: int | None = None, batch_rows: int = 2000):
+        """The posterior draws of P(outcome) of the rows of `df`, `batch_rows` rows at a time: yields (rows, a draws x
+        rows array), `rows` a slice of `df`'s positions. `predict` summarizes them; a prediction over imputed data
+        sets pools them (`Paper.predict_imputed`)."""
         self._check_fitted()
         self._validate(df, for_fit=False)
         seed = self.sampling_["seed"] if seed is None else seed
@@ -1482,7 +1492,6 @@ class HierarchicalLogistic(HierarchicalModel):
                 slopes = np.concatenate([slopes, new_slopes * sigma_slope[:, None, :]], axis=1)
             slope_idx = [self.predictors.index(name) for name in self.random_slopes]
         x = df[self.predictors].to_numpy(dtype=float)
-        mean, low, high = (np.empty(len(df)) for _ in range(3))
         for start in range(0, len(df), batch_rows):
             rows = slice(start, start + batch_rows)
             logit = intercept[:, None] + beta @ x[rows].T
@@ -1491,10 +1500,7 @@ class HierarchicalLogistic(HierarchicalModel):
             if self.random_slopes:
                 centered = x[rows][:, slope_idx] - self.predictor_means_.to_numpy()[slope_idx]
                 logit += np.einsum("sbk,bk->sb", slopes[:, codes[rows], :], centered)
-            probability = _expit(logit)
-            mean[rows] = probability.mean(axis=0)
-            low[rows], high[rows] = hdi(probability, prob=hdi_prob)
-        return pd.DataFrame({"mean": mean, "low": low, "high": high}, index=df.index)
+            yield rows, _expit(logit)
 
     def _centering_text(self, names: dict, group: str, groups: str) -> str:
         "The Methods' words on how the fit's centering was chosen (empty when the user fixed the form)."

@@ -422,6 +422,12 @@ def format_knots(values) -> list[str]:
     return [f"{v + 0.0:,.{decimals}f}" for v in np.round(values, decimals)]
 
 
+def _apposition(names) -> str:
+    "' (a and b)', or ', a (per 10 years) and b,' when a name has a parenthesis of its own (no nested ones)."
+    listed = _and_list(names)
+    return f", {listed}," if "(" in listed else f" ({listed})"
+
+
 def _text_name(label: str) -> str:
     "The words for a predictor in a sentence: its label without a trailing (...), lower-cased unless an acronym."
     name = re.sub(r"\s*\([^)]*\)\s*$", "", label).strip() or label
@@ -458,7 +464,7 @@ def _methods_text(specs: list[dict], names: dict | None) -> str:
         if not linear:
             return ""
         kind = "predictors" if len(linear) > 1 else "predictor"
-        return f"The continuous {kind} ({_and_list(linear)}) entered the model linearly."
+        return f"The continuous {kind}{_apposition(linear)} entered the model linearly."
     groups = {}
     for s in splined:
         groups.setdefault((len(s["knots"]), s["knot_rule"]), []).append(s)
@@ -473,7 +479,7 @@ def _methods_text(specs: list[dict], names: dict | None) -> str:
         text = f"{subject} were modelled with restricted cubic splines: {_and_list(clauses)}"
     if linear:
         kind = "predictors" if len(linear) > 1 else "predictor"
-        text += f"; the other continuous {kind} ({_and_list(linear)}) entered linearly"
+        text += f"; the other continuous {kind}{_apposition(linear)} entered linearly"
     text += "."
     return text[:1].upper() + text[1:]
 
